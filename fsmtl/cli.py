@@ -1,0 +1,72 @@
+"""The ``fsmtl`` command: one front door to every stage.
+
+Each subcommand hands its arguments to the ``main(argv)`` of the stage that owns it, so
+``fsmtl convert ...`` and ``python -m preprocess convert ...`` are the same program. Stages are
+imported lazily: ``fsmtl verify`` does not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable, Sequence
+
+from fsmtl.errors import EXIT_USER_ERROR, FsmtlError
+
+# subcommand -> (module holding main(argv), whether the subcommand name is passed on, help)
+_COMMANDS: dict[str, tuple[str, bool, str]] = {
+    "convert": ("preprocess.__main__", True, "convert a benchmark's files into checked shards"),
+    "verify": ("preprocess.__main__", True, "re-hash a shard directory and name any file that differs"),
+    "train": ("train.__main__", False, "train a backbone by multi-task learning (or a meta-learning baseline)"),
+    "eval": ("eval.__main__", False, "evaluate a trained run on fixed, seeded test tasks"),
+    "bench": ("benchmarks.__main__", False, "throughput and cost benchmarks (pipeline, train, eval, algorithms, all)"),
+    "demo": ("fsmtl.demo", False, "the main job on the embedded synthetic data: convert, train, eval, report"),
+    "plot": ("fsmtl.report", False, "draw the curves of a run from its metrics.jsonl"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: fsmtl <command> [options]", "", "commands:"]
+    width = max(len(c) for c in _COMMANDS)
+    for name, (_, _, text) in _COMMANDS.items():
+        lines.append(f"  {name.ljust(width)}  {text}")
+    lines += ["", "Run 'fsmtl <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def run_stage_main(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
+    """Run a stage's ``main`` and map user errors to a one-line message and exit code 2."""
+    try:
+        rc = main(list(argv))
+    except FsmtlError as e:
+        print(f"fsmtl: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fsmtl: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fsmtl`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if args[0] in ("-V", "--version"):
+        from fsmtl import __version__
+
+        print(f"fsmtl {__version__}")
+        return 0
+    name = args[0]
+    if name not in _COMMANDS:
+        print(f"fsmtl: error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    module_name, keep_name, _ = _COMMANDS[name]
+    module = importlib.import_module(module_name)
+    rest = args if keep_name else args[1:]
+    return run_stage_main(module.main, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

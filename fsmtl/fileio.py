@@ -1,0 +1,61 @@
+"""Atomic file writes and hashing shared by every stage that writes to disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO
+
+_HASH_CHUNK = 1 << 22
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (constant memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through a temporary file in the same folder, fsync, then rename.
+
+    A crash or an exception inside ``write`` leaves the old file (or nothing) in place,
+    never a half-written one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Atomically write ``obj`` as indented UTF-8 JSON."""
+    data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
+    atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: str | os.PathLike[str], what: str = "JSON") -> Any:
+    """Read a JSON file, turning any failure into an FsmtlError that names the file."""
+    from fsmtl.errors import FsmtlError
+
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FsmtlError(f"{path}: file not found (expected {what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FsmtlError(f"{path}: not valid {what}: {e}") from None

@@ -1,0 +1,48 @@
+"""Shared fixtures: small synthetic shard sets written in the canonical format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from preprocess.shards import ShardWriter
+from preprocess.synthetic import SyntheticConfig, generate_split
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REQUIRE_BACKENDS = os.environ.get("FSMTL_REQUIRE_BACKENDS") == "1"
+
+
+def write_synthetic(out: Path, cfg: SyntheticConfig, benchmark: str = "synthetic") -> Path:
+    """Write a synthetic shard set to ``out`` and return it."""
+    with ShardWriter(out, benchmark) as w:
+        for split in ("train", "val", "test"):
+            images, labels, classes = generate_split(cfg, split)
+            w.write_split(split, images, labels, classes)
+        w.commit()
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """32x32x3, 8/5/5 classes x 30 images: fast enough for any test."""
+    cfg = SyntheticConfig(image_size=32, classes=(8, 5, 5), per_class=30, seed=1)
+    return write_synthetic(tmp_path_factory.mktemp("shards") / "tiny32", cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards_84(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """84x84x3, 6/5/5 classes x 20 images: the mini-ImageNet image shape."""
+    cfg = SyntheticConfig(image_size=84, classes=(6, 5, 5), per_class=20, seed=2)
+    return write_synthetic(tmp_path_factory.mktemp("shards") / "tiny84", cfg)
+
+
+def optional_import(name: str):
+    """Import an optional back end; skip the test if it is missing, fail if CI requires it."""
+    try:
+        return __import__(name)
+    except Exception as e:  # ImportError, or a broken native library
+        if REQUIRE_BACKENDS:
+            pytest.fail(f"FSMTL_REQUIRE_BACKENDS=1 but {name} does not import: {e}")
+        pytest.skip(f"{name} not installed: {e}")

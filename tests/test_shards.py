@@ -1,0 +1,86 @@
+"""The canonical shard format: writing, loading with checks, verifying hashes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fsmtl.errors import FsmtlError
+from preprocess.shards import ShardWriter, load_split, open_shards, verify_shards
+
+
+def _write(out, labels, n_classes=3, shape=(8, 8, 3)):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(len(labels), *shape), dtype=np.uint8)
+    with ShardWriter(out, "toy") as w:
+        w.write_split("train", images, np.asarray(labels), [f"c{i}" for i in range(n_classes)])
+        w.commit()
+    return images
+
+
+def test_write_split_sorts_rows_by_label_and_keeps_image_label_pairs(tmp_path):
+    labels = [2, 0, 1, 0, 2, 1]
+    images = _write(tmp_path / "s", labels)
+    split = load_split(tmp_path / "s", "train")
+    assert split.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    order = np.argsort(labels, kind="stable")
+    np.testing.assert_array_equal(np.asarray(split.images), images[order])
+    assert split.class_offsets.tolist() == [0, 2, 4, 6]
+    assert split.class_rows(1) == slice(2, 4)
+
+
+def test_meta_records_train_mean_and_std_on_unit_scale(tmp_path):
+    images = _write(tmp_path / "s", [0, 1, 2])
+    meta = open_shards(tmp_path / "s").meta
+    ref = images.reshape(-1, 3).astype(np.float64) / 255
+    np.testing.assert_allclose(meta["mean"], ref.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(meta["std"], ref.std(0), rtol=1e-9)
+
+
+def test_writer_refuses_existing_output_without_force(tmp_path):
+    (tmp_path / "s").mkdir()
+    with pytest.raises(FsmtlError, match="already exists"):
+        ShardWriter(tmp_path / "s", "toy")
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    with pytest.raises(FsmtlError):
+        with ShardWriter(tmp_path / "s", "toy") as w:
+            w.write_split("train", np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 0]), ["a", "b"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_names_the_file_with_a_flipped_byte(tmp_path):
+    _write(tmp_path / "s", [0, 1, 2])
+    assert verify_shards(tmp_path / "s") == []
+    p = tmp_path / "s" / "train" / "images.npy"
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0xFF
+    p.write_bytes(bytes(data))
+    problems = verify_shards(tmp_path / "s")
+    assert len(problems) == 1 and "train/images.npy" in problems[0]
+
+
+def test_load_rejects_labels_that_disagree_with_meta(tmp_path):
+    _write(tmp_path / "s", [0, 1, 2])
+    np.save(tmp_path / "s" / "train" / "labels.npy", np.array([0, 2, 1], dtype=np.int64))
+    with pytest.raises(FsmtlError, match="labels.npy"):
+        load_split(tmp_path / "s", "train")
+
+
+def test_load_rejects_wrong_format_version(tmp_path):
+    _write(tmp_path / "s", [0, 1, 2])
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["version"] = 99
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(FsmtlError, match="version 1, got 99"):
+        open_shards(tmp_path / "s")
+
+
+def test_images_are_memory_mapped_by_default(tiny_shards):
+    split = load_split(tiny_shards, "train")
+    assert isinstance(split.images, np.memmap)
+    assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 3)
