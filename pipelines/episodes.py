@@ -1,0 +1,104 @@
+"""Few-shot task sampling as vectorised index operations, and the one label-remapping function.
+
+All sampling is done on the CPU with a seeded ``torch.Generator`` over small index tensors (a few
+thousand int64 values per batch), then the indices move to the device where the images live. That
+makes "the same seed gives the same episodes on CPU and GPU" true by construction, and costs
+microseconds: the images themselves are gathered on the device.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check(class_offsets: Tensor, ways: int, per_class: int) -> Tensor:
+    if class_offsets.ndim != 1 or class_offsets.dtype != torch.int64:
+        raise ValueError(f"class_offsets must be int64 [n_classes+1], got {class_offsets.dtype} {tuple(class_offsets.shape)}")
+    n_classes = class_offsets.numel() - 1
+    if ways < 1 or ways > n_classes:
+        raise ValueError(f"cannot sample {ways}-way tasks from a split with {n_classes} classes")
+    counts = class_offsets[1:] - class_offsets[:-1]
+    smallest = int(counts.min())
+    if per_class < 1 or per_class > smallest:
+        raise ValueError(
+            f"{per_class} images per class (shots + queries) requested, but the smallest class has {smallest}"
+        )
+    return counts
+
+
+def sample_classes(n_classes: int, n_tasks: int, ways: int, generator: torch.Generator) -> Tensor:
+    """Draw ``ways`` distinct classes for each of ``n_tasks`` tasks.
+
+    Returns:
+        int64 [n_tasks, ways] in [0, n_classes), distinct within each row, in random order.
+    """
+    keys = torch.rand(n_tasks, n_classes, generator=generator)
+    return keys.argsort(dim=1)[:, :ways]
+
+
+def sample_within_classes(
+    class_offsets: Tensor, classes: Tensor, per_class: int, generator: torch.Generator
+) -> Tensor:
+    """Draw ``per_class`` distinct images from each given class, without replacement.
+
+    Uses random keys over the largest class size, masked past each class's size, so every
+    subset of a class is equally likely.
+
+    Args:
+        class_offsets: int64 [n_classes + 1], class c owns rows offsets[c]:offsets[c+1].
+        classes: int64 [...], class ids.
+        per_class: images per class.
+
+    Returns:
+        int64 [..., per_class]: row indices into the split.
+    """
+    counts = class_offsets[1:] - class_offsets[:-1]
+    flat = classes.reshape(-1)
+    max_count = int(counts.max())
+    keys = torch.rand(flat.numel(), max_count, generator=generator)
+    pos = torch.arange(max_count).expand(flat.numel(), max_count)
+    keys = keys.masked_fill(pos >= counts[flat].unsqueeze(1), 2.0)
+    within = keys.argsort(dim=1)[:, :per_class]
+    rows = class_offsets[flat].unsqueeze(1) + within
+    return rows.reshape(*classes.shape, per_class)
+
+
+def sample_episode_indices(
+    class_offsets: Tensor, n_tasks: int, ways: int, per_class: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Sample ``n_tasks`` N-way tasks with ``per_class`` images per class.
+
+    Args:
+        class_offsets: int64 [n_classes + 1] (CPU).
+        generator: a CPU ``torch.Generator``; the result depends only on its state.
+
+    Returns:
+        (rows, classes): rows int64 [n_tasks, ways, per_class] indices into the split, and
+        classes int64 [n_tasks, ways], the split-level class id of each way. Way ``j`` of task ``t``
+        is class ``classes[t, j]``, so the within-task label of ``rows[t, j, :]`` is ``j``.
+    """
+    _check(class_offsets, ways, per_class)
+    classes = sample_classes(class_offsets.numel() - 1, n_tasks, ways, generator)
+    rows = sample_within_classes(class_offsets, classes, per_class, generator)
+    return rows, classes
+
+
+def remap_labels(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Map arbitrary class ids to 0..k-1 in order of first appearance.
+
+    Args:
+        labels: int64 [N].
+
+    Returns:
+        (local, class_ids): local int64 [N] in [0, k), class_ids int64 [k] with
+        ``class_ids[local] == labels``.
+    """
+    uniq, inverse = torch.unique(labels, sorted=True, return_inverse=True)
+    # order of first appearance, not sorted order: position of each unique value's first hit
+    first = torch.full((uniq.numel(),), labels.numel(), dtype=torch.int64, device=labels.device)
+    first.scatter_reduce_(0, inverse, torch.arange(labels.numel(), device=labels.device), reduce="amin")
+    order = first.argsort()
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=labels.device)
+    return rank[inverse], uniq[order]

@@ -1,0 +1,40 @@
+"""Batch conversions shared by training and evaluation: uint8 NHWC -> normalised float NCHW."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def normalize_batch(
+    images: Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+) -> Tensor:
+    """Convert uint8 images to normalised floats, on the images' device.
+
+    Args:
+        images: uint8 [B, H, W, C].
+        mean, std: per-channel, on the 0..1 scale (the shard's meta.json values).
+        dtype: output dtype (float32, bfloat16 or float16); arithmetic is done in float32.
+        channels_last: return a channels_last-strided tensor (a free view of NHWC data).
+
+    Returns:
+        dtype [B, C, H, W], ``(x / 255 - mean) / std``.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 [B,H,W,C], got {images.dtype} {tuple(images.shape)}")
+    c = images.shape[-1]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {c} channels")
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=images.device) * 255.0
+    x = (images.to(torch.float32) - m) / s  # [B,H,W,C]
+    x = x.permute(0, 3, 1, 2)  # NCHW view with channels_last strides
+    if not channels_last:
+        x = x.contiguous()
+    return x.to(dtype)
