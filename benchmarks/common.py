@@ -1,0 +1,105 @@
+"""What every benchmark shares: honest timing, the machine's description, table + JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from fsmtl.fileio import atomic_write_json
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued device work, so host clocks measure it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runs(
+    fn: Callable[[], Any], device: torch.device | str = "cpu", warmup: int = 2, runs: int = 5
+) -> list[float]:
+    """Seconds per call of ``fn``: ``warmup`` untimed calls, then ``runs`` timed ones.
+
+    Each timed call is bracketed by a device synchronize, so asynchronous work is counted.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The machine and library versions, recorded beside every benchmark's numbers."""
+    device = torch.device(device)
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    for mod in ("numpy", "numba", "sklearn", "torchvision", "nvidia.dali", "ffcv"):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            info[mod] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001 - absence is information, not an error
+            info[mod] = None
+    return info
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table of ``rows`` (dicts), floats shown with 4 significant digits."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths))
+    sep = "  ".join("-" * w for w in widths)
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join([line, sep, *body])
+
+
+def write_results(path: str | os.PathLike[str] | None, name: str, config: dict[str, Any], rows: list[dict[str, Any]], device: torch.device | str = "cpu", **extra: Any) -> dict[str, Any]:
+    """Build the benchmark's JSON document (name, config, hardware, rows) and write it if asked."""
+    doc = {"benchmark": name, "config": config, "hardware": hardware_info(device), "rows": rows, **extra}
+    if path is not None:
+        atomic_write_json(path, doc)
+    return doc
