@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.fsmtl-installed
 XSTAMP := $(VENV)/.fsmtl-extras
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install extras bench clean
+.PHONY: demo test install extras l2l bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +24,17 @@ install: $(STAMP)
 $(XSTAMP): $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dali]' || echo "fsmtl: DALI extra not installed; its tests will skip"
 	$(BIN)/python -m pip install -q -e '.[ffcv]' || echo "fsmtl: FFCV extra not installed (needs pkg-config libopencv-dev libturbojpeg0-dev); its tests will skip"
+	$(MAKE) --no-print-directory l2l || echo "fsmtl: learn2learn not installed; MAML/ANIL baselines and its tests will skip"
 	touch $(XSTAMP)
 
 extras: $(XSTAMP)
+
+# learn2learn 0.2.0 (MAML/ANIL baselines, and the seed's own task builder in the reference pipeline).
+# Its declared dependencies pin numpy<2, so it is installed without them; its generated C only
+# builds through the PEP 517 path of a recent pip.
+l2l: $(STAMP)
+	$(BIN)/python -m pip install -q --no-deps learn2learn==0.2.0 --config-settings=--build-option=build_ext
+	$(BIN)/python -m pip install -q requests tqdm gym scipy
 
 demo: $(STAMP)
 	$(BIN)/fsmtl demo --out $(DEMO_OUT)

@@ -66,7 +66,11 @@ def render_class(
         float32 [n, size, size, 3] in [0, 1].
     """
     d = difficulty
-    yy, xx = np.meshgrid(np.linspace(0, 1, size, dtype=np.float32), np.linspace(0, 1, size, dtype=np.float32), indexing="ij")
+    yy, xx = np.meshgrid(
+        np.linspace(0, 1, size, dtype=np.float32),
+        np.linspace(0, 1, size, dtype=np.float32),
+        indexing="ij",
+    )
     out = np.empty((n, size, size, 3), dtype=np.float32)
     for k in range(2):
         fx = params["freq"][k] * np.cos(params["theta"][k])
@@ -104,27 +108,42 @@ def render_class(
     return np.clip(out, 0.0, 1.0, out=out)
 
 
+def generate_class(cfg: SyntheticConfig, split: str, k: int) -> np.ndarray:
+    """Generate the images of class ``k`` of ``split``.
+
+    Returns:
+        uint8 [per_class, S, S, C].
+    """
+    s_idx = SPLITS.index(split)
+    size, c = cfg.image_size, cfg.channels
+    images = np.empty((cfg.per_class, size, size, c), dtype=np.uint8)
+    params = _class_params(np.random.default_rng([cfg.seed, s_idx, k, 0]))
+    for start in range(0, cfg.per_class, _CHUNK):
+        m = min(_CHUNK, cfg.per_class - start)
+        var_rng = np.random.default_rng([cfg.seed, s_idx, k, 1, start])
+        img = render_class(params, m, size, var_rng, cfg.difficulty)
+        if c == 1:
+            img = img.mean(-1, keepdims=True)
+        images[start : start + m] = np.round(img * 255.0).astype(np.uint8)
+    return images
+
+
+def class_names(cfg: SyntheticConfig, split: str) -> list[str]:
+    """Identifiers of the classes of ``split``."""
+    return [f"synthetic-{split}-{k:04d}" for k in range(cfg.classes[SPLITS.index(split)])]
+
+
 def generate_split(cfg: SyntheticConfig, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Generate one split.
 
     Returns:
         images uint8 [n_classes * per_class, S, S, C], labels int64 sorted, class identifiers.
     """
-    s_idx = SPLITS.index(split)
-    n_classes = cfg.classes[s_idx]
-    size, c = cfg.image_size, cfg.channels
-    images = np.empty((n_classes * cfg.per_class, size, size, c), dtype=np.uint8)
+    n_classes = cfg.classes[SPLITS.index(split)]
+    images = np.empty(
+        (n_classes * cfg.per_class, cfg.image_size, cfg.image_size, cfg.channels), dtype=np.uint8
+    )
     labels = np.repeat(np.arange(n_classes, dtype=np.int64), cfg.per_class)
     for k in range(n_classes):
-        pattern_rng = np.random.default_rng([cfg.seed, s_idx, k, 0])
-        params = _class_params(pattern_rng)
-        for start in range(0, cfg.per_class, _CHUNK):
-            m = min(_CHUNK, cfg.per_class - start)
-            var_rng = np.random.default_rng([cfg.seed, s_idx, k, 1, start])
-            img = render_class(params, m, size, var_rng, cfg.difficulty)
-            if c == 1:
-                img = img.mean(-1, keepdims=True)
-            row = k * cfg.per_class + start
-            images[row : row + m] = np.round(img * 255.0).astype(np.uint8)
-    classes = [f"synthetic-{split}-{k:04d}" for k in range(n_classes)]
-    return images, labels, classes
+        images[k * cfg.per_class : (k + 1) * cfg.per_class] = generate_class(cfg, split, k)
+    return images, labels, class_names(cfg, split)

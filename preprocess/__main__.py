@@ -1,0 +1,163 @@
+"""``fsmtl convert`` and ``fsmtl verify`` (also ``python -m preprocess convert|verify ...``).
+
+    fsmtl convert <benchmark> --src PATH --out DIR [--force] [--format npy,ffcv,dali] [flags]
+    fsmtl verify <dir>
+
+Exit codes: 0 success; 1 ``verify`` found differing files; 2 bad input (one-line error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fsmtl.errors import FsmtlError
+from preprocess.config import BENCHMARKS, FORMATS, PreprocessConfig
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = PreprocessConfig("synthetic", Path("."))  # the defaults, from the one config dataclass
+    p = argparse.ArgumentParser(
+        prog="fsmtl", description="Offline conversion of few-shot benchmarks into checked shards."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("convert", help="convert a benchmark's files into shards")
+    c.add_argument("benchmark", choices=BENCHMARKS)
+    c.add_argument(
+        "--src", type=Path, help="the downloaded files (file or folder); not for synthetic"
+    )
+    c.add_argument(
+        "--out", type=Path, required=True, help="output directory (must not exist unless --force)"
+    )
+    c.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    c.add_argument(
+        "--format",
+        default=",".join(d.formats),
+        help=f"comma list of {','.join(FORMATS)} (npy always)",
+    )
+    c.add_argument(
+        "--size",
+        type=int,
+        default=d.size,
+        help="output side length (default: 28 omniglot, 32 cifar, 84 others)",
+    )
+    c.add_argument("--channels", type=int, default=d.channels, help="imagefolder/synthetic: 1 or 3")
+    c.add_argument(
+        "--workers", type=int, default=d.workers, help="decoding threads (default: all CPUs)"
+    )
+    c.add_argument(
+        "--seed",
+        type=int,
+        default=d.seed,
+        help="imagefolder ratio split / synthetic generator seed",
+    )
+    c.add_argument(
+        "--rotations",
+        action="store_true",
+        help="omniglot: add 90/180/270-degree rotations of train classes as new classes",
+    )
+    c.add_argument(
+        "--val-alphabets",
+        type=int,
+        default=d.val_alphabets,
+        help="omniglot: background alphabets held out as val",
+    )
+    c.add_argument(
+        "--split-file",
+        type=Path,
+        default=d.split_file,
+        help="imagefolder: lines '<class>,<train|val|test>'",
+    )
+    c.add_argument(
+        "--ratios",
+        type=_floats,
+        default=d.ratios,
+        help="imagefolder: class fractions train,val,test (default 0.64,0.16,0.2)",
+    )
+    c.add_argument(
+        "--classes",
+        type=_ints,
+        default=d.classes,
+        help="synthetic: classes per split train,val,test",
+    )
+    c.add_argument("--per-class", type=int, default=d.per_class, help="synthetic: images per class")
+    c.add_argument(
+        "--difficulty",
+        type=float,
+        default=d.difficulty,
+        help="synthetic: nuisance variation (0 = clean)",
+    )
+    c.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    v = sub.add_parser("verify", help="re-hash a shard directory against its meta.json")
+    v.add_argument("dir", type=Path)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    """Build the stage's config from parsed ``convert`` arguments."""
+    return PreprocessConfig(
+        benchmark=args.benchmark,
+        out=args.out,
+        src=args.src,
+        force=args.force,
+        formats=tuple(f.strip() for f in args.format.split(",") if f.strip()),
+        size=args.size,
+        channels=args.channels,
+        workers=args.workers,
+        seed=args.seed,
+        rotations=args.rotations,
+        val_alphabets=args.val_alphabets,
+        split_file=args.split_file,
+        ratios=args.ratios,  # type: ignore[arg-type]
+        classes=args.classes,  # type: ignore[arg-type]
+        per_class=args.per_class,
+        difficulty=args.difficulty,
+        progress=not args.no_progress,
+    )
+
+
+def _verify(root: Path) -> int:
+    from preprocess.shards import open_shards, verify_shards
+
+    problems = verify_shards(root)
+    if problems:
+        for line in problems:
+            print(line)
+        print(f"{root}: {len(problems)} file(s) differ from meta.json")
+        return 1
+    n = len(open_shards(root).meta["files"])
+    print(f"{root}: all {n} files match meta.json")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Run ``convert`` or ``verify``; returns the exit code (FsmtlError propagates to the CLI)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed its message
+        return int(e.code or 0) if e.code in (0, None) else 2
+    if args.command == "verify":
+        return _verify(args.dir)
+    from preprocess.run import convert, format_summary
+
+    try:
+        cfg = config_from_args(args)
+    except (TypeError, ValueError) as e:
+        raise FsmtlError(f"convert: bad option ({e})") from None
+    print(format_summary(convert(cfg)))
+    return 0
+
+
+if __name__ == "__main__":
+    from fsmtl.cli import run_stage_main
+
+    sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -1,0 +1,100 @@
+"""``PreprocessConfig``: every setting of the conversion stage, and the only place for defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsmtl.errors import FsmtlError
+
+BENCHMARKS: tuple[str, ...] = (
+    "mini-imagenet",
+    "tiered-imagenet",
+    "cifar-fs",
+    "fc100",
+    "omniglot",
+    "imagefolder",
+    "synthetic",
+)
+FORMATS: tuple[str, ...] = ("npy", "ffcv", "dali")
+# output side length when --size is not given
+DEFAULT_SIZE = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
+FALLBACK_SIZE = 84
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Settings of one ``fsmtl convert`` run.
+
+    Attributes:
+        benchmark: one of :data:`BENCHMARKS`.
+        out: the output shard directory (written atomically).
+        src: the user's downloaded files (unused by ``synthetic``).
+        force: overwrite an existing ``out``.
+        formats: output formats; "npy" (canonical, always written) plus "ffcv" and/or "dali".
+        size: output side length (None: 28 for Omniglot, 32 for CIFAR, 84 otherwise). CIFAR data
+            is never resized; tiered-ImageNet is resized only when given.
+        channels: 1 or 3 (imagefolder, synthetic).
+        workers: decoding threads (None: all CPUs).
+        seed: seed of imagefolder's ratio split and of the synthetic generator.
+        rotations: Omniglot: add 90/180/270-degree rotations of train classes as new classes.
+        val_alphabets: Omniglot: hold out this many background alphabets as the val split.
+        split_file: imagefolder: a file assigning each class folder to a split.
+        ratios: imagefolder: fractions of classes for (train, val, test), used without split_file.
+        classes: synthetic: classes per split (train, val, test).
+        per_class: synthetic: images per class.
+        difficulty: synthetic: scale of nuisance variation (0 = clean prototypes).
+        progress: show progress bars.
+    """
+
+    benchmark: str
+    out: Path
+    src: Path | None = None
+    force: bool = False
+    formats: tuple[str, ...] = ("npy",)
+    size: int | None = None
+    channels: int = 3
+    workers: int | None = None
+    seed: int = 0
+    rotations: bool = False
+    val_alphabets: int = 0
+    split_file: Path | None = None
+    ratios: tuple[float, float, float] = (0.64, 0.16, 0.20)
+    classes: tuple[int, int, int] = (64, 16, 20)
+    per_class: int = 600
+    difficulty: float = 1.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.benchmark not in BENCHMARKS:
+            raise FsmtlError(
+                f"benchmark: expected one of {', '.join(BENCHMARKS)}, got {self.benchmark!r}"
+            )
+        bad = [f for f in self.formats if f not in FORMATS]
+        if bad or "npy" not in self.formats:
+            raise FsmtlError(
+                f"--format: expected a comma list of {', '.join(FORMATS)} including npy, got {','.join(self.formats)}"
+            )
+        if self.benchmark != "synthetic" and self.src is None:
+            raise FsmtlError(f"--src: required for {self.benchmark} (the downloaded files)")
+        if self.size is not None and not 4 <= self.size <= 1024:
+            raise FsmtlError(f"--size: expected 4..1024, got {self.size}")
+        if self.channels not in (1, 3):
+            raise FsmtlError(f"--channels: expected 1 or 3, got {self.channels}")
+        if self.workers is not None and self.workers < 1:
+            raise FsmtlError(f"--workers: expected >= 1, got {self.workers}")
+        if self.val_alphabets < 0:
+            raise FsmtlError(f"--val-alphabets: expected >= 0, got {self.val_alphabets}")
+        if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
+            raise FsmtlError(f"--ratios: expected three non-negative fractions, got {self.ratios}")
+        if len(self.classes) != 3 or min(self.classes) < 0 or self.per_class < 1:
+            raise FsmtlError(
+                f"--classes/--per-class: expected 3 counts >= 0 and >= 1 image, got {self.classes} x {self.per_class}"
+            )
+
+    @property
+    def out_size(self) -> int:
+        """The output side length: ``size`` or the benchmark's default."""
+        return (
+            self.size if self.size is not None else DEFAULT_SIZE.get(self.benchmark, FALLBACK_SIZE)
+        )

@@ -1,0 +1,108 @@
+"""Any class-per-directory tree (``<src>/<class>/<image>``), resized to ``--size`` square.
+
+Classes go to splits by a user file (``--split-file``: lines ``<class>,<split>``, or
+``<class> <split>``; ``#`` starts a comment) or, without one, by class fractions
+(``--ratios train,val,test``) after a shuffle with ``--seed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fsmtl.errors import FsmtlError
+from preprocess.config import PreprocessConfig
+from preprocess.imaging import IMAGE_SUFFIXES, decode_image, parallel_fill, read_file
+from preprocess.shards import SPLITS, ShardWriter
+from preprocess.splitlists import check_class_set
+
+
+def read_split_file(path: Path) -> dict[str, str]:
+    """{class: split} from a ``<class>,<split>`` (or whitespace-separated) file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise FsmtlError(f"{path}: cannot read split file ({e.strerror})") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = [p.strip() for p in (line.rsplit(",", 1) if "," in line else line.rsplit(None, 1))]
+        if len(parts) != 2 or parts[1] not in SPLITS:
+            raise FsmtlError(f"{path}:{n}: expected '<class>,<train|val|test>', got {line!r}")
+        if parts[0] in out:
+            raise FsmtlError(f"{path}:{n}: class {parts[0]!r} listed twice")
+        out[parts[0]] = parts[1]
+    if not out:
+        raise FsmtlError(f"{path}: expected '<class>,<split>' lines, found none")
+    return out
+
+
+def split_by_ratios(
+    classes: list[str], ratios: tuple[float, float, float], seed: int
+) -> dict[str, str]:
+    """{class: split}: a seeded shuffle of the classes cut by fractions (rounded; rest to train).
+
+    Every split with a positive ratio gets at least one class when there are enough classes.
+    """
+    total = float(sum(ratios))
+    counts = [int(round(len(classes) * r / total)) for r in ratios]
+    for i in (1, 2):
+        if ratios[i] > 0 and counts[i] == 0 and len(classes) >= 3:
+            counts[i] = 1
+    counts[0] = len(classes) - counts[1] - counts[2]
+    if counts[0] < (1 if ratios[0] > 0 else 0):
+        raise FsmtlError(f"--ratios {ratios}: {len(classes)} classes are too few to split")
+    perm = np.random.default_rng(seed).permutation(len(classes))
+    bounds = np.cumsum([0] + counts)
+    return {classes[j]: SPLITS[s] for s in range(3) for j in perm[bounds[s] : bounds[s + 1]]}
+
+
+def _scan(src: Path) -> dict[str, list[Path]]:
+    """{class folder name: sorted image paths}."""
+    if not src.is_dir():
+        raise FsmtlError(f"{src}: expected a folder with one sub-folder of images per class")
+    out = {}
+    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FsmtlError(f"{d}: expected images ({', '.join(IMAGE_SUFFIXES)}), found none")
+        out[d.name] = files
+    if not out:
+        raise FsmtlError(f"{src}: expected class sub-folders, found none")
+    return out
+
+
+def convert_imagefolder(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
+    """Write the splits of a class-per-directory tree; return the source folder."""
+    assert cfg.src is not None
+    src = Path(cfg.src)
+    tree = _scan(src)
+    if cfg.split_file is not None:
+        assignment = read_split_file(Path(cfg.split_file))
+        check_class_set(str(src), list(tree), list(assignment), f"split file {cfg.split_file}")
+    else:
+        assignment = split_by_ratios(list(tree), cfg.ratios, cfg.seed)
+    size, channels = cfg.out_size, cfg.channels
+    for split in SPLITS:
+        classes = [c for c in tree if assignment[c] == split]
+        if not classes:
+            continue
+        paths = [p for c in classes for p in tree[c]]
+        labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(tree[c]) for c in classes])
+        out = w.alloc_images(split, len(paths), (size, size, channels))
+        parallel_fill(
+            out,
+            lambda i: decode_image(
+                read_file(paths[i]), str(paths[i]), size=size, channels=channels
+            ),
+            cfg.workers,
+            f"imagefolder {split}",
+            cfg.progress,
+        )
+        out.flush()
+        del out
+        w.finish_split(split, labels, classes)
+    return [src]

@@ -1,0 +1,157 @@
+"""Omniglot (Lake et al.) from the official zips or their unzipped folders.
+
+``--src`` is a zip, an ``images_background*`` / ``images_evaluation*`` folder, or a folder
+holding any of these (zips or folders; the ``_small1``/``_small2`` subsets too). Layout inside:
+``<Alphabet>/<character>/*.png``. Background alphabets form the train split (``--val-alphabets N``
+holds out the last N, in sorted order, as val), evaluation alphabets the test split; either set
+may be absent; a drawing present in several sources (the ``_small1``/``_small2`` subsets
+overlap) is kept once. Ink becomes the bright foreground (pixels inverted), images are resized to
+``--size`` (28), and ``--rotations`` adds the 90/180/270-degree rotations of every train class as
+new classes (``<Alphabet>/<character>/rot90`` ...).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from fsmtl.errors import FsmtlError
+from preprocess.config import PreprocessConfig
+from preprocess.imaging import decode_image, default_workers, parallel_fill, read_file
+from preprocess.shards import ShardWriter
+
+_ROTATIONS = (90, 180, 270)
+
+
+def _kind(name: str) -> str | None:
+    """ "background", "evaluation" or None for a source's base name."""
+    low = name.lower()
+    if not low.startswith("images_"):
+        return None
+    return "background" if "background" in low else "evaluation" if "evaluation" in low else None
+
+
+def find_sources(src: Path) -> list[tuple[str, Path]]:
+    """[(kind, zip or folder)] that ``src`` names or holds; a folder wins over its own zip."""
+    if not src.exists():
+        raise FsmtlError(
+            f"{src}: not found; expected an Omniglot zip or images_background/evaluation folder"
+        )
+    stem = src.name[:-4] if src.suffix == ".zip" else src.name
+    if _kind(stem):
+        return [(_kind(stem), src)]  # type: ignore[list-item]
+    if src.is_file():
+        raise FsmtlError(f"{src}: expected images_background*.zip or images_evaluation*.zip")
+    found: dict[str, tuple[str, Path]] = {}
+    for p in sorted(src.iterdir()):
+        stem = p.name[:-4] if p.suffix == ".zip" and p.is_file() else p.name if p.is_dir() else ""
+        kind = _kind(stem)
+        if kind and (stem not in found or p.is_dir()):
+            found[stem] = (kind, p)
+    if not found:
+        raise FsmtlError(
+            f"{src}: expected images_background*/images_evaluation* zips or folders inside, found none"
+        )
+    return list(found.values())
+
+
+def _read_source(kind: str, src: Path) -> list[tuple[str, str, bytes]]:
+    """[(class id "<Alphabet>/<character>", name for errors, PNG bytes)] of one zip or folder."""
+    out = []
+    if src.is_dir():
+        for p in sorted(src.glob("*/*/*.png")):
+            out.append((f"{p.parent.parent.name}/{p.parent.name}", str(p), read_file(p)))
+    else:
+        try:
+            with zipfile.ZipFile(src) as z:
+                for info in sorted(z.infolist(), key=lambda i: i.filename):
+                    parts = info.filename.rstrip("/").split("/")
+                    if info.is_dir() or not parts[-1].lower().endswith(".png") or len(parts) < 3:
+                        continue
+                    out.append((f"{parts[-3]}/{parts[-2]}", f"{src}:{info.filename}", z.read(info)))
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise FsmtlError(
+                f"{src}: not a readable zip ({e}); expected an Omniglot {kind} archive"
+            ) from None
+    if not out:
+        raise FsmtlError(f"{src}: expected <Alphabet>/<character>/*.png images, found none")
+    return out
+
+
+def _decode_all(
+    items: list[tuple[str, str, bytes]], size: int, cfg: PreprocessConfig, desc: str
+) -> np.ndarray:
+    """uint8 [N, size, size, 1], ink bright, decoded in parallel."""
+    images = np.empty((len(items), size, size, 1), dtype=np.uint8)
+    parallel_fill(
+        images,
+        lambda i: decode_image(items[i][2], items[i][1], size=size, channels=1, invert=True),
+        cfg.workers,
+        desc,
+        cfg.progress,
+    )
+    return images
+
+
+def _write(w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotations: bool) -> None:
+    classes = sorted(set(ids))
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[c] for c in ids], dtype=np.int64)
+    if rotations:
+        # rotation r of class k becomes class (r+1)*n + k: blocks of whole rotated classes
+        n = len(classes)
+        images = np.concatenate(
+            [images] + [np.rot90(images, k=r // 90, axes=(1, 2)) for r in _ROTATIONS]
+        )
+        labels = np.concatenate([labels + i * n for i in range(len(_ROTATIONS) + 1)])
+        classes = classes + [f"{c}/rot{r}" for r in _ROTATIONS for c in classes]
+    w.write_split(split, np.ascontiguousarray(images), labels, classes)
+
+
+def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
+    """Write Omniglot's train (+val) and/or test splits; return the sources read."""
+    assert cfg.src is not None
+    sources = find_sources(Path(cfg.src))
+    with ThreadPoolExecutor(min(len(sources), default_workers(cfg.workers))) as pool:
+        read = list(pool.map(lambda ks: _read_source(*ks), sources))
+    items: dict[str, list[tuple[str, str, bytes]]] = {"background": [], "evaluation": []}
+    seen: set[tuple[str, str]] = set()
+    for (kind, _), part in zip(sources, read):
+        for item in part:
+            # the official _small1/_small2 subsets share drawings: keep each file once
+            key = (item[0], item[1].rsplit("/", 1)[-1])
+            if key not in seen:
+                seen.add(key)
+                items[kind].append(item)
+    size = cfg.out_size
+    if items["background"]:
+        bg = items["background"]
+        alphabets = sorted({c.split("/")[0] for c, _, _ in bg})
+        if cfg.val_alphabets >= len(alphabets):
+            raise FsmtlError(
+                f"--val-alphabets: expected fewer than the {len(alphabets)} background alphabets, got {cfg.val_alphabets}"
+            )
+        val_set = (
+            set(alphabets[len(alphabets) - cfg.val_alphabets :]) if cfg.val_alphabets else set()
+        )
+        images = _decode_all(bg, size, cfg, "omniglot background")
+        is_val = np.array([c.split("/")[0] in val_set for c, _, _ in bg])
+        for split, mask in (("train", ~is_val), ("val", is_val)):
+            if mask.any():
+                ids = [bg[i][0] for i in np.flatnonzero(mask)]
+                _write(w, split, images[mask], ids, cfg.rotations and split == "train")
+    elif cfg.val_alphabets:
+        raise FsmtlError(f"--val-alphabets: {cfg.src} has no background alphabets to hold out")
+    if items["evaluation"]:
+        ev = items["evaluation"]
+        _write(
+            w,
+            "test",
+            _decode_all(ev, size, cfg, "omniglot evaluation"),
+            [c for c, _, _ in ev],
+            False,
+        )
+    return [src for _, src in sources]

@@ -1,0 +1,112 @@
+"""Decoding and resizing images, one at a time or in parallel straight into a shard memmap."""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from fsmtl.errors import FsmtlError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+_CHUNK = 128  # images per parallel task: large enough to amortise scheduling, small for progress
+
+
+def default_workers(workers: int | None) -> int:
+    """``workers`` or, if None, the number of CPUs (decoding releases the GIL, so threads scale)."""
+    return max(1, int(workers) if workers else (os.cpu_count() or 1))
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of an input file; an unreadable file is a one-line error naming it."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise FsmtlError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def decode_image(
+    data: bytes | np.ndarray,
+    name: str,
+    size: int | None = None,
+    channels: int = 3,
+    invert: bool = False,
+    expect_size: int | None = None,
+) -> np.ndarray:
+    """Decode one encoded image (PNG, JPEG, ...) to a uint8 array.
+
+    Args:
+        data: the encoded file's bytes (or a 1-D uint8 array holding them).
+        name: how to name the image in errors.
+        size: resize to ``size`` x ``size`` (Lanczos) when the decoded size differs; None keeps it.
+        channels: 3 (RGB) or 1 (grey).
+        invert: return 255 - pixels (Omniglot: ink becomes the bright foreground).
+        expect_size: if set, an image that is not ``expect_size`` square is an error.
+
+    Returns:
+        uint8 [H, W, channels].
+    """
+    if isinstance(data, np.ndarray):
+        data = data.tobytes()
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img = img.convert("RGB" if channels == 3 else "L")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt input
+        raise FsmtlError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
+    if expect_size is not None and img.size != (expect_size, expect_size):
+        raise FsmtlError(
+            f"{name}: expected a {expect_size}x{expect_size} image, got {img.size[0]}x{img.size[1]}"
+        )
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.LANCZOS)
+    arr = np.asarray(img, dtype=np.uint8)
+    if invert:
+        arr = 255 - arr
+    return arr.reshape(arr.shape[0], arr.shape[1], channels)
+
+
+def parallel_fill(
+    out: np.ndarray,
+    load: Callable[[int], np.ndarray],
+    workers: int | None,
+    desc: str,
+    progress: bool = True,
+) -> None:
+    """Fill ``out[i] = load(i)`` for every row, on a thread pool, with a progress bar.
+
+    Args:
+        out: uint8 [N, H, W, C], typically a writable memmap from ``ShardWriter.alloc_images``.
+        load: returns row ``i`` as uint8 [H, W, C]; may raise FsmtlError for a bad input.
+
+    The first error cancels the remaining work and is re-raised.
+    """
+    n = len(out)
+    expected = tuple(out.shape[1:])
+
+    def fill(start: int, stop: int) -> int:
+        for i in range(start, stop):
+            img = load(i)
+            if img.shape != expected:
+                raise FsmtlError(f"{desc} image {i}: expected shape {expected}, got {img.shape}")
+            out[i] = img
+        return stop - start
+
+    with (
+        ThreadPoolExecutor(default_workers(workers)) as pool,
+        tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar,
+    ):
+        pending = {pool.submit(fill, s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if f.exception() is not None:
+                    for p in pending:
+                        p.cancel()
+                    raise f.exception()  # type: ignore[misc]
+                bar.update(f.result())

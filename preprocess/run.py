@@ -1,0 +1,127 @@
+"""One conversion, end to end: pick the converter, write atomically, export extra formats, summarise."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import numpy as np
+
+from fsmtl.errors import FsmtlError
+from preprocess.config import PreprocessConfig
+from preprocess.shards import SPLITS, ShardWriter, SplitData
+
+# benchmark -> "module:function"; each function is (cfg, writer) -> source paths read
+_CONVERTERS = {
+    "cifar-fs": "preprocess.convert_cifar:convert_cifar",
+    "fc100": "preprocess.convert_cifar:convert_cifar",
+    "mini-imagenet": "preprocess.convert_mini:convert_mini_imagenet",
+    "tiered-imagenet": "preprocess.convert_tiered:convert_tiered_imagenet",
+    "omniglot": "preprocess.convert_omniglot:convert_omniglot",
+    "imagefolder": "preprocess.convert_imagefolder:convert_imagefolder",
+    "synthetic": "preprocess.convert_synthetic:convert_synthetic",
+}
+# format -> (exporter module, the library it needs, the pip extra that installs it)
+_EXPORTERS = {
+    "ffcv": ("preprocess.export_ffcv", "ffcv", "ffcv"),
+    "dali": ("preprocess.export_dali", "nvidia.dali", "dali"),
+}
+
+
+def _converter(benchmark: str) -> Callable[[PreprocessConfig, ShardWriter], list[Path]]:
+    module, fn = _CONVERTERS[benchmark].split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+def load_exporters(formats: tuple[str, ...]) -> dict[str, ModuleType]:
+    """Import the exporter of every extra format, before any work is done.
+
+    Raises:
+        FsmtlError: naming the missing library and the pip extra that installs it.
+    """
+    out = {}
+    for fmt in formats:
+        if fmt == "npy":
+            continue
+        module, lib, extra = _EXPORTERS[fmt]
+        try:
+            out[fmt] = importlib.import_module(module)
+        except ImportError as e:
+            raise FsmtlError(
+                f"--format {fmt}: needs {lib}, which does not import here ({e}); "
+                f"install it with: pip install 'fsmtl[{extra}]'"
+            ) from None
+    return out
+
+
+def _split_from_tmp(w: ShardWriter, split: str) -> SplitData:
+    """The split just written into the writer's temporary directory, memory-mapped."""
+    d = w.tmp_dir / split
+    labels = np.load(d / "labels.npy")
+    doc = json.loads((d / "classes.json").read_text(encoding="utf-8"))
+    counts = np.bincount(labels, minlength=len(doc["classes"]))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    images = np.load(d / "images.npy", mmap_mode="r")
+    return SplitData(split, images, labels, offsets, doc["classes"], doc.get("categories"))
+
+
+def export_formats(w: ShardWriter, exporters: dict[str, ModuleType]) -> None:
+    """Write each extra format of every split into the writer's directory (hashed into meta)."""
+    for split in [s for s in SPLITS if s in w.split_summary()]:
+        data = _split_from_tmp(w, split)
+        if "ffcv" in exporters:
+            exporters["ffcv"].export_split_ffcv(data, w.add_file(f"{split}/data.beton"))
+        if "dali" in exporters:
+            written = exporters["dali"].export_split_dali(data, w.tmp_dir / split / "dali")
+            for p in written:
+                w.add_file(Path(p).resolve().relative_to(w.tmp_dir.resolve()).as_posix())
+
+
+def convert(cfg: PreprocessConfig) -> dict[str, Any]:
+    """Convert ``cfg.src`` into a checked shard set at ``cfg.out``.
+
+    Returns:
+        {"out", "benchmark", "splits": {split: {"n_images", "n_classes", "bytes"}}, "seconds"}.
+
+    Raises:
+        FsmtlError: for bad input; nothing is left at ``cfg.out`` (or beside it).
+    """
+    t0 = time.perf_counter()
+    exporters = load_exporters(cfg.formats)
+    convert_fn = _converter(cfg.benchmark)
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    options.pop("progress")
+    options.pop("force")
+    extra = {"formats": list(cfg.formats), "converter_options": options}
+    with ShardWriter(cfg.out, cfg.benchmark, force=cfg.force, extra_meta=extra) as w:
+        w.sources = convert_fn(cfg, w)
+        export_formats(w, exporters)
+        summary = w.split_summary()
+        out = w.commit()
+    return {
+        "out": str(out),
+        "benchmark": cfg.benchmark,
+        "splits": summary,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def format_summary(result: dict[str, Any]) -> str:
+    """The end-of-conversion table: images, classes and bytes per split, and the total time."""
+    rows = [("split", "images", "classes", "MB")]
+    for s, r in result["splits"].items():
+        rows.append((s, f"{r['n_images']:,}", str(r["n_classes"]), f"{r['bytes'] / 1e6:,.1f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"{result['benchmark']} -> {result['out']}"]
+    lines += [
+        "  ".join(v.rjust(wd) if i else v.ljust(wd) for i, (v, wd) in enumerate(zip(r, widths)))
+        for r in rows
+    ]
+    lines.insert(2, "  ".join("-" * wd for wd in widths))
+    lines.append(f"done in {result['seconds']:.1f} s")
+    return "\n".join(lines)

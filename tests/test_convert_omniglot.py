@@ -1,0 +1,133 @@
+"""Omniglot from zips and folders in the official layout, and from the real zips in ../shared."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fsmtl.cli import main as cli
+from preprocess.shards import open_shards
+from conftest import SHARED
+
+OMNIGLOT = SHARED / "data" / "omniglot"
+
+
+def _stroke_png(rng):
+    """A 105x105 1-bit image as the originals: white background, a black stroke."""
+    a = np.ones((105, 105), dtype=bool)
+    r = rng.integers(10, 60)
+    a[r : r + 30, 20:30] = False  # a vertical bar at a class-independent place
+    a[r : r + 10, 20:90] = False  # and a horizontal one: not symmetric under rotation
+    buf = io.BytesIO()
+    Image.fromarray(a).convert("1").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _omniglot_tree(rng, alphabets, chars=2, per_char=3):
+    return {
+        f"{a}/character{c:02d}/{1000 + c}_{k:02d}.png": _stroke_png(rng)
+        for a in alphabets
+        for c in range(1, chars + 1)
+        for k in range(1, per_char + 1)
+    }
+
+
+@pytest.fixture()
+def omniglot_src(tmp_path):
+    """images_background.zip (3 alphabets) + an unzipped images_evaluation/ folder (1 alphabet)."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "omniglot"
+    src.mkdir()
+    with zipfile.ZipFile(src / "images_background.zip", "w") as z:
+        for name, data in _omniglot_tree(rng, ["Alpha", "Beta", "Gamma"]).items():
+            z.writestr(f"images_background/{name}", data)
+    for name, data in _omniglot_tree(rng, ["Zeta_(script)"]).items():
+        p = src / "images_evaluation" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    return src
+
+
+def test_background_is_train_and_evaluation_is_test_with_bright_ink(omniglot_src, tmp_path):
+    assert (
+        cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "o")]) == 0
+    )
+    shards = open_shards(tmp_path / "o")
+    assert shards.splits == ["train", "test"] and shards.image_shape == (28, 28, 1)
+    train, test = shards.split("train"), shards.split("test")
+    assert train.classes[:2] == ["Alpha/character01", "Alpha/character02"] and train.n_classes == 6
+    assert test.classes == ["Zeta_(script)/character01", "Zeta_(script)/character02"]
+    img = np.asarray(train.images[0, ..., 0])
+    assert img[0, 0] == 0 and img.max() > 200  # background dark, strokes bright
+    assert shards.mean[0] < 0.5
+
+
+def test_val_alphabets_are_held_out_and_rotations_add_train_classes(omniglot_src, tmp_path):
+    args = ["--val-alphabets", "1", "--rotations", "--size", "20"]
+    assert (
+        cli(
+            ["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "o"), *args]
+        )
+        == 0
+    )
+    shards = open_shards(tmp_path / "o")
+    train, val = shards.split("train"), shards.split("val")
+    assert val.classes == ["Gamma/character01", "Gamma/character02"]  # the last alphabet, sorted
+    assert train.n_classes == 4 * 4 and train.classes[4] == "Alpha/character01/rot90"
+    base = np.asarray(train.images[train.class_rows(0)])
+    rot = np.asarray(train.images[train.class_rows(4)])
+    np.testing.assert_array_equal(rot, np.rot90(base, k=1, axes=(1, 2)))
+    assert shards.image_shape == (20, 20, 1) and shards.split("test").n_classes == 2
+
+
+def test_a_single_zip_can_be_the_source(omniglot_src, tmp_path):
+    src = omniglot_src / "images_background.zip"
+    assert cli(["convert", "omniglot", "--src", str(src), "--out", str(tmp_path / "o")]) == 0
+    assert open_shards(tmp_path / "o").splits == ["train"]
+
+
+def test_a_corrupt_zip_and_a_bad_png_exit_2_naming_the_file(omniglot_src, tmp_path, capsys):
+    z = omniglot_src / "images_background.zip"
+    z.write_bytes(z.read_bytes()[:100])
+    assert cli(["convert", "omniglot", "--src", str(z), "--out", str(tmp_path / "o")]) == 2
+    assert f"{z}: not a readable zip" in capsys.readouterr().err
+    bad = omniglot_src / "images_evaluation" / "Zeta_(script)" / "character01" / "1001_02.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    src = omniglot_src / "images_evaluation"
+    assert cli(["convert", "omniglot", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
+    assert f"{bad}: not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not OMNIGLOT.is_dir(), reason="../shared/data/omniglot absent")
+def test_the_real_omniglot_zips_convert(tmp_path):
+    expected = set()
+    for zp in sorted(OMNIGLOT.glob("images_*.zip")):
+        with zipfile.ZipFile(zp) as z:
+            expected |= {"/".join(n.split("/")[1:3]) for n in z.namelist() if n.endswith(".png")}
+    rc = cli(
+        [
+            "convert",
+            "omniglot",
+            "--src",
+            str(OMNIGLOT),
+            "--out",
+            str(tmp_path / "o"),
+            "--val-alphabets",
+            "2",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    shards = open_shards(tmp_path / "o")
+    train, val = shards.split("train"), shards.split("val")
+    assert set(train.classes) | set(val.classes) == expected
+    assert all(c.count("/") == 1 for c in train.classes)
+    assert len({c.split("/")[0] for c in val.classes}) == 2
+    assert train.images.shape[1:] == (28, 28, 1)
+    assert 0.02 < shards.mean[0] < 0.4  # sparse bright ink on a dark background
+    assert cli(["verify", str(tmp_path / "o")]) == 0

@@ -1,0 +1,147 @@
+"""``fsmtl convert`` / ``fsmtl verify`` end to end: synthetic data, overwrite rules, extra formats."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
+
+from conftest import optional_import
+from fsmtl.cli import main as cli
+from preprocess.shards import load_split, open_shards
+from preprocess.synthetic import SyntheticConfig, generate_split
+
+SMALL = ["--size", "16", "--classes", "4,2,3", "--per-class", "5", "--no-progress"]
+
+
+def test_convert_synthetic_then_load_train_matches_the_generator(tmp_path, capsys):
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL, "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "done in" in out  # the summary table
+    train = load_split(tmp_path / "s", "train")
+    images, labels, classes = generate_split(
+        SyntheticConfig(image_size=16, classes=(4, 2, 3), per_class=5, seed=7), "train"
+    )
+    np.testing.assert_array_equal(np.asarray(train.images), images)
+    assert train.labels.tolist() == labels.tolist() and train.classes == classes
+    meta = open_shards(tmp_path / "s").meta
+    assert meta["converter_options"]["seed"] == 7 and meta["formats"] == ["npy"]
+
+
+def test_verify_exits_1_and_names_the_file_with_a_flipped_byte(tmp_path, capsys):
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
+    assert cli(["verify", str(tmp_path / "s")]) == 0
+    p = tmp_path / "s" / "val" / "images.npy"
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    p.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert cli(["verify", str(tmp_path / "s")]) == 1
+    out = capsys.readouterr().out
+    assert str(p) in out and "train/images.npy" not in out
+
+
+def test_existing_output_is_refused_without_force_and_replaced_with_it(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert cli(["convert", "synthetic", "--out", str(out), *SMALL]) == 0
+    assert cli(["convert", "synthetic", "--out", str(out), *SMALL, "--seed", "1"]) == 2
+    assert "already exists (pass --force" in capsys.readouterr().err
+    assert cli(["convert", "synthetic", "--out", str(out), *SMALL, "--seed", "1", "--force"]) == 0
+    assert open_shards(out).meta["converter_options"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_missing_src_unknown_format_and_bad_flags_exit_2(tmp_path, capsys):
+    assert cli(["convert", "cifar-fs", "--out", str(tmp_path / "o")]) == 2
+    assert "--src: required" in capsys.readouterr().err
+    assert (
+        cli(["convert", "synthetic", "--out", str(tmp_path / "o"), "--format", "npy,tfrecord"]) == 2
+    )
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "o"), "--classes", "a,b"]) == 2
+    assert (
+        cli(
+            [
+                "convert",
+                "cifar-fs",
+                "--src",
+                str(tmp_path / "nothing"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "nothing: not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_backend_library_names_the_extra_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "preprocess.export_ffcv", None)  # import raises ImportError
+    assert (
+        cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--format", "npy,ffcv"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "pip install 'fsmtl[ffcv]'" in err and "ffcv" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_extra_formats_are_written_per_split_and_hashed_into_meta(tmp_path, monkeypatch):
+    # stand-ins with the exporters' signatures (the real ones are tested by the pipelines' tests)
+    def export_split_ffcv(split, path):
+        path.write_bytes(np.asarray(split.images).tobytes()[:64])
+
+    def export_split_dali(split, out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [out_dir / "images.bin", out_dir / "index.txt"]
+        files[0].write_bytes(split.labels.tobytes())
+        files[1].write_text(f"{split.name} {len(split.labels)}\n")
+        return files
+
+    monkeypatch.setitem(
+        sys.modules,
+        "preprocess.export_ffcv",
+        types.SimpleNamespace(export_split_ffcv=export_split_ffcv),
+    )
+    monkeypatch.setitem(
+        sys.modules,
+        "preprocess.export_dali",
+        types.SimpleNamespace(export_split_dali=export_split_dali),
+    )
+    assert (
+        cli(
+            [
+                "convert",
+                "synthetic",
+                "--out",
+                str(tmp_path / "o"),
+                *SMALL,
+                "--format",
+                "npy,ffcv,dali",
+            ]
+        )
+        == 0
+    )
+    meta = open_shards(tmp_path / "o").meta
+    for split in ("train", "val", "test"):
+        assert f"{split}/data.beton" in meta["files"]
+        assert (
+            f"{split}/dali/images.bin" in meta["files"]
+            and f"{split}/dali/index.txt" in meta["files"]
+        )
+    assert meta["formats"] == ["npy", "ffcv", "dali"]
+    assert cli(["verify", str(tmp_path / "o")]) == 0
+
+
+def test_real_ffcv_and_dali_exports_are_written_and_verified(tmp_path):
+    optional_import("ffcv")
+    optional_import("nvidia.dali")
+    out = tmp_path / "o"
+    assert (
+        cli(["convert", "synthetic", "--out", str(out), *SMALL, "--format", "npy,ffcv,dali"]) == 0
+    )
+    files = open_shards(out).meta["files"]
+    assert all(f"{s}/data.beton" in files for s in ("train", "val", "test"))
+    assert any(f.startswith("train/dali/") for f in files)
+    assert cli(["verify", str(out)]) == 0
