@@ -8,7 +8,10 @@ address the .beton directly.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from types import ModuleType
+from typing import Iterator
 
 import numpy as np
 
@@ -16,6 +19,41 @@ from fsmtl.errors import FsmtlError
 from preprocess.shards import SplitData
 
 FIELDS = ("image", "label")
+
+
+@contextlib.contextmanager
+def keep_thread_counts() -> Iterator[None]:
+    """Restore torch's and numba's thread counts on exit (FFCV sets both as a side effect)."""
+    import numba
+    import torch
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
+
+
+def import_ffcv() -> ModuleType:
+    """Import ffcv without its side effect on the process's thread counts.
+
+    ``ffcv.pipeline.compiler`` calls ``numba.set_num_threads(1)`` and ``torch.set_num_threads(1)``
+    at import, which would silently serialise every numba kernel and torch CPU op that runs
+    afterwards (our augmentation included). The counts are restored after the import.
+
+    Raises:
+        FsmtlError: if FFCV is not installed.
+    """
+    try:
+        with keep_thread_counts():
+            import ffcv
+            import ffcv.fields  # noqa: F401
+            import ffcv.loader  # noqa: F401
+            import ffcv.writer  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - ImportError or a broken native library
+        raise FsmtlError(f"--format ffcv: ffcv is not installed ({e}); pip install 'fsmtl[ffcv]'") from None
+    return ffcv
 
 
 class _Rows:
@@ -42,17 +80,15 @@ def export_split_ffcv(split: SplitData, path: Path, workers: int = 1) -> None:
     Raises:
         FsmtlError: if FFCV is not installed.
     """
-    try:
-        from ffcv.fields import IntField, NDArrayField
-        from ffcv.writer import DatasetWriter
-    except Exception as e:  # noqa: BLE001 - ImportError or a broken native library
-        raise FsmtlError(
-            f"--format ffcv: ffcv is not installed ({e}); pip install 'fsmtl[ffcv]'"
-        ) from None
+    import_ffcv()
+    from ffcv.fields import IntField, NDArrayField
+    from ffcv.writer import DatasetWriter
+
     shape = tuple(int(v) for v in split.images.shape[1:])
-    writer = DatasetWriter(
-        str(path),
-        {"image": NDArrayField(dtype=np.dtype("uint8"), shape=shape), "label": IntField()},
-        num_workers=workers,
-    )
-    writer.from_indexed_dataset(_Rows(split), chunksize=256)
+    with keep_thread_counts():
+        writer = DatasetWriter(
+            str(path),
+            {"image": NDArrayField(dtype=np.dtype("uint8"), shape=shape), "label": IntField()},
+            num_workers=workers,
+        )
+        writer.from_indexed_dataset(_Rows(split), chunksize=256)

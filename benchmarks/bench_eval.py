@@ -1,0 +1,129 @@
+"""``fsmtl bench eval``: the batched logistic-regression head against the seed's per-task sklearn loop.
+
+Both start from the same raw features (float32 [T, ways, shots + queries, D], clustered: a random
+centre per class plus Gaussian noise) and end with predicted query labels; both L2-normalise.
+The seed's loop is one ``LogisticRegression(C=3, solver="lbfgs", max_iter=1000)`` fit per task on
+the CPU; fsmtl fits every task of a batch at once on ``--device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import format_table, median, synchronize, time_runs, write_results
+
+
+def clustered_features(tasks: int, ways: int, per_class: int, dim: int, noise: float, seed: int) -> torch.Tensor:
+    """float32 [tasks, ways, per_class, dim]: class centre N(0, I) plus noise * N(0, I) per image."""
+    g = torch.Generator().manual_seed(seed)
+    out = torch.empty(tasks, ways, per_class, dim)
+    for i in range(0, tasks, 250):  # in slices: bounded temporaries
+        n = min(250, tasks - i)
+        centre = torch.randn(n, ways, 1, dim, generator=g)
+        out[i : i + n] = centre + noise * torch.randn(n, ways, per_class, dim, generator=g)
+    return out
+
+
+def split_tasks(feats: torch.Tensor, shots: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    t, ways, per, d = feats.shape
+    support = feats[:, :, :shots].reshape(t, ways * shots, d).contiguous()
+    query = feats[:, :, shots:].reshape(t, ways * (per - shots), d).contiguous()
+    labels = torch.arange(ways).repeat_interleave(shots).expand(t, -1).contiguous()
+    target = torch.arange(ways).repeat_interleave(per - shots)
+    return support, labels, query, target
+
+
+def sklearn_loop(support: np.ndarray, labels: np.ndarray, query: np.ndarray, C: float) -> np.ndarray:
+    """The seed's test loop: per task, normalise, fit, predict. Returns int64 [T, Q]."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import normalize
+
+    preds = np.empty(query.shape[:2], dtype=np.int64)
+    for t in range(support.shape[0]):
+        clf = LogisticRegression(C=C, solver="lbfgs", max_iter=1000)
+        clf.fit(normalize(support[t]), labels[t])
+        preds[t] = clf.predict(normalize(query[t]))
+    return preds
+
+
+def batched(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, C: float, batch_tasks: int) -> torch.Tensor:
+    """fsmtl's head through the public API, ``batch_tasks`` tasks per call. Returns int64 [T, Q]."""
+    from eval.heads import adapt
+
+    return torch.cat([
+        adapt(s, y, q, head="logreg", C=C)
+        for s, y, q in zip(support.split(batch_tasks), labels.split(batch_tasks), query.split(batch_tasks))
+    ])  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fsmtl bench eval", description=__doc__)
+    p.add_argument("--tasks", type=int, default=2000)
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--queries", type=int, default=15)
+    p.add_argument("--dim", type=int, default=640)
+    p.add_argument("--noise", type=float, default=5.0, help="within-class noise (centres are N(0, I))")
+    p.add_argument("--C", type=float, default=3.0)
+    p.add_argument("--batch-tasks", type=int, default=None, help="default: 500 on CPU, all tasks on CUDA")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--runs", type=int, default=3, help="timed runs of the batched head (median)")
+    p.add_argument("--sklearn-tasks", type=int, default=None, help="tasks for the sklearn loop (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
+    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
+    bt = a.batch_tasks or (a.tasks if device.type == "cuda" else 500)
+    feats = clustered_features(a.tasks, a.ways, a.shots + a.queries, a.dim, a.noise, a.seed)
+    support, labels, query, target = split_tasks(feats, a.shots)
+    del feats
+    n_sk = min(a.sklearn_tasks or a.tasks, a.tasks)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a rare lbfgs ConvergenceWarning must not flood the table
+        t0 = time.perf_counter()
+        sk_pred = sklearn_loop(support[:n_sk].numpy(), labels[:n_sk].numpy(), query[:n_sk].numpy(), a.C)
+        sk_s = time.perf_counter() - t0
+
+    s_dev, y_dev, q_dev = support.to(device), labels.to(device), query.to(device)
+    times = time_runs(lambda: batched(s_dev, y_dev, q_dev, a.C, bt), device, warmup=1, runs=a.runs)
+    ours = batched(s_dev, y_dev, q_dev, a.C, bt).cpu()
+    synchronize(device)
+    ours_s = median(times)
+
+    sk_acc = float((torch.from_numpy(sk_pred) == target).double().mean()) * 100
+    our_acc = float((ours == target).double().mean()) * 100
+    our_acc_sub = float((ours[:n_sk] == target).double().mean()) * 100
+    agree = float((ours[:n_sk] == torch.from_numpy(sk_pred)).double().mean()) * 100
+    sk_total = sk_s * a.tasks / n_sk  # extrapolated only when --sklearn-tasks < --tasks
+    rows: list[dict[str, Any]] = [
+        {"method": "sklearn per-task loop (seed)", "device": "cpu", "tasks": n_sk, "seconds": sk_s,
+         "tasks_per_s": n_sk / sk_s, "acc_pct": sk_acc, "speedup": 1.0},
+        {"method": f"fsmtl batched logreg (x{bt})", "device": str(device), "tasks": a.tasks, "seconds": ours_s,
+         "tasks_per_s": a.tasks / ours_s, "acc_pct": our_acc, "speedup": sk_total / ours_s},
+    ]  # fmt: skip
+    print(format_table(rows, ["method", "device", "tasks", "seconds", "tasks_per_s", "acc_pct", "speedup"]))
+    print(f"accuracy difference (fsmtl - sklearn, same {n_sk} tasks): {our_acc_sub - sk_acc:+.4f} points; "
+          f"identical predictions on {agree:.3f}% of {n_sk * query.shape[1]} queries")  # fmt: skip
+    config = {k: v for k, v in vars(a).items() if k != "json"} | {"batch_tasks": bt}
+    write_results(a.json, "eval", config, rows, device, accuracy_difference_pct=our_acc_sub - sk_acc,
+                  prediction_agreement_pct=agree, batched_runs_s=times)  # fmt: skip
+    if a.json:
+        print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,204 @@
+"""``fsmtl bench train``: training-step throughput of the trainer's own step, three ways, one run.
+
+Rows (same model, batch and optimizer; the step is :func:`train.loop.train_step` on a fixed batch,
+so only the model's arithmetic is timed):
+
+- ``fp32-eager``: float32, NCHW, no compile (the seed's setting);
+- ``bf16-cl``: bf16 autocast + channels_last;
+- ``bf16-cl-compile``: the same under ``torch.compile`` (skip with ``--no-compile``).
+
+Then, with the real torch-back-end loader on synthetic shards of the same image size, the share
+of wall time spent waiting in ``next(loader)`` (``data_wait_frac``, each step synchronised), and
+the peak memory of one step of the mini-ImageNet 5-shot preset (2 tasks x 5 ways x (5+5) images,
+ResNet-12 at 84x84): ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on CPU.
+Timing: ``--warmup`` untimed steps, then the median over ``--runs`` of ``--steps`` steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from benchmarks.common import format_table, median, synchronize, time_runs, write_results
+from fsmtl.errors import FsmtlError
+from models import MODEL_NAMES, build_model, feature_dim
+from train.algorithms import StepShape, get_algorithm
+from train.config import TrainConfig
+from train.loop import StepTools, TrainNet, train_step
+from train.mtl import init_heads
+from train.optim import build_optimizer
+from train.runlog import peak_memory_mb
+
+
+class FakeBatch(NamedTuple):
+    images: torch.Tensor
+    task: torch.Tensor
+    label: torch.Tensor
+    global_class: torch.Tensor
+
+
+def make_batch(tasks: int, ways: int, per_class: int, size: int, n_classes: int, device: torch.device,
+               channels_last: bool) -> FakeBatch:
+    """A random normalised batch laid out as the loader lays it out (task, way, image)."""
+    g = torch.Generator().manual_seed(0)
+    b = tasks * ways * per_class
+    x = torch.randn(b, 3, size, size, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    classes = torch.stack([torch.randperm(n_classes, generator=g)[:ways] for _ in range(tasks)])
+    gc = classes.unsqueeze(2).expand(tasks, ways, per_class).reshape(-1)
+    label = torch.arange(ways).repeat_interleave(per_class).repeat(tasks)
+    task = torch.arange(tasks).repeat_interleave(ways * per_class)
+    return FakeBatch(*(t.to(device) for t in (x, task, label, gc)))
+
+
+def make_tools(model: str, size: int, tasks: int, device: torch.device, amp: torch.dtype | None,
+               channels_last: bool, compile_: bool, n_classes: int = 64) -> StepTools:
+    """The trainer's step parts for ``model`` (RAdam, MTL loss, seed defaults)."""
+    torch.manual_seed(0)
+    backbone = build_model(model, image_size=size)
+    dim = feature_dim(backbone, 3, size)
+    backbone = backbone.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    heads = init_heads(n_classes, dim, 5, torch.Generator().manual_seed(0)).to(device)
+    net: torch.nn.Module = TrainNet(backbone, heads, get_algorithm("mtl"), StepShape(tasks, 5, 5, 5, True))
+    opt = build_optimizer(net.parameters(), TrainConfig(), device)
+    if compile_:
+        net = torch.compile(net)
+    return StepTools(net, backbone, opt, None, amp, device, 0.0)
+
+
+def time_config(name: str, a: argparse.Namespace, device: torch.device, amp: torch.dtype | None,
+                cl: bool, comp: bool) -> dict[str, Any]:
+    tools = make_tools(a.model, a.size, a.tasks, device, amp, cl, comp)
+    batch = make_batch(a.tasks, 5, 10, a.size, 64, device, cl)
+    counter = iter(range(10**9))
+
+    def steps() -> None:
+        for _ in range(a.steps):
+            train_step(tools, batch, next(counter))
+
+    t0 = time.perf_counter()
+    steps()  # first call: compile / cudnn autotune
+    synchronize(device)
+    first_s = time.perf_counter() - t0
+    sec = median(time_runs(steps, device, warmup=a.warmup, runs=a.runs)) / a.steps
+    n = batch.images.shape[0]
+    return {"config": name, "images_per_s": n / sec, "ms_per_step": 1e3 * sec, "batch_images": n,
+            "first_call_s": first_s}
+
+
+def data_wait(a: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
+    """Fraction of wall time in next(loader), real torch-back-end loader, bf16 + channels_last step."""
+    from pipelines.loader import PipelineConfig, build_task_loader
+    from preprocess.shards import ShardWriter, open_shards
+    from preprocess.synthetic import SyntheticConfig, generate_split
+
+    with tempfile.TemporaryDirectory(prefix="fsmtl-bench-train-") as tmp:
+        root = Path(tmp) / "syn"
+        scfg = SyntheticConfig(image_size=a.size, classes=(16, 5, 5), per_class=40, seed=0)
+        with ShardWriter(root, "synthetic") as w:
+            for split in ("train", "val", "test"):
+                w.write_split(split, *generate_split(scfg, split))
+            w.commit()
+        shards = open_shards(root)
+        pcfg = PipelineConfig(tasks_per_batch=a.tasks, out_dtype=amp or torch.float32, device=str(device))
+        loader = build_task_loader(shards.split("train"), shards.mean, shards.std, pcfg)
+        tools = make_tools(a.model, a.size, a.tasks, device, amp, True, False, n_classes=16)
+        try:
+            for i in range(a.warmup + 1):
+                train_step(tools, next(loader), i)
+            synchronize(device)
+            wait = total = 0.0
+            for i in range(a.steps * a.runs):
+                t0 = time.perf_counter()
+                batch = next(loader)
+                t1 = time.perf_counter()
+                train_step(tools, batch, i)
+                synchronize(device)
+                wait, total = wait + t1 - t0, total + time.perf_counter() - t0
+        finally:
+            loader.close()
+    return {"data_wait_frac": wait / total, "steps": a.steps * a.runs}
+
+
+def preset_memory(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
+    """Peak memory of one mini-ImageNet 5-shot preset step (ResNet-12, 84x84, 2 x 5 x (5+5) images)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    tools = make_tools("resnet12", 84, 2, device, amp, True, False)
+    batch = make_batch(2, 5, 10, 84, 64, device, True)
+    for i in range(2):
+        train_step(tools, batch, i)
+    synchronize(device)
+    kind = "cuda max_memory_allocated" if device.type == "cuda" else "process peak RSS"
+    return {"preset": "mini-imagenet-5shot", "peak_mem_mb": peak_memory_mb(device), "measure": kind}
+
+
+def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fsmtl bench train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet12", choices=MODEL_NAMES)
+    p.add_argument("--size", type=int, default=84, help="image side (default 84)")
+    p.add_argument("--tasks", "--batch", type=int, default=6 if cuda else 1,
+                   help="tasks per step, 5 ways x 10 images each (default 6 on CUDA = 300 images, 1 on CPU)")
+    p.add_argument("--steps", type=int, default=10 if cuda else 2, help="steps per timed run")
+    p.add_argument("--runs", type=int, default=5 if cuda else 2)
+    p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed runs after the first call")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile row")
+    p.add_argument("--no-data", dest="data", action="store_false", help="skip the data-wait measurement")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", type=Path, default=None)
+    a = p.parse_args(argv)
+    if a.tasks < 1 or a.steps < 1 or a.runs < 1 or a.size < 16:
+        raise FsmtlError("bench train: --tasks, --steps, --runs must be >= 1 and --size >= 16")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.setup import resolve_device, resolve_precision
+
+    cuda = torch.cuda.is_available()
+    a = parse_args(list(argv or []), cuda)
+    device = resolve_device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # honest fp32
+    amp = resolve_precision("bf16" if device.type == "cuda" or resolve_precision("auto", device) else "fp32", device)
+    memory = preset_memory(device, amp)  # first: on CPU the peak RSS is the process's lifetime peak
+    plan = [("fp32-eager", None, False, False), ("bf16-cl", amp, True, False)]
+    if a.compile:
+        plan.append(("bf16-cl-compile", amp, True, True))
+    rows = []
+    for name, dt, cl, comp in plan:
+        try:
+            rows.append(time_config(name, a, device, dt, cl, comp))
+        except Exception as e:  # noqa: BLE001 - e.g. no compiler for inductor: report, keep the others
+            rows.append({"config": name, "error": f"{type(e).__name__}: {e}"[:200]})
+        print(f"  {name}: {rows[-1]}", flush=True)
+    base = rows[0].get("images_per_s")
+    for r in rows:
+        if base and "images_per_s" in r:
+            r["speedup_vs_fp32_eager"] = r["images_per_s"] / base
+    wait = data_wait(a, device, amp) if a.data else None
+    print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "batch_images", "first_call_s"]))
+    if wait:
+        print(f"data wait (real torch loader, bf16 + channels_last, synchronised steps): {100 * wait['data_wait_frac']:.2f}% of wall time")
+    print(f"peak memory, {memory['preset']} step ({memory['measure']}): {memory['peak_mem_mb']:.0f} MiB")
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    write_results(a.json, "train", config, rows, device, data_wait=wait, preset_memory=memory,
+                  amp_dtype=str(amp))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from fsmtl.cli import run_stage_main
+
+    sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -1,0 +1,63 @@
+"""``fsmtl eval``: score a trained run on fixed, seeded few-shot tasks; a table on screen, JSON to file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from eval.config import EvalConfig
+from eval.heads import HEAD_NAMES
+from fsmtl.fileio import atomic_write_json
+
+
+def _parser() -> argparse.ArgumentParser:
+    # every default is None: EvalConfig holds the real defaults, in one place
+    p = argparse.ArgumentParser(prog="fsmtl eval", description=__doc__, argument_default=None)
+    p.add_argument("--run", help="run directory written by fsmtl train (or a checkpoint file)")
+    p.add_argument("--checkpoint", help="best (default), last, or a path to a .pt file")
+    p.add_argument("--split", choices=["test", "val"])
+    p.add_argument("--data", help="shard directory (default: the one the run was trained on)")
+    p.add_argument("--ways", type=int)
+    p.add_argument("--shots", type=int, nargs="+", help="shot counts (default: 1 5)")
+    p.add_argument("--queries", type=int)
+    p.add_argument("--tasks", type=int, help="test tasks per shot count (default 2000)")
+    p.add_argument("--head", dest="heads", nargs="+", choices=HEAD_NAMES, help="heads (default: logreg)")
+    p.add_argument("--C", dest="C", type=float, help="logistic regression C (default 3)")
+    p.add_argument("--svm-C", dest="svm_C", type=float)
+    p.add_argument("--ridge-lam", dest="ridge_lam", type=float)
+    p.add_argument("--finetune-steps", dest="finetune_steps", type=int)
+    p.add_argument("--finetune-lr", dest="finetune_lr", type=float)
+    p.add_argument("--seed", type=int, help="episode seed (default 0)")
+    p.add_argument("--batch-tasks", dest="batch_tasks", type=int, help="tasks embedded per batch")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")
+    p.add_argument("--json", help="report file (default RUN/reports/eval_<split>_<checkpoint>.json)")
+    return p
+
+
+def parse_config(argv: list[str]) -> EvalConfig:
+    ns = vars(_parser().parse_args(argv))
+    for key in ("shots", "heads"):
+        if ns.get(key) is not None:
+            ns[key] = tuple(ns[key])
+    return EvalConfig(**{k: v for k, v in ns.items() if v is not None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.evaluate import default_report_path, results_table, run_eval
+
+    cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+    doc = run_eval(cfg)
+    print(results_table(doc))
+    out = Path(cfg.json) if cfg.json else default_report_path(cfg, doc["checkpoint"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, doc)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    from fsmtl.cli import run_stage_main
+
+    sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -1,0 +1,55 @@
+"""EvalConfig: the one place the evaluation stage's settings and defaults live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eval.heads import HEAD_NAMES
+from fsmtl.errors import FsmtlError
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of ``fsmtl eval`` (the seed's test protocol by default)."""
+
+    run: str | None = None  # run directory (or a checkpoint file)
+    checkpoint: str = "best"  # best | last | path to a .pt file
+    split: str = "test"
+    ways: int = 5
+    shots: tuple[int, ...] = (1, 5)
+    queries: int = 15
+    tasks: int = 2000
+    heads: tuple[str, ...] = ("logreg",)
+    C: float = 3.0  # logistic regression's inverse L2 strength (sklearn's C)
+    svm_C: float = 0.1  # the SVM head's C (MetaOptNet's default)
+    ridge_lam: float = 1.0
+    finetune_steps: int = 10
+    finetune_lr: float = 1e-3
+    seed: int = 0  # the episode seed: the same tasks for every head and checkpoint
+    batch_tasks: int = 100
+    device: str = "auto"
+    precision: str | None = None  # None: the run's training precision
+    data: str | None = None  # shard directory; None: the checkpoint config's "data"
+    json: str | None = None  # None: RUN/reports/eval_<split>_<checkpoint>.json
+
+    def __post_init__(self) -> None:
+        if self.run is None and self.checkpoint in ("best", "last"):
+            raise FsmtlError("fsmtl eval: give --run RUN (or --checkpoint FILE)")
+        if self.split not in ("test", "val", "train"):
+            raise FsmtlError(f"--split: expected test or val, got {self.split!r}")
+        for name in ("ways", "queries", "tasks", "batch_tasks", "finetune_steps"):
+            if getattr(self, name) < 1:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
+        if self.ways < 2:
+            raise FsmtlError(f"--ways: expected >= 2, got {self.ways}")
+        if not self.shots or min(self.shots) < 1:
+            raise FsmtlError(f"--shots: expected positive integers, got {list(self.shots)}")
+        bad = [h for h in self.heads if h not in HEAD_NAMES]
+        if bad or not self.heads:
+            raise FsmtlError(f"--head: expected some of {', '.join(HEAD_NAMES)}, got {list(self.heads)}")
+        for name in ("C", "svm_C", "ridge_lam", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected > 0, got {getattr(self, name)}")
+
+    def head_options(self) -> dict[str, dict[str, float]]:
+        return {"logreg": {"C": self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}

@@ -1,0 +1,85 @@
+"""``run_eval(cfg)``: evaluate one run's checkpoint on every shot count and head, as a JSON document."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from eval.config import EvalConfig
+from eval.heads.finetune import FinetuneConfig
+from eval.protocol import evaluate_backbone
+from eval.run import Run, load_run
+from fsmtl.errors import FsmtlError
+
+REPORT_FORMAT = "fsmtl-eval"
+
+
+def _open_split(run: Run, cfg: EvalConfig):
+    from preprocess.shards import load_split
+
+    data = cfg.data or run.config.get("data")
+    if not data:
+        raise FsmtlError(f"{run.path}: the checkpoint's config names no data directory; pass --data DIR")
+    if not Path(data).is_dir():
+        raise FsmtlError(f"{data}: data directory not found (from {'--data' if cfg.data else run.path}); pass --data DIR")
+    split = load_split(data, cfg.split)
+    shape = tuple(split.images.shape[1:])
+    if shape != run.image_shape:
+        raise FsmtlError(f"{data}: images are {list(shape)} but the run was trained on {list(run.image_shape)}")
+    return data, split
+
+
+def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path) -> Path:
+    """RUN/reports/eval_<split>_<checkpoint>.json (beside the checkpoint when --run is not a directory)."""
+    ckpt = Path(checkpoint_path)
+    base = Path(cfg.run) if cfg.run and Path(cfg.run).is_dir() else ckpt.parent
+    tag = cfg.checkpoint if cfg.checkpoint in ("best", "last") else ckpt.stem
+    return base / "reports" / f"eval_{cfg.split}_{tag}.json"
+
+
+def run_eval(cfg: EvalConfig) -> dict[str, Any]:
+    """Load the run, draw the fixed episodes, score every head for every shot count.
+
+    Returns:
+        ``{"format": "fsmtl-eval", "version": 1, "run", "checkpoint", "data", "split", "device",
+        "precision", "config", "results": {"<shots>": {head: {"acc", "ci95", "n_tasks", "per_task",
+        "seconds"}}}}``; accuracies in percent.
+    """
+    run = load_run(cfg.run, cfg.checkpoint, cfg.device, cfg.precision)
+    data, split = _open_split(run, cfg)
+    amp = run.amp_dtype or torch.float32
+    ft = FinetuneConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr)
+    results: dict[str, Any] = {}
+    for shots in cfg.shots:
+        t0 = time.perf_counter()
+        res = evaluate_backbone(
+            run.model, split, run.mean, run.std, ways=cfg.ways, shots=shots, queries=cfg.queries,
+            n_tasks=cfg.tasks, heads=list(cfg.heads), seed=cfg.seed, device=run.device, dtype=amp,
+            batch_tasks=cfg.batch_tasks, head_options=cfg.head_options(), finetune=ft,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        for r in res.values():
+            r["seconds"] = seconds
+        results[str(shots)] = res
+    return {
+        "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": str(run.path),
+        "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(data), "split": cfg.split,
+        "device": str(run.device), "precision": str(run.amp_dtype or "fp32").replace("torch.", ""),
+        "config": {**asdict(cfg), "shots": list(cfg.shots), "heads": list(cfg.heads)}, "results": results,
+    }  # fmt: skip
+
+
+def results_table(doc: dict[str, Any]) -> str:
+    """One line per (shots, head): accuracy +- 95% interval in percent."""
+    lines = [f"{doc['split']} split, {doc['config']['ways']}-way, {doc['config']['queries']} queries, "
+             f"{doc['config']['tasks']} tasks, seed {doc['config']['seed']}  ({doc['checkpoint']})",
+             f"{'shots':>5}  {'head':<16} {'accuracy %':>18}  {'tasks':>6}  {'seconds':>8}"]  # fmt: skip
+    for shots, heads in doc["results"].items():
+        for head, r in heads.items():
+            acc = f"{r['acc']:.2f} +- {r['ci95']:.2f}"
+            lines.append(f"{shots:>5}  {head:<16} {acc:>18}  {r['n_tasks']:>6}  {r['seconds']:>8.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""The evaluation protocol: fixed seeded episodes, one embedding pass per batch of tasks, every head.
+
+The episodes depend only on (split, seed, ways, shots + queries, n_tasks): never on the head, the
+checkpoint or the batch size, so every method and every run is scored on the same tasks.
+Accuracies are percentages; the 95% interval is 1.96 * std / sqrt(n_tasks) (std with ddof=1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from eval.heads import adapt
+from eval.heads.finetune import FinetuneConfig, finetune_predict
+from fsmtl.errors import FsmtlError
+from pipelines.episodes import sample_episode_indices
+from pipelines.transforms import normalize_batch
+
+EMBED_CHUNK = 512  # images per forward pass: bounds activation memory whatever batch_tasks is
+
+
+def summarize(per_task: Tensor) -> dict[str, Any]:
+    """Mean accuracy and 95% interval, in percent, from per-task accuracies float [T] in [0, 1]."""
+    acc = per_task.double().cpu() * 100.0
+    n = acc.numel()
+    ci = 1.96 * float(acc.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
+    return {"acc": float(acc.mean()), "ci95": ci, "n_tasks": n, "per_task": acc.tolist()}
+
+
+def episode_rows(split: Any, ways: int, shots: int, queries: int, n_tasks: int, seed: int) -> Tensor:
+    """Row indices int64 [n_tasks, ways, shots + queries] of the fixed episodes (CPU generator)."""
+    offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
+    g = torch.Generator().manual_seed(int(seed))
+    try:
+        rows, _ = sample_episode_indices(offsets, n_tasks, ways, shots + queries, g)
+    except ValueError as e:
+        raise FsmtlError(f"split {getattr(split, 'name', '?')}: {e}") from e
+    return rows
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module, images: Tensor, mean: Sequence[float], std: Sequence[float], amp_dtype: torch.dtype | None
+) -> Tensor:
+    """Features float32 [N, D] of uint8 images [N, H, W, C] (on the model's device), eval mode assumed."""
+    out = []
+    for chunk in images.split(EMBED_CHUNK):
+        x = normalize_batch(chunk, mean, std)
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out.append(model(x).float())
+    return torch.cat(out)
+
+
+def gather_images(split: Any, rows: Tensor, device: torch.device) -> Tensor:
+    """uint8 [*rows.shape, H, W, C] on ``device`` (one copy from the memory-mapped split)."""
+    flat = rows.reshape(-1).numpy()
+    x = torch.from_numpy(np.ascontiguousarray(split.images[flat]))
+    return x.to(device, non_blocking=True).reshape(*rows.shape, *x.shape[1:])
+
+
+def evaluate_features(
+    features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Tensor]:
+    """Per-task accuracy float [T] in [0, 1] of each feature head.
+
+    Args:
+        features: float [T, ways, shots + queries, D]; the first ``shots`` of each way are support.
+        heads: feature-head names (see ``eval.heads.feature_heads``).
+        head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``.
+    """
+    t, ways, per, d = features.shape
+    queries = per - shots
+    support = features[:, :, :shots].reshape(t, ways * shots, d)
+    query = features[:, :, shots:].reshape(t, ways * queries, d)
+    dev = features.device
+    labels = torch.arange(ways, device=dev).repeat_interleave(shots).expand(t, -1)
+    target = torch.arange(ways, device=dev).repeat_interleave(queries)
+    opts = head_options or {}
+    return {
+        h: (adapt(support, labels, query, head=h, ways=ways, **opts.get(h, {})) == target).double().mean(1)
+        for h in heads
+    }
+
+
+def _finetune_batch(model: nn.Module, images: Tensor, shots: int, mean, std, amp_dtype, cfg: FinetuneConfig) -> Tensor:
+    """Per-task accuracy [t] of the tune-all head; images uint8 [t, ways, per, H, W, C]."""
+    t, ways, per = images.shape[:3]
+    accs = []
+    for task in images:
+        flat = normalize_batch(task.reshape(ways * per, *task.shape[2:]), mean, std)  # [ways*per, C, H, W]
+        x = flat.reshape(ways, per, *flat.shape[1:])
+        s = x[:, :shots].reshape(ways * shots, *x.shape[2:])
+        q = x[:, shots:].reshape(ways * (per - shots), *x.shape[2:])
+        y = torch.arange(ways, device=x.device).repeat_interleave(shots)
+        pred = finetune_predict(model, s, y, q, ways, cfg, amp_dtype)
+        accs.append((pred == torch.arange(ways, device=x.device).repeat_interleave(per - shots)).double().mean())
+    return torch.stack(accs)
+
+
+def evaluate_backbone(
+    model: nn.Module,
+    split: Any,
+    mean: Sequence[float],
+    std: Sequence[float],
+    ways: int = 5,
+    shots: int = 5,
+    queries: int = 15,
+    n_tasks: int = 2000,
+    heads: Sequence[str] = ("logreg",),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    batch_tasks: int = 100,
+    head_options: dict[str, dict[str, Any]] | None = None,
+    finetune: FinetuneConfig | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Score a frozen backbone on ``n_tasks`` fixed episodes with each head.
+
+    Args:
+        model: backbone float [B,C,H,W] -> [B,D] on ``device``; put in eval mode here, mode restored after.
+        split: a ``preprocess.shards.SplitData`` (images uint8 [N,H,W,C], class_offsets).
+        mean, std: the run's per-channel normalisation (0..1 scale).
+        ways, shots, queries, n_tasks: the episode shape; ``seed`` fixes the episodes.
+        heads: names from ``eval.heads.HEAD_NAMES`` ("finetune" tunes a copy of the weights per task).
+        dtype: autocast dtype of the forward pass (float32: none; bfloat16 for a bf16-trained run).
+        batch_tasks: tasks whose images are embedded together (unique images once per batch).
+
+    Returns:
+        ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
+        "per_task": list[float] percent}}``.
+    """
+    device = torch.device(device)
+    amp = None if dtype == torch.float32 else dtype
+    rows = episode_rows(split, ways, shots, queries, n_tasks, seed)
+    feature_heads = [h for h in heads if h != "finetune"]
+    per_task: dict[str, list[Tensor]] = {h: [] for h in heads}
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk in rows.split(max(1, int(batch_tasks))):
+            uniq, inverse = torch.unique(chunk, return_inverse=True)  # each image embedded once
+            images = gather_images(split, uniq, device)
+            if feature_heads:
+                feats = embed_images(model, images, mean, std, amp)[inverse.to(device)]
+                for h, acc in evaluate_features(feats, shots, feature_heads, head_options).items():
+                    per_task[h].append(acc.cpu())
+            if "finetune" in heads:
+                per_task["finetune"].append(
+                    _finetune_batch(model, images[inverse.to(device)], shots, mean, std, amp, finetune or FinetuneConfig()).cpu()
+                )
+    finally:
+        model.train(was_training)
+    return {h: summarize(torch.cat(v)) for h, v in per_task.items()}

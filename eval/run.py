@@ -1,0 +1,172 @@
+"""Load a trained run for evaluation or for use on new tasks: ``load_run(path).embed(images)``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fsmtl.errors import FsmtlError
+
+CHECKPOINT_FORMAT = "fsmtl-checkpoint"
+CHECKPOINT_VERSION = 1
+_REQUIRED = ("model_name", "model_kwargs", "model", "config", "data_meta")
+_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+def resolve_checkpoint(run: str | os.PathLike[str] | None, checkpoint: str = "best") -> Path:
+    """The checkpoint file: RUN/checkpoints/{best,last}.pt, RUN itself if it is a file, or ``checkpoint`` as a path."""
+    if checkpoint not in ("best", "last"):
+        path = Path(checkpoint)
+        if run is not None and not path.is_absolute() and not path.exists():
+            path = Path(run) / checkpoint
+    elif run is None:
+        raise FsmtlError(f"--checkpoint {checkpoint}: needs --run RUN (or give a checkpoint file)")
+    elif Path(run).is_file():
+        path = Path(run)
+    else:
+        path = Path(run) / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise FsmtlError(f"{path}: checkpoint not found (expected a file written by fsmtl train)")
+    return path
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load and check a checkpoint dict (weights only: no arbitrary unpickling)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise FsmtlError(f"{path}: not a readable fsmtl checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise FsmtlError(f"{path}: expected format {CHECKPOINT_FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise FsmtlError(f"{path}: expected checkpoint version {CHECKPOINT_VERSION}, got {ckpt.get('version')!r}")
+    missing = [k for k in _REQUIRED if k not in ckpt]
+    if missing:
+        raise FsmtlError(f"{path}: checkpoint lacks {missing}")
+    for key in ("mean", "std", "image_shape"):
+        if key not in ckpt["data_meta"]:
+            raise FsmtlError(f"{path}: checkpoint data_meta lacks {key!r}")
+    return ckpt
+
+
+def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for a run's precision setting ("auto" resolves as training does on this device)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        try:
+            return torch.bfloat16 if bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) else None
+        except (AttributeError, RuntimeError):
+            return None
+    if precision not in _AMP:
+        raise FsmtlError(f"precision: expected one of auto, {', '.join(_AMP)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        return None  # float16 autocast is a CUDA feature here; full precision on CPU
+    return _AMP[precision]
+
+
+def pick_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise FsmtlError(f"--device: expected auto, cpu or cuda[:N], got {device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FsmtlError(f"--device {device}: CUDA is not available on this machine")
+    return dev
+
+
+@dataclass
+class Run:
+    """A trained backbone ready to embed images: frozen, in eval mode, on ``device``."""
+
+    model: nn.Module
+    path: Path
+    config: dict[str, Any]
+    data_meta: dict[str, Any]
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    info: dict[str, Any] = field(default_factory=dict)  # epoch, step, best_val_acc
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(v) for v in self.data_meta["mean"]]
+
+    @property
+    def std(self) -> list[float]:
+        return [float(v) for v in self.data_meta["std"]]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.data_meta["image_shape"])  # type: ignore[return-value]
+
+    def embed(self, images: np.ndarray | Tensor, batch_size: int = 256) -> Tensor:
+        """Features float32 [N, D] on ``self.device`` of uint8 images [N, H, W, C].
+
+        Applies the run's own normalisation (its training data's mean/std) and precision.
+
+        Raises:
+            FsmtlError: not uint8, not 4-d, or not the run's image shape.
+        """
+        from eval.protocol import embed_images
+
+        if not isinstance(images, (Tensor, np.ndarray)):
+            raise FsmtlError(f"embed: expected a numpy array or tensor of uint8 images, got {type(images).__name__}")
+        dtype_ok = images.dtype == (torch.uint8 if isinstance(images, Tensor) else np.uint8)
+        if not dtype_ok or images.ndim != 4:
+            raise FsmtlError(f"embed: expected uint8 images [N,H,W,C], got {images.dtype} {list(images.shape)}")
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise FsmtlError(f"embed: this run takes images {list(self.image_shape)} (H,W,C), got {list(images.shape[1:])}")
+        out = []
+        for i in range(0, images.shape[0], batch_size):
+            chunk = images[i : i + batch_size]
+            # a private copy: memory-mapped arrays are read-only, and the copy goes to the device anyway
+            x = chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))
+            out.append(embed_images(self.model, x.to(self.device), self.mean, self.std, self.amp_dtype))
+        if not out:
+            raise FsmtlError("embed: no images given (N = 0)")
+        return torch.cat(out)
+
+
+def load_run(
+    path: str | os.PathLike[str] | None, checkpoint: str = "best", device: str | torch.device = "cpu",
+    precision: str | None = None,
+) -> Run:
+    """Load a run's checkpoint and rebuild its backbone.
+
+    Args:
+        path: the run directory (holding checkpoints/best.pt, last.pt), or a checkpoint file.
+        checkpoint: "best", "last", or a checkpoint file path.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+        precision: override the run's training precision ("auto", "bf16", "fp16", "fp32").
+
+    Returns:
+        A :class:`Run` whose ``model`` is frozen and in eval mode.
+    """
+    from models import build_model
+
+    dev = pick_device(device)
+    ckpt_path = resolve_checkpoint(path, checkpoint)
+    ckpt = read_checkpoint(ckpt_path)
+    meta = ckpt["data_meta"]
+    kwargs = dict(ckpt["model_kwargs"])
+    h, _, c = (int(v) for v in meta["image_shape"])
+    kwargs.setdefault("in_channels", c)
+    kwargs.setdefault("image_size", h)
+    model = build_model(ckpt["model_name"], **kwargs)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise FsmtlError(f"{ckpt_path}: weights do not fit model {ckpt['model_name']} {kwargs}: {e}") from e
+    model.to(dev).eval().requires_grad_(False)
+    config = dict(ckpt["config"] or {})
+    amp = amp_dtype_for(precision or str(config.get("precision", "fp32")), dev)
+    info = {k: ckpt.get(k) for k in ("epoch", "step", "best_val_acc")}
+    return Run(model, ckpt_path, config, dict(meta), dev, amp, info)

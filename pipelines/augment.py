@@ -1,0 +1,199 @@
+"""Lee19 (MetaOptNet) augmentation, batched: random crop with zero padding, colour jitter, flip.
+
+The seed applies, per PIL image, ``RandomCrop(size, padding=p)``, ``ColorJitter(0.4, 0.4, 0.4)``,
+``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean, std)``. Here the random parameters of
+a whole batch are drawn at once (:func:`draw_lee_params`, on a CPU ``torch.Generator``) and applied
+by pure tensor functions (:func:`apply_lee`, :func:`augment_rows`), on any device.
+
+Semantics follow torchvision's functional ops on float images in [0, 1]:
+
+- crop: pad by ``p`` zeros on every side, take the ``H x W`` window at (top, left), both uniform
+  in ``0..2p``. Done as one gather with clamped indices and a validity mask (no padded copy).
+- jitter: brightness ``clamp(f x)``, contrast ``clamp(f x + (1-f) mean(gray(x)))``, saturation
+  ``clamp(f x + (1-f) gray(x))``, gray = 0.2989 R + 0.587 G + 0.114 B; factors uniform in
+  [1-s, 1+s]; the three ops in a random order per image (torchvision permutes them per call).
+  Each step is one fused blend whose target is selected per image by masks, so the six orders
+  cost the same as one.
+- flip: the jitter is equivariant to a horizontal flip (per-pixel ops and a global mean), so the
+  flip is folded into the crop's column indices instead of being a separate pass.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
+
+
+class LeeParams(NamedTuple):
+    """Random parameters for a batch of ``B`` images (all CPU or all on one device).
+
+    Attributes:
+        top, left: int64 [B] in [0, 2*pad]: the crop window's corner in the padded image.
+        flip: bool [B]: flip horizontally.
+        factors: float32 [B, 3] (brightness, contrast, saturation) in [1-s, 1+s], or None
+            (no colour jitter).
+        order: int64 [B, 3]: a permutation of (0, 1, 2) per image, the order the jitter ops run.
+        pad: zero padding on each side.
+    """
+
+    top: Tensor
+    left: Tensor
+    flip: Tensor
+    factors: Tensor | None
+    order: Tensor | None
+    pad: int
+
+    def to(self, device: torch.device | str) -> "LeeParams":
+        """The same parameters on ``device`` (non-blocking where the source is pinned)."""
+
+        def mv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device, non_blocking=True)
+
+        return LeeParams(mv(self.top), mv(self.left), mv(self.flip), mv(self.factors), mv(self.order), self.pad)  # type: ignore[arg-type]
+
+
+def default_padding(image_size: int) -> int:
+    """The seed's padding: 8 pixels at 84x84 (>= 64 px), 4 at 32x32 (below)."""
+    return 8 if image_size >= 64 else 4
+
+
+def draw_lee_params(
+    n: int,
+    generator: torch.Generator,
+    pad: int,
+    jitter: bool = True,
+    flip: bool = True,
+    strength: float = 0.4,
+) -> LeeParams:
+    """Draw the Lee19 parameters of ``n`` images on the generator's device (CPU).
+
+    Args:
+        n: number of images.
+        generator: a CPU ``torch.Generator``; the result depends only on its state.
+        pad: crop padding; offsets are uniform in ``0..2*pad``.
+        jitter: draw colour-jitter factors and orders (else ``factors``/``order`` are None).
+        flip: draw flips with probability 0.5 (else never flip).
+        strength: jitter strength ``s``; factors are uniform in ``[1-s, 1+s]``.
+    """
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    if not flip:
+        flips = torch.zeros(n, dtype=torch.bool)
+    if not jitter:
+        return LeeParams(top, left, flips, None, None, pad)
+    u = torch.rand(n, 3, generator=generator)
+    factors = (1.0 - strength) + 2.0 * strength * u
+    order = torch.rand(n, 3, generator=generator).argsort(dim=1)  # uniform over the 6 orders
+    return LeeParams(top, left, flips, factors, order, pad)
+
+
+def crop_flip_gather(data: Tensor, rows: Tensor, params: LeeParams) -> Tensor:
+    """Gather ``data[rows]``, cropped with zero padding and flipped, in one indexing op.
+
+    Args:
+        data: uint8 [N, H, W, C] (a whole split, or a batch with ``rows = arange(B)``).
+        rows: int64 [B] on ``data``'s device.
+        params: on ``data``'s device.
+
+    Returns:
+        uint8 [B, H, W, C]: ``crop(pad(data[rows]), top, left)``, flipped where ``params.flip``.
+    """
+    _, h, w, _ = data.shape
+    dev = data.device
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    ys = params.top.unsqueeze(1) - params.pad + ar_h  # [B, H] source row of each output row
+    cols = torch.where(params.flip.unsqueeze(1), (w - 1) - ar_w, ar_w)
+    xs = params.left.unsqueeze(1) - params.pad + cols  # [B, W]
+    valid = ((ys >= 0) & (ys < h)).unsqueeze(2) & ((xs >= 0) & (xs < w)).unsqueeze(1)  # [B,H,W]
+    out = data[rows[:, None, None], ys.clamp(0, h - 1)[:, :, None], xs.clamp(0, w - 1)[:, None, :]]
+    return out.masked_fill_(~valid.unsqueeze(3), 0)
+
+
+def grayscale(x: Tensor) -> Tensor:
+    """float [B, H, W, 3] -> float [B, H, W, 1] with torchvision's luma weights."""
+    wts = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device)
+    return (x * wts).sum(dim=3, keepdim=True)
+
+
+def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
+    """Brightness, contrast and saturation in a per-image order, torchvision semantics.
+
+    Args:
+        x: float32 [B, H, W, C] in [0, 1] (C = 1 or 3; saturation is the identity for C = 1,
+            as in torchvision).
+        factors: float32 [B, 3] (brightness, contrast, saturation).
+        order: int64 [B, 3], a permutation of (0, 1, 2) per image.
+
+    Returns:
+        float32 [B, H, W, C] in [0, 1].
+    """
+    b = x.shape[0]
+    for k in range(3):
+        op = order[:, k]
+        f = factors.gather(1, op.unsqueeze(1)).view(b, 1, 1, 1)
+        gray = grayscale(x) if x.shape[3] == 3 else x
+        is_con = (op == CONTRAST).view(b, 1, 1, 1)
+        is_sat = (op == SATURATION).view(b, 1, 1, 1)
+        if x.shape[3] == 1:
+            f = torch.where(is_sat, torch.ones_like(f), f)
+        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+        # the blend target: 0 for brightness, the gray mean for contrast, gray for saturation
+        target = torch.where(is_sat, gray, mean * is_con)
+        x = (f * x + (1.0 - f) * target).clamp_(0.0, 1.0)
+    return x
+
+
+def normalize_nhwc(
+    x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, channels_last: bool
+) -> Tensor:
+    """float [B, H, W, C] in [0, 1] -> ``dtype`` [B, C, H, W], ``(x - mean) / std``."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device)
+    y = ((x - m) / s).permute(0, 3, 1, 2)
+    if not channels_last:
+        y = y.contiguous()
+    return y.to(dtype)
+
+
+def augment_rows(
+    data: Tensor,
+    rows: Tensor,
+    params: LeeParams,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+) -> Tensor:
+    """Gather ``data[rows]`` and apply Lee19 with ``params``; the fused training-batch path.
+
+    Args:
+        data: uint8 [N, H, W, C] on the target device.
+        rows: int64 [B], params: :class:`LeeParams` for B images, both on ``data``'s device.
+
+    Returns:
+        ``dtype`` [B, C, H, W] normalised (channels_last strides unless ``channels_last=False``).
+    """
+    x = crop_flip_gather(data, rows, params).to(torch.float32).mul_(1.0 / 255.0)
+    if params.factors is not None and params.order is not None:
+        x = color_jitter(x, params.factors, params.order)
+    return normalize_nhwc(x, mean, std, dtype, channels_last)
+
+
+def apply_lee(
+    images: Tensor,
+    params: LeeParams,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool = True,
+) -> Tensor:
+    """Apply Lee19 with ``params`` to a batch: uint8 [B, H, W, C] -> ``dtype`` [B, C, H, W]."""
+    rows = torch.arange(images.shape[0], device=images.device)
+    return augment_rows(images, rows, params.to(images.device), mean, std, dtype, channels_last)

@@ -1,0 +1,316 @@
+"""The pipelines stage's entry point: ``build_task_loader(split, mean, std, cfg) -> TaskLoader``.
+
+Every back end follows the same plan: the CPU generator draws a batch's episodes (which rows,
+which classes) and its augmentation parameters (:func:`plan_batch`); the back end turns the plan
+into a :class:`TaskBatch`. Because all randomness comes from one CPU ``torch.Generator``, a seed
+gives the same episodes on every device, and saving the generator's state after each consumed
+batch gives exact resume. (The ``reference`` back end is the exception for augmentation: it
+keeps torchvision's own per-image randomness, as the seed does; see docs/pipelines.md.)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple, Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fsmtl.errors import FsmtlError
+from pipelines.augment import LeeParams, default_padding, draw_lee_params
+from pipelines.episodes import sample_episode_indices
+from preprocess.shards import SplitData
+
+BACKENDS = ("torch", "dali", "ffcv", "reference")
+_BACKEND_MODULES = {"dali": "nvidia.dali", "ffcv": "ffcv"}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How training batches are made (the pipelines stage's only source of defaults)."""
+
+    backend: str = "torch"
+    ways: int = 5
+    shots: int = 5
+    queries: int = 5
+    tasks_per_batch: int = 6
+    augment: str = "lee"  # "lee" | "none"
+    padding: int | None = None  # None -> 8 at >= 64 px, 4 below
+    jitter: bool = True  # colour jitter (Omniglot turns it off)
+    flip: bool = True
+    out_dtype: torch.dtype = torch.float32
+    channels_last: bool = True
+    seed: int = 0
+    workers: int | None = None  # reference/ffcv/dali CPU workers; None -> os.cpu_count()
+    device: str = "cpu"
+    memory_budget_gb: float | None = None  # split larger than this stays in pinned host memory
+    prefetch: bool = True
+
+    @property
+    def per_class(self) -> int:
+        return self.shots + self.queries
+
+    @property
+    def batch_images(self) -> int:
+        return self.tasks_per_batch * self.ways * self.per_class
+
+
+class TaskBatch(NamedTuple):
+    """One multi-task training batch, all tensors on the configured device.
+
+    B = T * ways * (shots + queries), ordered task-major, then way, then image.
+
+    Attributes:
+        images: float [B, C, H, W], normalised (channels_last strides by default).
+        task: int64 [B] in [0, T).
+        label: int64 [B] in [0, ways): the class's position within its task.
+        global_class: int64 [B]: the split-level class id (the MTL head row).
+    """
+
+    images: Tensor
+    task: Tensor
+    label: Tensor
+    global_class: Tensor
+
+
+class BatchPlan(NamedTuple):
+    """A batch decided but not yet made: CPU tensors drawn from the generator."""
+
+    rows: Tensor  # int64 [B] rows of the split
+    task: Tensor  # int64 [B]
+    label: Tensor  # int64 [B]
+    global_class: Tensor  # int64 [B]
+    params: LeeParams | None  # None when cfg.augment == "none"
+
+
+def plan_batch(class_offsets: Tensor, cfg: PipelineConfig, pad: int, generator: torch.Generator) -> BatchPlan:
+    """Draw one batch's episodes and augmentation parameters (CPU, vectorised).
+
+    Args:
+        class_offsets: int64 [n_classes + 1] (CPU).
+        pad: crop padding.
+        generator: the loader's CPU generator (advanced by this call).
+    """
+    t, n, k = cfg.tasks_per_batch, cfg.ways, cfg.per_class
+    rows, classes = sample_episode_indices(class_offsets, t, n, k, generator)
+    task = torch.arange(t).repeat_interleave(n * k)
+    label = torch.arange(n).repeat_interleave(k).repeat(t)
+    global_class = classes.unsqueeze(2).expand(t, n, k).reshape(-1)
+    params = None
+    if cfg.augment == "lee":
+        params = draw_lee_params(t * n * k, generator, pad, jitter=cfg.jitter, flip=cfg.flip)
+    return BatchPlan(rows.reshape(-1), task, label, global_class, params)
+
+
+class Backend(Protocol):
+    """What each back end provides to :class:`TaskLoader`."""
+
+    def stream(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
+        """Yield (batch, generator state after planning it, CUDA event or None) forever."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class TaskLoader:
+    """An infinite iterator of :class:`TaskBatch`, prefetching one batch ahead.
+
+    The prefetch runs on a background thread (the augmentation kernels release the GIL; on CUDA
+    the batch is made on a side stream, and the consumer's stream waits on its event).
+    """
+
+    def __init__(self, backend: Backend, cfg: PipelineConfig) -> None:
+        self.cfg = cfg
+        self._backend = backend
+        self._gen = torch.Generator().manual_seed(cfg.seed)
+        self._state = self._gen.get_state()
+        self._consumed = 0
+        # back ends with their own asynchrony (DataLoader workers, FFCV) opt out of the thread
+        threaded = cfg.prefetch and getattr(backend, "prefetch_thread", True)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsmtl-prefetch") if threaded else None
+        self._it: Iterator[tuple[TaskBatch, Tensor, Any]] | None = None
+        self._pending: Future | None = None
+        self._start()
+
+    def _start(self) -> None:
+        self._it = self._backend.stream(self._gen)
+        if self._pool is not None:
+            self._pending = self._pool.submit(next, self._it)
+
+    def _stop(self) -> None:
+        if self._pending is not None:
+            try:
+                self._pending.result()
+            except Exception:  # noqa: BLE001 - the batch is being discarded anyway
+                pass
+            self._pending = None
+        if self._it is not None and hasattr(self._it, "close"):
+            self._it.close()  # type: ignore[union-attr]
+        self._it = None
+
+    def __iter__(self) -> "TaskLoader":
+        return self
+
+    def __next__(self) -> TaskBatch:
+        if self._it is None:
+            raise RuntimeError("TaskLoader is closed")
+        if self._pending is not None:
+            batch, state, event = self._pending.result()
+            self._pending = self._pool.submit(next, self._it)  # type: ignore[union-attr]
+        else:
+            batch, state, event = next(self._it)
+        if event is not None:  # made on a side stream: order the consumer after it
+            stream = torch.cuda.current_stream()
+            stream.wait_event(event)
+            for t in batch:
+                t.record_stream(stream)
+        self._state = state
+        self._consumed += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state after the last batch handed out: loading it resumes with the next one."""
+        return {"backend": self.cfg.backend, "seed": self.cfg.seed, "batches": self._consumed, "generator": self._state.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume exactly after the batch at which ``state`` was saved."""
+        if state.get("backend") != self.cfg.backend:
+            raise FsmtlError(f"loader state: saved for back end {state.get('backend')!r}, loader uses {self.cfg.backend!r}")
+        self._stop()
+        self._gen.set_state(state["generator"])
+        self._state = state["generator"].clone()
+        self._consumed = int(state["batches"])
+        self._start()
+
+    def close(self) -> None:
+        """Stop prefetching and release the back end's threads, processes and caches."""
+        self._stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._backend.close()
+
+    def __enter__(self) -> "TaskLoader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float], cfg: PipelineConfig) -> int:
+    """Reject impossible requests before any work starts; return the crop padding.
+
+    Raises:
+        FsmtlError: naming the setting and what was expected.
+    """
+    if cfg.backend not in BACKENDS:
+        raise FsmtlError(f"pipeline backend: expected one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if cfg.augment not in ("lee", "none"):
+        raise FsmtlError(f"pipeline augment: expected 'lee' or 'none', got {cfg.augment!r}")
+    for name in ("ways", "shots", "tasks_per_batch"):
+        if getattr(cfg, name) < 1:
+            raise FsmtlError(f"pipeline {name}: expected >= 1, got {getattr(cfg, name)}")
+    if cfg.queries < 0:
+        raise FsmtlError(f"pipeline queries: expected >= 0, got {cfg.queries}")
+    images = split.images
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise FsmtlError(f"split {split.name!r}: expected uint8 [N,H,W,C] images, got {images.dtype} {images.shape}")
+    if images.shape[1] != images.shape[2]:
+        raise FsmtlError(f"split {split.name!r}: expected square images, got {images.shape[1]}x{images.shape[2]}")
+    offsets = np.asarray(split.class_offsets)
+    if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(images) or np.any(np.diff(offsets) < 1):
+        raise FsmtlError(f"split {split.name!r}: class_offsets do not cover its {len(images)} images")
+    if len(mean) != images.shape[3] or len(std) != images.shape[3] or min(std) <= 0:
+        raise FsmtlError(f"pipeline mean/std: expected {images.shape[3]} values (std > 0), got {list(mean)}/{list(std)}")
+    n_classes = len(offsets) - 1
+    if cfg.ways > n_classes:
+        raise FsmtlError(f"pipeline ways: split {split.name!r} has {n_classes} classes, cannot make {cfg.ways}-way tasks")
+    smallest = int(np.diff(offsets).min())
+    if cfg.per_class > smallest:
+        raise FsmtlError(
+            f"pipeline shots+queries: {cfg.shots}+{cfg.queries} = {cfg.per_class} images per class, "
+            f"but the smallest class of split {split.name!r} has {smallest}"
+        )
+    pad = default_padding(images.shape[1]) if cfg.padding is None else cfg.padding
+    if not 0 <= pad < images.shape[1]:
+        raise FsmtlError(f"pipeline padding: expected 0 <= padding < {images.shape[1]}, got {pad}")
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FsmtlError(f"pipeline device: {cfg.device!r} requested but CUDA is not available")
+    module = _BACKEND_MODULES.get(cfg.backend)
+    if module is not None:
+        try:
+            if module == "ffcv":  # its import resets the thread counts; this one restores them
+                from preprocess.export_ffcv import import_ffcv
+
+                import_ffcv()
+            importlib.import_module(module)
+        except Exception as e:  # noqa: BLE001 - ImportError or a broken native library
+            raise FsmtlError(f"pipeline backend {cfg.backend!r}: {module} is not installed ({e}); pip install 'fsmtl[{cfg.backend}]'") from None
+    return pad
+
+
+def build_task_loader(split: SplitData, mean: Sequence[float], std: Sequence[float], cfg: PipelineConfig) -> TaskLoader:
+    """An infinite, seeded iterator of multi-task training batches over ``split``.
+
+    Args:
+        split: the shard split (images uint8 [N, H, W, C], labels sorted, class_offsets).
+        mean, std: per-channel normalisation, 0..1 scale (the shard's meta.json values).
+        cfg: the back end, task shape, augmentation, device and seed.
+
+    Raises:
+        FsmtlError: for impossible requests (see :func:`check_request`), before any work starts.
+    """
+    pad = check_request(split, mean, std, cfg)
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    if cfg.backend == "torch":
+        from pipelines.backend_torch import TorchBackend
+
+        backend: Backend = TorchBackend(split, mean, std, cfg, pad)
+    elif cfg.backend == "reference":
+        from pipelines.backend_reference import ReferenceBackend
+
+        backend = ReferenceBackend(split, mean, std, cfg, pad)
+    elif cfg.backend == "dali":
+        from pipelines.backend_dali import DaliBackend
+
+        backend = DaliBackend(split, mean, std, cfg, pad)
+    else:
+        from pipelines.backend_ffcv import FfcvBackend
+
+        backend = FfcvBackend(split, mean, std, cfg, pad)
+    return TaskLoader(backend, cfg)
+
+
+def default_workers(cfg: PipelineConfig) -> int:
+    """CPU workers for the back ends that use them: cfg.workers, else every core."""
+    return int(cfg.workers) if cfg.workers is not None else (os.cpu_count() or 1)
+
+
+def concat_splits(splits: list[SplitData]) -> SplitData:
+    """Join splits into one (``--trainval``): later splits' labels are offset past earlier ones.
+
+    Images are copied into one in-memory array (no longer memory-mapped).
+    """
+    if not splits:
+        raise FsmtlError("concat_splits: expected at least one split")
+    shapes = {tuple(s.images.shape[1:]) for s in splits}
+    if len(shapes) != 1:
+        raise FsmtlError(f"concat_splits: splits have different image shapes {sorted(shapes)}")
+    images = np.concatenate([np.asarray(s.images) for s in splits])
+    labels, offsets, classes, categories = [], [np.zeros(1, np.int64)], [], []
+    base_label, base_row = 0, 0
+    for s in splits:
+        labels.append(np.asarray(s.labels, dtype=np.int64) + base_label)
+        offsets.append(np.asarray(s.class_offsets[1:], dtype=np.int64) + base_row)
+        classes.extend(s.classes)
+        categories.extend(s.categories if s.categories is not None else [])
+        base_label += s.n_classes
+        base_row += len(s.images)
+    has_cat = all(s.categories is not None for s in splits)
+    name = "+".join(s.name for s in splits)
+    return SplitData(name, images, np.concatenate(labels), np.concatenate(offsets), classes, categories if has_cat else None)

@@ -1,0 +1,127 @@
+"""Backbones: shapes, published parameter counts, DropBlock's ramp, determinism in eval mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fsmtl.errors import FsmtlError
+from models import MODEL_NAMES, build_model, feature_dim, set_train_step
+from models.dropblock import dropblock
+
+PUBLISHED_PARAMS = {"resnet12": 12.4e6, "wrn28_10": 36.5e6, "resnet18": 11.2e6, "conv4": 113e3}
+FEATURES = {"resnet12": 640, "wrn28_10": 640, "resnet18": 512}
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_matches_published_architecture_within_one_percent(name: str) -> None:
+    assert n_params(build_model(name)) == pytest.approx(PUBLISHED_PARAMS[name], rel=0.01)
+
+
+@pytest.mark.parametrize("size", [84, 32, 28])
+@pytest.mark.parametrize("name", ["resnet12", "conv4", "resnet18"])
+def test_forward_gives_batch_by_feature_dim_for_each_input_size(name: str, size: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, image_size=size)
+    out = model(torch.randn(2, 3, size, size))
+    expected = FEATURES.get(name, 64 * (size // 16) ** 2)
+    assert out.shape == (2, expected)
+    assert feature_dim(model, 3, size) == expected
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("size", [32, 28])
+def test_wrn28_10_gives_640_features_for_small_inputs(size: int) -> None:
+    model = build_model("wrn28_10", image_size=size)
+    assert model(torch.randn(2, 3, size, size)).shape == (2, 640)
+
+
+def test_wrn28_10_gives_640_features_at_84px() -> None:
+    assert feature_dim(build_model("wrn28_10"), 3, 84) == 640
+
+
+def test_conv4_takes_single_channel_omniglot_images() -> None:
+    model = build_model("conv4", in_channels=1, image_size=28)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 64)
+    assert n_params(model) == 113088 - 2 * 9 * 64  # two fewer input channels in the first conv
+
+
+def test_resnet12_uses_dropblock_size_5_at_84px_and_2_below() -> None:
+    assert build_model("resnet12", image_size=84).blocks[2].dropblock.block_size == 5
+    assert build_model("resnet12", image_size=32).blocks[3].dropblock.block_size == 2
+    assert build_model("resnet12").blocks[0].dropblock is None
+
+
+def test_dropblock_rate_ramps_linearly_then_stays_at_drop_rate() -> None:
+    model = build_model("resnet12", drop_rate=0.1, ramp_steps=100)
+    db = model.blocks[3].dropblock
+    rates = []
+    for step in (0, 50, 100, 1000):
+        set_train_step(model, step)
+        rates.append(float(db.current_rate(model.step)))
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.1])
+
+
+def test_dropblock_step_is_saved_in_the_state_dict() -> None:
+    a = build_model("resnet12", image_size=32)
+    set_train_step(a, 1234)
+    b = build_model("resnet12", image_size=32)
+    b.load_state_dict(a.state_dict())
+    assert int(b.step) == 1234
+
+
+def test_dropblock_at_step_zero_drops_nothing_in_blocks_3_and_4() -> None:
+    model = build_model("resnet12", image_size=32, drop_rate=0.1)
+    x = torch.randn(4, 320, 4, 4)
+    out = model.blocks[3].dropblock(x, torch.tensor(0))
+    assert torch.equal(out, x)
+
+
+def test_dropblock_drops_about_the_requested_fraction_in_whole_squares() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(64, 16, 20, 20)
+    out = dropblock(x, torch.tensor(0.1), block_size=3)
+    dropped = (out == 0).float().mean().item()
+    assert 0.05 < dropped < 0.15
+    kept = out[out != 0]
+    assert torch.allclose(kept, kept[0].expand_as(kept))  # one rescale factor
+    assert out.mean().item() == pytest.approx(1.0, rel=1e-5)  # expectation preserved
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_eval_mode_forward_is_deterministic(name: str) -> None:
+    model = build_model(name, image_size=32).eval()
+    set_train_step(model, 10**6)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_train_mode_resnet12_is_stochastic_after_the_ramp() -> None:
+    model = build_model("resnet12", image_size=32, drop_rate=0.5, ramp_steps=1).train()
+    set_train_step(model, 10)
+    x = torch.randn(4, 3, 32, 32)
+    assert not torch.equal(model(x), model(x))
+
+
+def test_build_model_rejects_unknown_names_and_options() -> None:
+    with pytest.raises(FsmtlError, match="resnet99"):
+        build_model("resnet99")
+    with pytest.raises(FsmtlError, match="drop_rate"):
+        build_model("conv4", drop_rate=0.1)
+
+
+def test_channels_last_bf16_forward_matches_fp32_roughly() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet12", image_size=32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        m2 = model.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = m2(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(out.float(), ref, rtol=0.1, atol=0.1)

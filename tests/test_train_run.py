@@ -1,0 +1,151 @@
+"""End-to-end training on tiny synthetic shards: files, checkpoints, exact resume, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fsmtl.cli import run_stage_main
+from fsmtl.errors import FsmtlError
+from pipelines.loader import build_task_loader
+from train.__main__ import main
+from train.config import TrainConfig
+from train.runlog import read_metrics
+from train.run import train
+
+CONTRACT_KEYS = {"format", "version", "model_name", "model_kwargs", "model", "heads", "optimizer", "scheduler",
+                 "scaler", "rng", "epoch", "step", "best_val_acc", "config", "data_meta"}
+
+
+def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="conv4", meta_batch_size=2, epoch_length=4,
+                val_epoch_length=8, test_queries=5, max_epochs=2, wandb="disabled", progress=False,
+                log_every=2, precision="fp32")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_writes_config_metrics_and_weights_only_checkpoints(tiny_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    summary = train(tiny_cfg(tiny_shards, out))
+    assert summary["epoch"] == 2 and summary["step"] == 8
+    assert json.loads((out / "config.json").read_text())["model"] == "conv4"
+    rows = read_metrics(out)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "train_acc", "val_acc", "val_ci95", "lr", "images_per_s", "data_wait_frac", "peak_mem_mb"):
+        assert rows[-1][key] is not None, key
+    for name in ("last.pt", "best.pt"):
+        ckpt = torch.load(out / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert CONTRACT_KEYS <= set(ckpt)
+        assert ckpt["format"] == "fsmtl-checkpoint" and ckpt["version"] == 1
+        assert ckpt["heads"].shape == (8, 256)  # 8 train classes x conv4's 256-d at 32 px
+        assert ckpt["data_meta"]["n_train_classes"] == 8 and ckpt["config"]["data"] == str(tiny_shards)
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_resume_after_epoch_1_reproduces_epoch_2_bitwise(tiny_shards: Path, tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    train(tiny_cfg(tiny_shards, full, precision="auto"))
+    part = tmp_path / "part"
+    train(tiny_cfg(tiny_shards, part, precision="auto", max_epochs=1))
+    assert run_stage_main(main, ["--resume", str(part), "--max-epochs", "2", "--no-progress"]) == 0
+    a, b = read_metrics(full), read_metrics(part)
+    assert [r["epoch"] for r in b] == [1, 2]
+    for key in ("train_loss", "train_acc", "val_acc", "lr", "step"):
+        assert a[1][key] == b[1][key], key
+    sa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    sb = torch.load(part / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_with_another_model_is_refused_before_training(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))
+    with pytest.raises(FsmtlError, match="resnet12"):
+        train(tiny_cfg(tiny_shards, run, model="resnet12", resume=str(run)))
+
+
+def test_resume_on_other_data_is_refused_before_training(tiny_shards: Path, tiny_shards_84: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))
+    with pytest.raises(FsmtlError, match="image_shape|n_train_classes"):
+        train(tiny_cfg(tiny_shards_84, run, resume=str(run), test_shots=1, test_queries=5))
+
+
+def test_cli_reports_bad_settings_as_one_line_errors(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    base = ["--data", str(tiny_shards), "--out", str(tmp_path / "r"), "--wandb", "disabled"]
+    for bad, word in ((["--model", "vit"], "--model"), (["--optimizer", "lion"], "--optimizer"),
+                      (["--scheduler", "poly"], "--scheduler"), (["--preset", "nope"], "--preset"),
+                      (["--test-queries", "100"], "--test-queries")):
+        assert run_stage_main(main, base + bad) == 2
+        assert word in capsys.readouterr().err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_missing_data_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(FsmtlError, match="not a directory"):
+        train(tiny_cfg(tmp_path / "nope", tmp_path / "r"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:
+    def poisoned(split, mean, std, pcfg):
+        loader = build_task_loader(split, mean, std, pcfg)
+
+        class Poison:
+            n = 0
+
+            def __next__(self):
+                batch = next(loader)
+                Poison.n += 1
+                if Poison.n == 6:  # step 5: the second step of epoch 2
+                    return batch._replace(images=batch.images * float("nan"))
+                return batch
+
+            def state_dict(self):
+                return loader.state_dict()
+
+            def close(self):
+                loader.close()
+
+        return Poison()
+
+    run = tmp_path / "run"
+    with pytest.raises(FsmtlError, match="step 5"):
+        train(tiny_cfg(tiny_shards, run), loader_factory=poisoned)
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_trainval_trains_on_train_and_val_classes(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, trainval=True, max_epochs=1))
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["heads"].shape[0] == 13 and ckpt["data_meta"]["n_train_classes"] == 13
+
+
+def test_max_steps_ends_the_run_mid_epoch(tiny_shards: Path, tmp_path: Path) -> None:
+    summary = train(tiny_cfg(tiny_shards, tmp_path / "r", max_epochs=None, max_steps=6))
+    assert summary["step"] == 6 and summary["epoch"] == 2
+
+
+def test_protonet_trains_through_the_same_loop(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    summary = train(tiny_cfg(tiny_shards, run, algorithm="protonet", max_epochs=1))
+    assert summary["epoch"] == 1
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["heads"].shape[0] == 0
+
+
+def test_resnet12_dropblock_step_follows_the_trainer(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    train(tiny_cfg(tiny_shards, run, model="resnet12", max_epochs=1, epoch_length=3, val_epoch_length=2,
+                   meta_batch_size=1, train_shots=1, train_queries=1, test_queries=2, precision="auto"))
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert int(ckpt["model"]["step"]) == 2 and ckpt["model_kwargs"] == {"drop_rate": 0.1}
+
+
+def test_wandb_offline_run_is_written_inside_the_run_dir(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=2, wandb="offline"))
+    assert list((run / "wandb").glob("offline-run-*"))

@@ -1,0 +1,159 @@
+"""Trainer pieces in isolation: the MTL loss, heads, ProtoNet, optimizers, schedulers, config, CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fsmtl.errors import FsmtlError
+from train.__main__ import config_from_args
+from train.algorithms import StepShape, protonet_loss
+from train.config import OPTIMIZERS, TrainConfig
+from train.mtl import init_heads, mtl_loss, task_classes
+from train.optim import build_optimizer, build_scheduler, scheduler_step
+from train.presets import PRESETS, preset_overrides
+
+
+def _batch(t: int, ways: int, per: int, n_classes: int, d: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.stack([torch.randperm(n_classes, generator=g)[:ways] for _ in range(t)])  # [T, ways]
+    global_class = classes.unsqueeze(2).expand(t, ways, per).reshape(-1)
+    label = torch.arange(ways).repeat_interleave(per).repeat(t)
+    feats = torch.randn(t * ways * per, d, generator=g)
+    return feats, global_class, label, classes
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_mtl_loss_equals_a_python_loop_over_tasks(norm: bool) -> None:
+    t, ways, per, c, d = 4, 5, 3, 12, 16
+    feats, gc, label, classes = _batch(t, ways, per, c, d)
+    heads = torch.randn(c, d)
+    loss, acc = mtl_loss(feats, heads, gc, label, t, ways, norm)
+    f = F.normalize(feats, dim=-1) if norm else feats
+    losses = []
+    for i in range(t):
+        rows = slice(i * ways * per, (i + 1) * ways * per)
+        losses.append(F.cross_entropy(f[rows] @ heads[classes[i]].T, label[rows]))
+    assert loss.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)
+    assert 0.0 <= acc.item() <= 1.0
+
+
+def test_mtl_loss_gradients_reach_only_the_rows_of_sampled_classes() -> None:
+    feats, gc, label, classes = _batch(2, 5, 2, 20, 8)
+    heads = torch.randn(20, 8, requires_grad=True)
+    mtl_loss(feats, heads, gc, label, 2, 5, False)[0].backward()
+    touched = heads.grad.abs().sum(1) > 0
+    assert set(touched.nonzero().flatten().tolist()) == set(classes.flatten().tolist())
+
+
+def test_task_classes_reads_the_class_of_each_way() -> None:
+    _, gc, _, classes = _batch(3, 5, 4, 10, 2)
+    assert torch.equal(task_classes(gc, 3, 5), classes)
+
+
+def test_init_heads_is_kaiming_uniform_scaled_by_sqrt_classes_over_ways() -> None:
+    w = init_heads(64, 640, 5, torch.Generator().manual_seed(0))
+    bound = math.sqrt(64 / 5) / math.sqrt(640)
+    assert w.shape == (64, 640)
+    assert w.abs().max().item() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.02)
+    assert torch.equal(w, init_heads(64, 640, 5, torch.Generator().manual_seed(0)))
+
+
+def test_protonet_loss_is_zero_ish_when_queries_sit_on_their_prototypes() -> None:
+    ways, shots, queries, d = 3, 2, 2, 4
+    centres = torch.eye(d)[:ways] * 10
+    feats = centres.unsqueeze(1).expand(ways, shots + queries, d).reshape(-1, d)
+    s = StepShape(1, ways, shots, queries, norm=False)
+    loss, acc = protonet_loss(feats, torch.empty(0, d), torch.zeros(0), torch.zeros(0), s)
+    assert loss.item() < 1e-6 and acc.item() == 1.0
+
+
+def test_every_optimizer_builds_with_the_seeds_defaults() -> None:
+    for name in OPTIMIZERS:
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = build_optimizer([p], TrainConfig(optimizer=name), torch.device("cpu"))
+        group = opt.param_groups[0]
+        assert group["lr"] == pytest.approx(2e-3 if name == "adamax" else 1e-3), name
+        assert group["weight_decay"] == pytest.approx(0.01 if name == "adamw" else 0.0), name
+        if name in ("sgd", "sgdp", "sgdw"):
+            assert group["momentum"] == 0.9
+        p.grad = torch.ones(3)
+        opt.step()
+        assert torch.isfinite(p).all()
+
+
+def test_plateau_scheduler_cuts_lr_tenfold_after_patience_epochs_without_improvement() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    cfg = TrainConfig()
+    opt = build_optimizer([p], cfg, torch.device("cpu"))
+    sched = build_scheduler(opt, cfg)
+    for acc in [0.5] + [0.4] * 5:
+        scheduler_step(sched, acc)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_step_and_cosine_schedulers_follow_their_formulas() -> None:
+    p = torch.nn.Parameter(torch.zeros(1))
+    cfg = TrainConfig(scheduler="step", step_size=2, step_gamma=0.5)
+    opt = build_optimizer([p], cfg, torch.device("cpu"))
+    sched = build_scheduler(opt, cfg)
+    for _ in range(4):
+        scheduler_step(sched, None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    cfg = TrainConfig(scheduler="cosine", max_epochs=4)
+    opt = build_optimizer([p], cfg, torch.device("cpu"))
+    sched = build_scheduler(opt, cfg)
+    for _ in range(2):
+        scheduler_step(sched, None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
+
+
+def test_config_defaults_are_the_seeds() -> None:
+    c = TrainConfig()
+    assert (c.train_ways, c.train_shots, c.train_queries, c.meta_batch_size) == (5, 5, 5, 6)
+    assert (c.model, c.drop_rate, c.optimizer, c.lr, c.scheduler) == ("resnet12", 0.1, "radam", 1e-3, "plateau")
+    assert (c.early_stop_patience, c.epoch_length, c.val_epoch_length, c.test_queries) == (15, 1600, 400, 30)
+
+
+@pytest.mark.parametrize("field,value", [("model", "resnet99"), ("optimizer", "lamb"), ("scheduler", "poly"),
+                                         ("precision", "fp8"), ("pipeline", "tfdata"), ("algorithm", "maml")])
+def test_config_check_names_the_bad_setting(field: str, value: str) -> None:
+    with pytest.raises(FsmtlError, match=field.replace("_", "-")):
+        TrainConfig(**{field: value}).check()
+
+
+def test_every_preset_is_a_valid_config() -> None:
+    for name in PRESETS:
+        TrainConfig(**preset_overrides(name)).check()
+
+
+def test_unknown_preset_is_a_user_error() -> None:
+    with pytest.raises(FsmtlError, match="--preset"):
+        config_from_args(["--data", "x", "--preset", "imagenet-21k"])
+
+
+def test_flags_accept_dashes_and_the_seeds_underscore_spellings() -> None:
+    a = config_from_args(["--data", "d", "--meta-batch-size", "2", "--norm-train-features", "--train-queries", "15"])
+    b = config_from_args(["--data", "d", "--meta_batch_size", "2", "--norm_train_features", "--train_queries", "15"])
+    assert a == b
+    assert (a.meta_batch_size, a.norm_train_features, a.train_queries) == (2, True, 15)
+
+
+def test_preset_then_flags_override_it() -> None:
+    cfg = config_from_args(["--data", "d", "--preset", "tiered-imagenet-1shot", "--meta-batch-size", "3"])
+    assert (cfg.train_queries, cfg.norm_train_features, cfg.test_shots) == (35, True, 1)
+    assert cfg.meta_batch_size == 3 and cfg.preset == "tiered-imagenet-1shot"
+
+
+def test_fc100_5shot_preset_trains_without_feature_normalisation() -> None:
+    cfg = config_from_args(["--data", "d", "--preset", "fc100-5shot"])
+    assert cfg.norm_train_features is False and cfg.test_shots == 5
+
+
+def test_optional_flags_accept_none() -> None:
+    cfg = config_from_args(["--data", "d", "--max-epochs", "3", "--weight-decay", "none"])
+    assert cfg.max_epochs == 3 and cfg.weight_decay is None

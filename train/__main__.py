@@ -1,0 +1,99 @@
+"""``fsmtl train`` / ``python -m train``: parse flags into a TrainConfig and train.
+
+Every TrainConfig field is a flag spelled with dashes (``--meta-batch-size``); the seed's
+underscore spellings (``--meta_batch_size``) are accepted too. ``--preset NAME`` applies a preset
+first, then the other flags override it. ``--resume RUN`` continues RUN from its last checkpoint
+with its stored config; only flags given explicitly change it (e.g. a larger ``--max-epochs``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsmtl.errors import FsmtlError
+from train.config import TrainConfig
+from train.presets import PRESETS, preset_overrides
+
+
+def _optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per TrainConfig field; nothing is defaulted here (the dataclass is the source)."""
+    parser = argparse.ArgumentParser(
+        prog="fsmtl train", argument_default=argparse.SUPPRESS,
+        description="Train a few-shot backbone by multi-task learning (the seed's recipe by default).",
+    )  # fmt: skip
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
+        hint = hints[f.name]
+        default = getattr(defaults, f.name)
+        if f.name == "preset":
+            parser.add_argument(*names, help=f"apply a preset first: {', '.join(PRESETS)}")
+        elif hint is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, help=f"(default {default})")
+        else:
+            args = typing.get_args(hint)
+            kind = next((a for a in args if a is not type(None)), hint) if args else hint
+            parse = _optional(kind) if type(None) in args else kind
+            parser.add_argument(*names, type=parse, metavar=f.name.upper(), help=f"(default {default})")
+    return parser
+
+
+def config_from_args(argv: list[str]) -> TrainConfig:
+    """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
+    given = vars(build_parser().parse_args(argv))
+    if given.get("resume"):
+        from train.checkpoint import checkpoint_dir, load_checkpoint
+
+        run = Path(given["resume"])
+        stored = load_checkpoint(checkpoint_dir(run) / "last.pt")["config"]
+        base = TrainConfig.from_dict(stored).to_dict()
+        if "preset" in given:
+            base.update(preset_overrides(given.pop("preset")))
+        cfg = TrainConfig(**{**base, **given, "resume": str(run), "out": str(run)})
+    else:
+        base = preset_overrides(given.pop("preset")) if given.get("preset") else {}
+        cfg = TrainConfig(**{**base, **given})
+    return cfg.check()
+
+
+def set_backend_flags(device_is_cuda: bool) -> dict[str, Any]:
+    """Speed flags for CUDA (cudnn autotuning, TF32 for fp32 matmuls/convs); returned for the log."""
+    flags = {"cudnn.benchmark": device_is_cuda, "allow_tf32": device_is_cuda}
+    if device_is_cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return flags
+
+
+def main(argv: list[str]) -> int:
+    cfg = config_from_args(argv)
+    from train.run import train
+
+    flags = set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")
+    print(f"fsmtl train: backend flags {flags}", file=sys.stderr)
+    summary = train(cfg)
+    print(f"fsmtl train: done: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    from fsmtl.cli import run_stage_main
+
+    sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -1,0 +1,87 @@
+"""Training objectives by name: the hook through which episodic baselines join the same loop.
+
+An algorithm maps backbone features of one step's batch to (loss, accuracy). The loop never
+branches on the algorithm's name: it looks up an :class:`Algorithm` here and calls ``loss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from train.mtl import mtl_loss
+
+
+@dataclass(frozen=True)
+class StepShape:
+    """How one step's batch is laid out: T tasks x ways x (shots + queries) images."""
+
+    n_tasks: int
+    ways: int
+    shots: int
+    queries: int
+    norm: bool  # L2-normalise features during training
+
+    @property
+    def per_class(self) -> int:
+        return self.shots + self.queries
+
+
+LossFn = Callable[[Tensor, Tensor, Tensor, Tensor, StepShape], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """``loss(features [B,D], heads [C,D], global_class [B], label [B], shape) -> (loss, acc)``.
+
+    ``uses_heads``: whether the algorithm trains the global head matrix (MTL) or needs none.
+    """
+
+    name: str
+    loss: LossFn
+    uses_heads: bool
+
+
+def _mtl(features: Tensor, heads: Tensor, global_class: Tensor, label: Tensor, s: StepShape) -> tuple[Tensor, Tensor]:
+    return mtl_loss(features, heads, global_class, label, s.n_tasks, s.ways, s.norm)
+
+
+def protonet_loss(
+    features: Tensor, heads: Tensor, global_class: Tensor, label: Tensor, s: StepShape
+) -> tuple[Tensor, Tensor]:
+    """Prototypical Networks: per task, prototypes = support means, logits = -squared distance,
+    cross-entropy on the queries. ``heads``/``global_class`` are unused.
+
+    Args:
+        features: float [B, D], B = T*ways*(shots+queries), task-major then way then image; the
+            first ``shots`` images of each way are its support set.
+    """
+    feats = features.float()
+    if s.norm:
+        feats = F.normalize(feats, dim=-1)
+    feats = feats.view(s.n_tasks, s.ways, s.per_class, -1)
+    protos = feats[:, :, : s.shots].mean(dim=2)  # [T, ways, D]
+    query = feats[:, :, s.shots :].reshape(s.n_tasks, s.ways * s.queries, -1)  # [T, ways*Q, D]
+    logits = -torch.cdist(query, protos).pow(2)  # [T, ways*Q, ways]
+    target = torch.arange(s.ways, device=features.device).repeat_interleave(s.queries).repeat(s.n_tasks)
+    flat = logits.reshape(-1, s.ways)
+    return F.cross_entropy(flat, target), (flat.argmax(-1) == target).float().mean()
+
+
+ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({
+    "mtl": Algorithm("mtl", _mtl, uses_heads=True),
+    "protonet": Algorithm("protonet", protonet_loss, uses_heads=False),
+})  # fmt: skip
+
+
+def get_algorithm(name: str) -> Algorithm:
+    from fsmtl.errors import FsmtlError
+
+    if name not in ALGORITHMS:
+        raise FsmtlError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, got {name!r}")
+    return ALGORITHMS[name]

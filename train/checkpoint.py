@@ -1,0 +1,95 @@
+"""Checkpoints: atomic writes, RNG capture/restore, weights_only loading, resume checks.
+
+Everything stored is a tensor or a plain dict/list/number/string, so ``torch.load(...,
+weights_only=True)`` reads it (no pickled code runs when a checkpoint is opened).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fsmtl.errors import FsmtlError
+from fsmtl.fileio import atomic_write
+
+FORMAT = "fsmtl-checkpoint"
+VERSION = 1
+
+
+def checkpoint_dir(run: str | Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """The state of every global generator: torch CPU (+ CUDA), numpy, python ``random``."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    rng: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+    }  # fmt: skip
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
+    """Inverse of :func:`capture_rng`."""
+    torch.set_rng_state(rng["torch"])
+    n = rng["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = rng["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint onto the CPU with ``weights_only=True`` and check its header."""
+    path = Path(path)
+    if not path.is_file():
+        raise FsmtlError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's problem to hear about
+        raise FsmtlError(f"{path}: not a readable checkpoint: {e}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise FsmtlError(f"{path}: expected format {FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}")
+    if ckpt.get("version") != VERSION:
+        raise FsmtlError(f"{path}: expected checkpoint version {VERSION}, got {ckpt.get('version')!r}")
+    return ckpt
+
+
+def check_resume_matches(ckpt: dict[str, Any], path: Path, model_name: str, model_kwargs: dict[str, Any],
+                         data_meta: dict[str, Any]) -> None:
+    """Raise FsmtlError if the checkpoint was trained with another model or other data."""
+    if ckpt["model_name"] != model_name or dict(ckpt["model_kwargs"]) != model_kwargs:
+        raise FsmtlError(
+            f"{path}: checkpoint holds model {ckpt['model_name']} {ckpt['model_kwargs']}, "
+            f"but the run asks for {model_name} {model_kwargs}"
+        )
+    saved = ckpt["data_meta"]
+    for key in ("benchmark", "image_shape", "n_train_classes"):
+        if saved.get(key) != data_meta.get(key):
+            raise FsmtlError(
+                f"{path}: checkpoint was trained on data with {key}={saved.get(key)!r}, "
+                f"but --data has {key}={data_meta.get(key)!r}"
+            )
+    if not np.allclose(saved["mean"], data_meta["mean"]) or not np.allclose(saved["std"], data_meta["std"]):
+        raise FsmtlError(f"{path}: checkpoint's normalisation mean/std differ from --data's")

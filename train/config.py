@@ -1,0 +1,122 @@
+"""``TrainConfig``: the one source of the trainer's defaults (the seed's, see seed-recipe.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fsmtl.errors import FsmtlError
+
+OPTIMIZERS = ("sgd", "sgdp", "sgdw", "adam", "adamw", "adamax", "radam", "adabound", "adamp")
+SCHEDULERS = ("plateau", "step", "cosine", "none")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PIPELINES = ("torch", "dali", "ffcv", "reference")
+WANDB_MODES = ("offline", "online", "disabled")
+AUGMENTS = ("lee", "none")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; stored in ``RUN/config.json`` and in every checkpoint.
+
+    Defaults are the seed's: 5-way 5-shot 5-query tasks, 6 tasks a step, ResNet-12 with drop rate
+    0.1, RAdam at lr 1e-3, plateau scheduler on validation accuracy, early stopping after 15
+    epochs without improvement, 1600 steps an epoch, 400 validation tasks.
+    """
+
+    data: str = ""  # shard directory (preprocess/ output)
+    out: str = "runs/train"  # run directory
+    preset: str | None = None  # name of the preset applied before the flags (recorded only)
+    algorithm: str = "mtl"  # "mtl" (the seed) or an episodic baseline ("protonet")
+    model: str = "resnet12"
+    drop_rate: float = 0.1
+    train_ways: int = 5
+    train_shots: int = 5
+    train_queries: int = 5
+    meta_batch_size: int = 6  # tasks per optimizer step
+    test_ways: int = 5
+    test_shots: int = 5
+    test_queries: int = 30  # the seed's code (the paper's tables use 50)
+    norm_train_features: bool = False
+    trainval: bool = False  # train on train + val classes (no validation, no early stopping)
+    optimizer: str = "radam"
+    lr: float = 1e-3
+    weight_decay: float | None = None  # None: the optimizer's seed default (0; adamw 0.01)
+    momentum: float = 0.9
+    grad_clip: float = 0.0  # max global grad norm; 0 = off (the seed does not clip)
+    scheduler: str = "plateau"
+    plateau_factor: float = 0.1
+    plateau_patience: int = 4
+    step_size: int = 20
+    step_gamma: float = 1.0
+    early_stop_patience: int = 15
+    epoch_length: int = 1600  # optimizer steps per epoch
+    val_epoch_length: int = 400  # validation tasks per epoch (the same tasks every epoch)
+    val_batch_tasks: int = 50  # validation tasks embedded per forward
+    augment: str = "lee"
+    jitter: bool = True  # colour jitter inside "lee" (off for Omniglot)
+    precision: str = "auto"  # auto: bf16 where supported (CUDA with bf16, CPU), else fp32
+    channels_last: bool = True
+    compile: bool = False
+    pipeline: str = "torch"
+    workers: int | None = None
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    wandb: str = "offline"
+    log_every: int = 50  # steps between host syncs for the running loss / progress bar
+    resume: str | None = None  # run directory to continue exactly
+    progress: bool = True  # tqdm bars
+
+    def check(self) -> "TrainConfig":
+        """Raise FsmtlError naming the first invalid setting; return self."""
+        from models import MODEL_NAMES
+        from train.algorithms import ALGORITHMS
+
+        def choice(name: str, options: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in options:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected one of {', '.join(options)}, got {value!r}")
+
+        choice("model", MODEL_NAMES)
+        choice("optimizer", OPTIMIZERS)
+        choice("scheduler", SCHEDULERS)
+        choice("precision", PRECISIONS)
+        choice("pipeline", PIPELINES)
+        choice("wandb", WANDB_MODES)
+        choice("augment", AUGMENTS)
+        choice("algorithm", tuple(ALGORITHMS))
+        for name in ("train_ways", "train_shots", "meta_batch_size", "test_ways", "test_shots",
+                     "test_queries", "epoch_length", "val_epoch_length", "val_batch_tasks", "log_every"):
+            if getattr(self, name) < 1:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
+        if self.train_queries < 0:
+            raise FsmtlError(f"--train-queries: expected >= 0, got {self.train_queries}")
+        if self.algorithm != "mtl" and self.train_queries < 1:
+            raise FsmtlError(f"--algorithm {self.algorithm}: episodic training needs --train-queries >= 1")
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise FsmtlError(f"--drop-rate: expected a value in [0, 1), got {self.drop_rate}")
+        if self.lr <= 0:
+            raise FsmtlError(f"--lr: expected > 0, got {self.lr}")
+        for name in ("max_epochs", "max_steps", "max_minutes"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected > 0, got {v}")
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            raise FsmtlError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Rebuild from ``to_dict()`` output, ignoring keys this version does not know."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_overrides(self, **overrides: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **overrides)

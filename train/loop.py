@@ -1,0 +1,111 @@
+"""The training step and epoch: one forward for all T tasks under autocast, no host sync per step."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from models import set_train_step
+from train.algorithms import Algorithm, StepShape
+
+
+class TrainNet(nn.Module):
+    """Backbone + global head matrix, with the algorithm's loss inside ``forward`` so that
+    DistributedDataParallel sees every trained parameter in one call.
+
+    ``forward(images float [B,C,H,W], global_class int64 [B], label int64 [B]) -> (loss, acc)``.
+    """
+
+    def __init__(self, backbone: nn.Module, heads: Tensor, algorithm: Algorithm, shape: StepShape) -> None:
+        super().__init__()
+        self.backbone = backbone
+        if algorithm.uses_heads:
+            self.heads = nn.Parameter(heads)
+        else:  # an episodic method trains no head; keep an empty [0, D] tensor for the checkpoint
+            self.register_buffer("heads", heads[:0].clone())
+        self.algorithm = algorithm
+        self.shape = shape
+
+    def forward(self, images: Tensor, global_class: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        return self.algorithm.loss(self.backbone(images), self.heads, global_class, label, self.shape)
+
+
+@dataclass
+class StepTools:
+    """What a step needs besides the batch (built once per run)."""
+
+    net: nn.Module  # TrainNet, possibly compiled and/or wrapped in DDP
+    backbone: nn.Module  # the raw backbone (for DropBlock's step counter)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    amp_dtype: torch.dtype | None  # None: fp32
+    device: torch.device
+    grad_clip: float
+
+
+def train_step(tools: StepTools, batch: Any, step: int) -> tuple[Tensor, Tensor]:
+    """One optimizer step on one TaskBatch; returns detached (loss, acc) device scalars (no sync)."""
+    set_train_step(tools.backbone, step)
+    with torch.autocast(tools.device.type, dtype=tools.amp_dtype or torch.float32, enabled=tools.amp_dtype is not None):
+        loss, acc = tools.net(batch.images, batch.global_class, batch.label)
+    if tools.scaler is not None:
+        tools.scaler.scale(loss).backward()
+        if tools.grad_clip > 0:
+            tools.scaler.unscale_(tools.optimizer)  # clip the true gradients, not the scaled ones
+    else:
+        loss.backward()
+    if tools.grad_clip > 0:
+        nn.utils.clip_grad_norm_(tools.net.parameters(), tools.grad_clip)
+    if tools.scaler is not None:
+        tools.scaler.step(tools.optimizer)
+        tools.scaler.update()
+    else:
+        tools.optimizer.step()
+    tools.optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), acc.detach()
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    steps: int
+    seconds: float
+    data_seconds: float  # host time spent waiting in next(loader)
+    nonfinite_step: int | None  # first step whose loss was NaN/inf
+    stopped: bool  # a budget (time) ended the epoch early
+
+
+def train_epoch(
+    tools: StepTools, loader: Iterator[Any], start_step: int, n_steps: int, log_every: int,
+    should_stop: Callable[[], bool], on_log: Callable[[int, float], None],
+) -> EpochStats:
+    """Run up to ``n_steps`` steps. The host reads device values only every ``log_every`` steps
+    (running loss, the first non-finite step) and then also asks ``should_stop()``."""
+    d = tools.device
+    sums = torch.zeros(2, dtype=torch.float32, device=d)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=d)
+    t_start, data_s, done = time.perf_counter(), 0.0, 0
+    for i in range(n_steps):
+        t0 = time.perf_counter()
+        batch = next(loader)
+        data_s += time.perf_counter() - t0
+        loss, acc = train_step(tools, batch, start_step + i)
+        sums += torch.stack([loss.float(), acc.float()])
+        bad_now = (~torch.isfinite(loss)) & (first_bad < 0)
+        first_bad = torch.where(bad_now, torch.full_like(first_bad, start_step + i), first_bad)
+        done = i + 1
+        if done % log_every == 0 or done == n_steps:
+            bad, running = int(first_bad), sums[0].item() / done  # the one host sync
+            if bad >= 0:
+                return EpochStats(float("nan"), float("nan"), done, time.perf_counter() - t_start, data_s, bad, True)
+            on_log(done, running)
+            if done < n_steps and should_stop():
+                break
+    mean = (sums / max(done, 1)).tolist()
+    stopped = done < n_steps
+    return EpochStats(mean[0], mean[1], done, time.perf_counter() - t_start, data_s, None, stopped)

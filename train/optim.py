@@ -1,0 +1,79 @@
+"""Optimizers and learning-rate schedulers by name, with the seed's defaults."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from fsmtl.errors import FsmtlError
+from train.config import TrainConfig
+
+
+def default_weight_decay(name: str) -> float:
+    """The seed's weight decay: 0, except AdamW's 0.01."""
+    return 0.01 if name == "adamw" else 0.0
+
+
+def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Optimizer ``cfg.optimizer`` over ``params``.
+
+    Seed defaults: SGD-family momentum 0.9; Adamax at twice ``cfg.lr``; AdamW weight decay 0.01.
+    On CUDA, Adam/AdamW/SGD use torch's fused kernels and the others its multi-tensor (foreach)
+    paths; on CPU torch's defaults (bitwise reproducible) are kept.
+    """
+    import torch_optimizer as topt
+
+    params = list(params)
+    wd = default_weight_decay(cfg.optimizer) if cfg.weight_decay is None else cfg.weight_decay
+    lr, name = cfg.lr, cfg.optimizer
+    cuda = device.type == "cuda"
+    fast = {"fused": True} if cuda else {}
+    multi = {"foreach": True} if cuda else {}
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=wd, **fast)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, **fast)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fast)
+    if name == "adamax":
+        return torch.optim.Adamax(params, lr=2 * lr, weight_decay=wd, **multi)
+    if name == "radam":
+        return torch.optim.RAdam(params, lr=lr, weight_decay=wd, **multi)
+    if name == "sgdp":
+        return topt.SGDP(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    if name == "sgdw":
+        return topt.SGDW(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    if name == "adabound":
+        return topt.AdaBound(params, lr=lr, weight_decay=wd)
+    if name == "adamp":
+        return topt.AdamP(params, lr=lr, weight_decay=wd)
+    raise FsmtlError(f"--optimizer: unknown optimizer {name!r}")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
+    """Epoch-level scheduler: ``plateau`` (on validation accuracy, mode max), ``step``, ``cosine``
+    (over ``max_epochs``, or 100 epochs when unbounded), or ``none``. Step it with
+    :func:`scheduler_step` once an epoch."""
+    s = cfg.scheduler
+    if s == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+        )
+    if s == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
+    if s == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs or 100)
+    if s == "none":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise FsmtlError(f"--scheduler: unknown scheduler {s!r}")
+
+
+def scheduler_step(scheduler, val_acc: float | None) -> None:
+    """Advance one epoch; the plateau scheduler reads the validation accuracy (skipped without one)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if val_acc is not None:
+            scheduler.step(val_acc)
+    else:
+        scheduler.step()

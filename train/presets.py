@@ -1,0 +1,46 @@
+"""Named presets: the seed's eight published commands, Omniglot, and the CPU demo.
+
+A preset is a set of overrides of :class:`train.config.TrainConfig` defaults; flags given after
+``--preset`` override it again.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from fsmtl.errors import FsmtlError
+
+_NORM = {"norm_train_features": True}
+
+# The seed's published commands (seed-recipe.md, "The eight published commands").
+PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    "mini-imagenet-1shot": {**_NORM, "test_shots": 1},
+    "mini-imagenet-5shot": {**_NORM, "meta_batch_size": 2, "test_shots": 5},
+    "tiered-imagenet-1shot": {**_NORM, "train_queries": 35, "meta_batch_size": 2, "test_shots": 1},
+    "tiered-imagenet-5shot": {**_NORM, "train_queries": 35, "meta_batch_size": 1, "test_shots": 5},
+    "cifar-fs-1shot": {**_NORM, "train_queries": 15, "meta_batch_size": 2, "test_shots": 1},
+    "cifar-fs-5shot": {**_NORM, "test_shots": 5},
+    "fc100-1shot": {"train_queries": 4, "train_shots": 1, "meta_batch_size": 1, "test_shots": 1},
+    "fc100-5shot": {"test_shots": 5},
+    # Omniglot (28x28 greyscale): Conv-4, no colour jitter; small epochs so that ~10 minutes on a
+    # 2-core CPU reach a useful model (about 8 epochs of 150 steps of 6 x 5-way 10-image tasks).
+    "omniglot": {
+        "model": "conv4", "jitter": False, "norm_train_features": True, "epoch_length": 150,
+        "val_epoch_length": 200, "max_minutes": 10.0, "early_stop_patience": 5, "test_queries": 15,
+        "log_every": 25,
+    },
+    # The synthetic demo at 32x32 on a 2-core CPU: Conv-4, short epochs, well above chance in minutes.
+    "demo": {
+        "model": "conv4", "norm_train_features": True, "epoch_length": 60, "val_epoch_length": 100,
+        "max_epochs": 6, "max_minutes": 5.0, "test_queries": 15, "log_every": 20,
+        "scheduler": "cosine",
+    },
+})  # fmt: skip
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """A copy of preset ``name``'s overrides (with ``preset`` recorded)."""
+    if name not in PRESETS:
+        raise FsmtlError(f"--preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    return {**PRESETS[name], "preset": name}

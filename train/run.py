@@ -1,0 +1,273 @@
+"""``train(cfg)``: the whole run -- setup, the epoch loop, validation, checkpoints, budgets."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from fsmtl.errors import FsmtlError
+from train import checkpoint as ck
+from train.algorithms import StepShape, get_algorithm
+from train.config import TrainConfig
+from train.distributed import DistInfo, any_rank, broadcast_float, dist_info_from_env, gather_objects, init_distributed
+from train.loop import StepTools, TrainNet, train_epoch
+from train.mtl import init_heads
+from train.optim import build_optimizer, build_scheduler, scheduler_step
+from train.runlog import RunLog, peak_memory_mb
+from train.setup import Data, build_backbone, build_loader, load_data, model_kwargs_for, resolve_device, resolve_precision, seed_everything
+from train.validate import ValSettings, make_validator
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in checkpoints."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed optimizer steps
+    best_val_acc: float = -1.0
+    epochs_since_best: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    cfg: TrainConfig
+    dist: DistInfo
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    data: Data
+    net: TrainNet
+    tools: StepTools
+    scheduler: Any
+    loader: Any
+    validate: Callable[[torch.nn.Module], dict] | None
+    log: RunLog
+    progress: Progress
+
+
+def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
+    cfg.check()
+    dist = dist_info_from_env()
+    device = resolve_device(cfg.device, dist.local_rank)
+    amp_dtype = resolve_precision(cfg.precision, device)
+    data = load_data(cfg)
+    algorithm = get_algorithm(cfg.algorithm)
+    init_distributed(dist, device)
+    seed_everything(cfg.seed)
+    backbone, dim = build_backbone(cfg, data, device)
+    heads = init_heads(data.meta["n_train_classes"], dim, cfg.train_ways, torch.Generator().manual_seed(cfg.seed))
+    shape = StepShape(cfg.meta_batch_size, cfg.train_ways, cfg.train_shots, cfg.train_queries, cfg.norm_train_features)
+    net = TrainNet(backbone, heads.to(device), algorithm, shape)
+    optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    stepper: torch.nn.Module = net
+    if cfg.compile:
+        stepper = torch.compile(net)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        stepper = DDP(stepper, device_ids=[device.index] if device.type == "cuda" else None)
+    tools = StepTools(stepper, backbone, optimizer, scaler, amp_dtype, device, cfg.grad_clip)
+    try:
+        loader = build_loader(cfg, data, device, amp_dtype, dist.rank, loader_factory)
+    except ImportError as e:
+        raise FsmtlError(f"--pipeline {cfg.pipeline}: the back end does not import: {e}") from None
+    validate = None
+    if data.val is not None and dist.is_main:
+        vs = ValSettings(cfg.test_ways, cfg.test_shots, cfg.test_queries, cfg.val_epoch_length, cfg.val_batch_tasks, cfg.seed)
+        validate = make_validator(data.val, data.mean, data.std, vs, device, amp_dtype)
+    log = RunLog(Path(cfg.out), enabled=dist.is_main)
+    return Run(cfg, dist, device, amp_dtype, data, net, tools, build_scheduler(optimizer, cfg), loader, validate, log, Progress())
+
+
+def _state(run: Run) -> dict[str, Any]:
+    """The checkpoint contents (see docs/training.md); every rank's RNG and loader state included."""
+    mine = {**ck.capture_rng(run.device), "loader": run.loader.state_dict()}
+    ranks = gather_objects(mine, run.dist)
+    p = run.progress
+    return {
+        "model_name": run.cfg.model, "model_kwargs": model_kwargs_for(run.cfg),
+        "model": run.net.backbone.state_dict(), "heads": run.net.heads.detach().cpu(),
+        "optimizer": run.tools.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.tools.scaler.state_dict() if run.tools.scaler is not None else {},
+        "rng": {**ranks[0], "ranks": ranks}, "epoch": p.epoch, "step": p.step,
+        "best_val_acc": p.best_val_acc, "epochs_since_best": p.epochs_since_best,
+        "config": run.cfg.to_dict(), "data_meta": run.data.meta,
+    }  # fmt: skip
+
+
+def _resume(run: Run) -> None:
+    """Load RUN/checkpoints/last.pt into the built run (checks model and data first)."""
+    path = ck.checkpoint_dir(run.cfg.resume) / "last.pt"
+    c = ck.load_checkpoint(path)
+    ck.check_resume_matches(c, path, run.cfg.model, model_kwargs_for(run.cfg), run.data.meta)
+    run.net.backbone.load_state_dict(c["model"])
+    with torch.no_grad():
+        run.net.heads.copy_(c["heads"].to(run.device))
+    run.tools.optimizer.load_state_dict(c["optimizer"])
+    run.scheduler.load_state_dict(c["scheduler"])
+    if run.tools.scaler is not None and c["scaler"]:
+        run.tools.scaler.load_state_dict(c["scaler"])
+    ranks = c["rng"]["ranks"]
+    mine = ranks[run.dist.rank] if run.dist.rank < len(ranks) else None
+    if mine is None:
+        run.log.message(f"resume: checkpoint has {len(ranks)} rank(s), run has {run.dist.world_size}; new ranks start fresh")
+    else:
+        run.loader.load_state_dict(mine["loader"])
+        ck.restore_rng(mine, run.device)
+    run.progress = Progress(int(c["epoch"]), int(c["step"]), float(c["best_val_acc"]), int(c["epochs_since_best"]))
+
+
+def _validate(run: Run) -> dict | None:
+    res = None
+    if run.validate is not None:
+        run.net.backbone.eval()
+        res = run.validate(run.net.backbone)
+        run.net.backbone.train()
+    acc = broadcast_float(None if res is None else res["acc"], run.dist, run.device)
+    return res if res is not None else ({"acc": acc, "ci95": None, "head": None} if acc is not None else None)
+
+
+def _stop_reason(run: Run, deadline: float | None) -> str | None:
+    """Why the run should end after this epoch, or None."""
+    cfg, p = run.cfg, run.progress
+    if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
+        return f"max_epochs={cfg.max_epochs} reached"
+    if cfg.max_steps is not None and p.step >= cfg.max_steps:
+        return f"max_steps={cfg.max_steps} reached"
+    if deadline is not None and any_rank(time.monotonic() >= deadline, run.dist, run.device):
+        return f"max_minutes={cfg.max_minutes} reached"
+    if run.validate is not None or run.dist.enabled:
+        if p.epochs_since_best >= cfg.early_stop_patience:
+            return f"early stop: no validation improvement for {cfg.early_stop_patience} epochs"
+    return None
+
+
+def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float) -> dict[str, Any]:
+    images = stats.steps * run.cfg.meta_batch_size * run.cfg.train_ways * (run.cfg.train_shots + run.cfg.train_queries)
+    return {
+        "epoch": run.progress.epoch, "step": run.progress.step, "train_loss": stats.loss, "train_acc": stats.acc,
+        "val_acc": None if val is None else val["acc"], "val_ci95": None if val is None else val["ci95"],
+        "val_head": None if val is None else val["head"], "best_val_acc": run.progress.best_val_acc,
+        "lr": run.tools.optimizer.param_groups[0]["lr"],
+        "images_per_s": images * run.dist.world_size / max(stats.seconds, 1e-9),
+        "data_wait_frac": stats.data_seconds / max(stats.seconds, 1e-9),
+        "peak_mem_mb": peak_memory_mb(run.device), "epoch_s": stats.seconds,
+        "wall_s": time.monotonic() - t_run,
+    }  # fmt: skip
+
+
+def _after_epoch(run: Run, stats: Any, t_run: float) -> dict[str, Any]:
+    """Validate, schedule, log, checkpoint (last.pt; best.pt on improvement)."""
+    p = run.progress
+    val = _validate(run)
+    improved = val is not None and val["acc"] > p.best_val_acc
+    if improved:
+        p.best_val_acc, p.epochs_since_best = float(val["acc"]), 0
+    elif val is not None:
+        p.epochs_since_best += 1
+    scheduler_step(run.scheduler, None if val is None else val["acc"])
+    record = _epoch_record(run, stats, val, t_run)
+    run.log.epoch(record)
+    state = _state(run)  # collective in DDP: every rank takes part
+    if run.dist.is_main:
+        d = ck.checkpoint_dir(run.cfg.out)
+        if improved or val is None:
+            ck.save_checkpoint(d / "best.pt", state)
+        ck.save_checkpoint(d / "last.pt", state)
+    return record
+
+
+def _epoch_line(rec: dict[str, Any]) -> str:
+    val = "n/a"
+    if rec["val_acc"] is not None:
+        ci = "" if rec["val_ci95"] is None else f" +- {100 * rec['val_ci95']:.2f}"
+        val = f"{100 * rec['val_acc']:.2f}%{ci} ({rec['val_head']})"
+    return (
+        f"epoch {rec['epoch']} step {rec['step']}: loss {rec['train_loss']:.4f} acc {100 * rec['train_acc']:.1f}% "
+        f"val {val} lr {rec['lr']:.2e} {rec['images_per_s']:.0f} img/s data-wait {100 * rec['data_wait_frac']:.1f}%"
+    )
+
+
+def _run_epochs(run: Run, deadline: float | None) -> str:
+    cfg, p, t_run = run.cfg, run.progress, time.monotonic()
+    if (cfg.max_epochs is not None and p.epoch >= cfg.max_epochs) or (cfg.max_steps is not None and p.step >= cfg.max_steps):
+        return f"budget already spent at epoch {p.epoch}, step {p.step}"
+    while True:
+        n = cfg.epoch_length if cfg.max_steps is None else min(cfg.epoch_length, cfg.max_steps - p.step)
+        bar = tqdm(total=n, desc=f"epoch {p.epoch + 1}", disable=not (cfg.progress and run.dist.is_main), leave=False)
+
+        def on_log(done: int, loss: float) -> None:
+            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{loss:.4f}")
+
+        def out_of_time() -> bool:
+            return deadline is not None and any_rank(time.monotonic() >= deadline, run.dist, run.device)
+
+        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log)
+        bar.close()
+        if stats.nonfinite_step is not None:
+            raise FsmtlError(
+                f"step {stats.nonfinite_step}: the training loss became NaN/inf; stopped without writing "
+                f"a checkpoint (the last good one is {ck.checkpoint_dir(cfg.out) / 'last.pt'}, if any)"
+            )
+        p.epoch += 1
+        p.step += stats.steps
+        rec = _after_epoch(run, stats, t_run)
+        run.log.message(_epoch_line(rec))
+        reason = _stop_reason(run, deadline)
+        if reason is not None:
+            return reason
+
+
+def build_run(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> Run:
+    """Check ``cfg`` and build every part of the run (loading ``cfg.resume`` if set); no step yet.
+
+    Args:
+        loader_factory: replaces ``pipelines.loader.build_task_loader`` (same signature); tests only.
+
+    Raises:
+        FsmtlError: any bad setting, data or resume checkpoint.
+    """
+    run = _build(cfg, loader_factory)
+    try:
+        if cfg.resume:
+            _resume(run)
+    except BaseException:
+        run.loader.close()
+        raise
+    return run
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Train ``run`` until a budget, early stopping or an error ends it; returns a summary.
+
+    Raises:
+        FsmtlError: when the loss becomes NaN/inf (naming the step; no checkpoint is overwritten).
+    """
+    cfg = run.cfg
+    try:
+        run.log.start(cfg.to_dict(), cfg.wandb, run.progress.epoch if cfg.resume else None)
+        deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
+        run.log.message(
+            f"fsmtl train: {cfg.algorithm} {cfg.model} on {cfg.data} ({run.data.meta['n_train_classes']} classes), "
+            f"device {run.device}, precision {run.amp_dtype or 'fp32'}, pipeline {cfg.pipeline}, "
+            f"ranks {run.dist.world_size}, from epoch {run.progress.epoch}"
+        )
+        reason = _run_epochs(run, deadline)
+        run.log.message(f"fsmtl train: stopped ({reason}); best val acc {100 * run.progress.best_val_acc:.2f}%")
+        return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,
+                "best_val_acc": run.progress.best_val_acc, "out": cfg.out}
+    finally:
+        run.loader.close()
+        run.log.finish()
+
+
+def train(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says (resuming ``cfg.resume`` exactly if set): ``fit(build_run(cfg))``."""
+    return fit(build_run(cfg, loader_factory))

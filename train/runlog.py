@@ -1,0 +1,87 @@
+"""Run records: ``RUN/config.json``, ``RUN/metrics.jsonl`` (one line per epoch) and wandb.
+
+Only rank 0 creates a :class:`RunLog` that writes; other ranks get one with ``enabled=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fsmtl.errors import FsmtlError
+from fsmtl.fileio import atomic_write, atomic_write_json
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA ``max_memory_allocated`` on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of a run's ``metrics.jsonl``."""
+    path = Path(run) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class RunLog:
+    """Writes a run's records; wandb is started lazily in :meth:`start`, in ``cfg.wandb`` mode."""
+
+    def __init__(self, run: Path, enabled: bool) -> None:
+        self.run = Path(run)
+        self.enabled = enabled
+        self._wandb = None
+
+    def start(self, config: dict[str, Any], wandb_mode: str, resume_epoch: int | None) -> None:
+        """Write config.json; on resume keep only metrics of epochs up to the checkpoint's."""
+        if not self.enabled:
+            return
+        self.run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.run / "config.json", config)
+        metrics = self.run / "metrics.jsonl"
+        if resume_epoch is not None:
+            kept = [r for r in read_metrics(self.run) if r.get("epoch", 0) <= resume_epoch]
+            text = "".join(json.dumps(r) + "\n" for r in kept).encode()
+            atomic_write(metrics, lambda f: f.write(text))
+        elif metrics.exists():
+            metrics.unlink()
+        if wandb_mode != "disabled":
+            self._start_wandb(config, wandb_mode)
+
+    def _start_wandb(self, config: dict[str, Any], mode: str) -> None:
+        try:
+            import wandb
+        except ImportError as e:
+            raise FsmtlError(f"--wandb {mode}: wandb is not importable ({e}); use --wandb disabled") from None
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._wandb = wandb.init(
+            mode=mode, dir=str(self.run), project="fsmtl", config=config,
+            name=self.run.name, reinit="finish_previous",
+        )  # fmt: skip
+
+    def epoch(self, record: dict[str, Any]) -> None:
+        """Append one epoch's record (and send it to wandb)."""
+        if not self.enabled:
+            return
+        with open(self.run / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            self._wandb.log(record, step=int(record["step"]))
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    def finish(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

@@ -1,0 +1,142 @@
+"""Turning a TrainConfig into ready parts: device, precision, data, model, optimizer, loader.
+
+Every check that can fail on user input runs here, before the first step.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fsmtl.errors import FsmtlError
+from models import build_model, feature_dim, model_kwarg_names
+from preprocess.shards import SplitData, open_shards
+from train.config import TrainConfig
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FsmtlError(f"--device {name}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an older build without the probe: assume not
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 and on CPUs with native
+    bf16 (AVX512-BF16/AMX), else fp32."""
+    if precision == "auto":
+        ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_bf16_supported()
+        return torch.bfloat16 if ok else None
+    if precision == "fp16" and device.type != "cuda":
+        raise FsmtlError("--precision fp16: float16 training needs a CUDA device; use bf16 or fp32 on CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Data:
+    """The splits a run trains and validates on, with what checkpoints record about them."""
+
+    train: SplitData
+    val: SplitData | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    meta: dict[str, Any]  # -> checkpoint["data_meta"]
+
+    @property
+    def channels(self) -> int:
+        return int(self.meta["image_shape"][2])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_shape"][0])
+
+
+def _check_val(val: SplitData, cfg: TrainConfig) -> None:
+    per = cfg.test_shots + cfg.test_queries
+    smallest = int(np.diff(val.class_offsets).min())
+    if cfg.test_ways > val.n_classes:
+        raise FsmtlError(f"--test-ways {cfg.test_ways}: the val split has only {val.n_classes} classes")
+    if per > smallest:
+        raise FsmtlError(
+            f"--test-shots + --test-queries = {per}, but the smallest val class has {smallest} images"
+        )
+
+
+def load_data(cfg: TrainConfig) -> Data:
+    """Open ``cfg.data`` and check it can make the requested tasks (FsmtlError otherwise)."""
+    if not cfg.data:
+        raise FsmtlError("--data: expected a shard directory (made by 'fsmtl convert'), got nothing")
+    shards = open_shards(cfg.data)
+    if "train" not in shards.splits:
+        raise FsmtlError(f"{cfg.data}/meta.json: no 'train' split to train on")
+    h, w, c = shards.image_shape
+    if h != w:
+        raise FsmtlError(f"{cfg.data}/meta.json: expected square images, got {h}x{w}")
+    train = shards.split("train")
+    val = shards.split("val") if "val" in shards.splits else None
+    if val is not None:
+        _check_val(val, cfg)
+    if cfg.trainval:
+        if val is None:
+            raise FsmtlError(f"--trainval: {cfg.data} has no 'val' split to merge")
+        from pipelines.loader import concat_splits
+
+        train = concat_splits([train, val])
+    meta = {
+        "benchmark": shards.benchmark, "image_shape": [h, w, c], "mean": list(shards.mean),
+        "std": list(shards.std), "n_train_classes": train.n_classes,
+    }  # fmt: skip
+    return Data(train, val, tuple(shards.mean), tuple(shards.std), meta)
+
+
+def model_kwargs_for(cfg: TrainConfig) -> dict[str, Any]:
+    """Options for ``build_model``: the drop rate, where the model has one."""
+    return {"drop_rate": cfg.drop_rate} if "drop_rate" in model_kwarg_names(cfg.model) else {}
+
+
+def build_backbone(cfg: TrainConfig, data: Data, device: torch.device) -> tuple[torch.nn.Module, int]:
+    """The backbone on ``device`` (channels_last if asked) and its feature width."""
+    model = build_model(cfg.model, in_channels=data.channels, image_size=data.image_size, **model_kwargs_for(cfg))
+    dim = feature_dim(model, data.channels, data.image_size)
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, dim
+
+
+def build_loader(cfg: TrainConfig, data: Data, device: torch.device, amp_dtype: torch.dtype | None,
+                 rank: int, factory: Callable[..., Any] | None = None) -> Any:
+    """The training TaskLoader (``pipelines.loader.build_task_loader`` unless ``factory`` is given);
+    each distributed rank gets its own seed so that ranks sample different tasks."""
+    from pipelines.loader import PipelineConfig, build_task_loader
+
+    pcfg = PipelineConfig(
+        backend=cfg.pipeline, ways=cfg.train_ways, shots=cfg.train_shots, queries=cfg.train_queries,
+        tasks_per_batch=cfg.meta_batch_size, augment=cfg.augment, jitter=cfg.jitter,
+        out_dtype=amp_dtype or torch.float32, channels_last=cfg.channels_last,
+        seed=cfg.seed + 1_000_003 * rank, workers=cfg.workers, device=str(device),
+    )  # fmt: skip
+    return (factory or build_task_loader)(data.train, data.mean, data.std, pcfg)
