@@ -76,12 +76,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=3, help="timed runs of the batched head (median)")
     p.add_argument("--sklearn-tasks", type=int, default=None, help="tasks for the sklearn loop (default: all)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--json", default=None)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)  # set here, in main, and recorded in the JSON's hardware
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     bt = a.batch_tasks or (a.tasks if device.type == "cuda" else 500)
     feats = clustered_features(a.tasks, a.ways, a.shots + a.queries, a.dim, a.noise, a.seed)

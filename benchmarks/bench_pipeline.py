@@ -48,7 +48,7 @@ def synthetic_roots(out: Path, sizes: tuple[int, ...] = (84, 32), per_class: int
             from preprocess.export_ffcv import export_split_ffcv
 
             export_split_ffcv(split, root / "train" / "data.beton")
-        except FsmtlError as e:
+        except (ImportError, FsmtlError) as e:
             print(f"(no FFCV export: {e})")
         export_split_dali(split, root / "train" / "dali")
         roots.append(root)
@@ -106,6 +106,8 @@ def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[s
             "ms_per_batch": 1e3 * median(secs) / k,
             "runs_s": secs,
         }
+        if name in ("reference", "seed-literal"):
+            row["tasks_from"] = "learn2learn" if getattr(loader.backend, "use_learn2learn", False) else "fsmtl sampler"
         if args.step_model and cfg.device != "cpu":
             step = _step_ms(args.step_model, next(loader), torch.device(cfg.device), args.warmup, args.runs)
             row["step_ms"] = step
@@ -160,7 +162,8 @@ def main(argv: list[str]) -> int:
         for root in roots:
             for name in names:
                 rows.append(measure(name, root, cfg, args))
-                print(format_table([rows[-1]], _COLUMNS[:6]).splitlines()[-1], flush=True)
+                r = rows[-1]
+                print(f"{r['size']}px {name}: {r['images_per_s']:,.0f} images/s, {r['ms_per_batch']:.2f} ms/batch", flush=True)
             if gpu and gpu != "cpu" and "torch" in names:
                 rows.append(measure("torch", root, replace(cfg, device=gpu), args))
     add_speedups(rows)
@@ -176,8 +179,21 @@ def main(argv: list[str]) -> int:
                 print(f"{size}px: torch is {got:.1f}x {ref} (target >= {target:.0f}x): {'PASS' if got >= target else 'FAIL'}")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["data"] = [str(r) for r in args.data] if args.data else "synthetic (84x84x3 and 32x32x3, 16 train classes x 60)"
-    write_results(args.json, "pipeline", config, rows, gpu or "cpu", targets=TARGETS)
+    write_results(args.json, "pipeline", config, rows, gpu or "cpu", targets=TARGETS, packages=_versions())
     return 0
 
 
-_COLUMNS = ["size", "backend", "device", "workers", "images_per_s", "ms_per_batch", "x_vs_reference", "x_vs_seed-literal", "step_ms", "pipeline_share_of_step"]
+def _versions() -> dict[str, str | None]:
+    """Installed versions of the packages behind each back end (without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for dist in ("ffcv", "nvidia-dali-cuda130", "learn2learn", "pillow", "torchvision", "numba"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+_COLUMNS = ["size", "backend", "device", "workers", "tasks_from", "images_per_s", "ms_per_batch", "x_vs_reference", "x_vs_seed-literal", "step_ms", "pipeline_share_of_step"]

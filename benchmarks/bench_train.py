@@ -11,7 +11,9 @@ Then, with the real torch-back-end loader on synthetic shards of the same image 
 of wall time spent waiting in ``next(loader)`` (``data_wait_frac``, each step synchronised), and
 the peak memory of one step of the mini-ImageNet 5-shot preset (2 tasks x 5 ways x (5+5) images,
 ResNet-12 at 84x84): ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on CPU.
-Timing: ``--warmup`` untimed steps, then the median over ``--runs`` of ``--steps`` steps.
+Timing: one untimed first call (compile, autotune), ``--warmup`` untimed runs, then the median
+over ``--runs`` runs of ``--steps`` steps each, synchronised. CPU defaults are tiny (1 task, 1 step,
+no compile) because one ResNet-12 step at 84x84 takes seconds on 2 cores.
 """
 
 from __future__ import annotations
@@ -147,16 +149,20 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=84, help="image side (default 84)")
     p.add_argument("--tasks", "--batch", type=int, default=6 if cuda else 1,
                    help="tasks per step, 5 ways x 10 images each (default 6 on CUDA = 300 images, 1 on CPU)")
-    p.add_argument("--steps", type=int, default=10 if cuda else 2, help="steps per timed run")
-    p.add_argument("--runs", type=int, default=5 if cuda else 2)
-    p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed runs after the first call")
-    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile row")
+    p.add_argument("--steps", type=int, default=10 if cuda else 1, help="steps per timed run")
+    p.add_argument("--runs", type=int, default=5 if cuda else 1)
+    p.add_argument("--warmup", type=int, default=3 if cuda else 0, help="untimed runs after the first call")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=cuda,
+                   help="add the torch.compile row (default: on with CUDA; on CPU inductor's warm-up takes minutes)")
     p.add_argument("--no-data", dest="data", action="store_false", help="skip the data-wait measurement")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the preset peak-memory step")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
     if a.tasks < 1 or a.steps < 1 or a.runs < 1 or a.size < 16:
         raise FsmtlError("bench train: --tasks, --steps, --runs must be >= 1 and --size >= 16")
+    if a.warmup < 0:
+        raise FsmtlError("bench train: --warmup must be >= 0")
     return a
 
 
@@ -167,10 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(list(argv or []), cuda)
     device = resolve_device(a.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # honest fp32
-    amp = resolve_precision("bf16" if device.type == "cuda" or resolve_precision("auto", device) else "fp32", device)
-    memory = preset_memory(device, amp)  # first: on CPU the peak RSS is the process's lifetime peak
+        torch.backends.cudnn.benchmark = True  # as fsmtl train sets it; TF32 flags stay at torch's defaults
+    amp = resolve_precision("bf16", device)
+    memory = preset_memory(device, amp) if a.memory else None  # first: on CPU, RSS peak is lifetime
     plan = [("fp32-eager", None, False, False), ("bf16-cl", amp, True, False)]
     if a.compile:
         plan.append(("bf16-cl-compile", amp, True, True))
@@ -189,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "batch_images", "first_call_s"]))
     if wait:
         print(f"data wait (real torch loader, bf16 + channels_last, synchronised steps): {100 * wait['data_wait_frac']:.2f}% of wall time")
-    print(f"peak memory, {memory['preset']} step ({memory['measure']}): {memory['peak_mem_mb']:.0f} MiB")
+    if memory:
+        print(f"peak memory, {memory['preset']} step ({memory['measure']}): {memory['peak_mem_mb']:.0f} MiB")
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
     write_results(a.json, "train", config, rows, device, data_wait=wait, preset_memory=memory,
-                  amp_dtype=str(amp))
+                  amp_dtype=str(amp), tf32={"matmul": torch.backends.cuda.matmul.allow_tf32,
+                                            "cudnn": torch.backends.cudnn.allow_tf32})
     return 0
 
 

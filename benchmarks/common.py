@@ -69,12 +69,17 @@ def hardware_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    for mod in ("numpy", "numba", "sklearn", "torchvision", "nvidia.dali", "ffcv"):
+    # Read versions from package metadata: importing ffcv would set torch and numba to one
+    # thread for the whole process, and its __version__ is wrong (1.0.2 says 0.0.3rc1).
+    from importlib.metadata import PackageNotFoundError, version
+
+    dists = {"numpy": "numpy", "numba": "numba", "sklearn": "scikit-learn", "torchvision": "torchvision",
+             "nvidia.dali": "nvidia-dali-cuda130", "ffcv": "ffcv", "learn2learn": "learn2learn"}
+    for key, dist in dists.items():
         try:
-            m = __import__(mod, fromlist=["__version__"])
-            info[mod] = getattr(m, "__version__", "?")
-        except Exception:  # noqa: BLE001 - absence is information, not an error
-            info[mod] = None
+            info[key] = version(dist)
+        except PackageNotFoundError:
+            info[key] = None
     return info
 
 

@@ -53,6 +53,11 @@ def _series(rows: Sequence[dict[str, Any]], *keys: str) -> tuple[list[float], li
     return xs, ys
 
 
+def _percent(values: list[float]) -> list[float]:
+    """train/ logs accuracies as fractions; plots show percent."""
+    return [v * 100.0 for v in values] if values and max(values) <= 1.0 else list(values)
+
+
 def _plt():
     import matplotlib
 
@@ -75,10 +80,12 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = ""
     for keys, label in ((("train_acc",), "train (within-task)"), (("val_acc",), "validation")):
         x, y = _series(rows, *keys)
         if x:
-            ax_acc.plot(x, y, marker="o", ms=3, label=label)
+            ax_acc.plot(x, _percent(y), marker="o", ms=3, label=label)
     x, y = _series(rows, "val_acc")
     ci = [(_first(r, "val_ci95") or 0.0) for r in rows if _first(r, "val_acc") is not None]
     if x and len(ci) == len(y):
+        scale = 100.0 if y and max(y) <= 1.0 else 1.0
+        y, ci = [v * scale for v in y], [c * scale for c in ci]
         ax_acc.fill_between(x, [a - c for a, c in zip(y, ci)], [a + c for a, c in zip(y, ci)], alpha=0.2)
     ax_acc.set_xlabel("wall-clock time (min)")
     ax_acc.set_ylabel("accuracy (%)")

@@ -78,7 +78,7 @@ def _dali_graph(cfg: PipelineConfig, size: int, channels: int, mean: list[float]
     if cfg.augment == "lee":
         x = fn.slice(x, ins[2], np.array([size, size], np.int32), axes=[0, 1], out_of_bounds_policy="pad", fill_values=0)
         if cfg.jitter:
-            f, con, sat = ins[3:]
+            f, con, sat = (t.gpu() for t in ins[3:]) if gpu else ins[3:]
             for k in range(3):
                 if channels == 3:
                     gray = GRAY_WEIGHTS[0] * x[:, :, 0:1] + GRAY_WEIGHTS[1] * x[:, :, 1:2] + GRAY_WEIGHTS[2] * x[:, :, 2:3]

@@ -5,8 +5,10 @@ crop, flip) plus the jitter blends and the normalisation, on a side stream. If t
 ``cfg.memory_budget_gb`` it stays in pinned host memory: the batch's rows are gathered on the
 host into pinned staging memory and copied asynchronously. On the CPU the split is read into RAM
 (or left memory-mapped beyond the budget) and the fused numba kernel makes the batch: measured
-~8x faster than the torch CPU ops (benchmarks/RESULTS.md), so it is the CPU path when numba
-imports; ``cpu_kernel="torch"`` forces the torch ops (tests, benchmarks).
+~15-40x faster than the torch CPU ops on the 2-core development machine (``fsmtl bench pipeline``,
+rows ``torch`` vs ``torch-ops``), so it is the CPU path when numba imports.
+``cpu_kernel="torch"`` forces the torch CPU ops (tests, benchmarks), and ``cpu_kernel="device"``
+runs the CUDA code path (resident, or pinned staging) on the CPU, as its tested twin.
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def _numba_available() -> bool:
 
 
 def _load(images: np.ndarray, device: torch.device | None, chunk: int = 4096) -> Tensor:
-    """Copy a (memory-mapped) uint8 split to ``device`` in chunks; ``None`` -> pinned host memory."""
-    pinned = device is None
+    """Copy a (memory-mapped) uint8 split to ``device`` in chunks; ``None`` -> pinned host memory
+    (plain host memory where CUDA is absent: the CPU twin used by tests)."""
+    pinned = device is None and torch.cuda.is_available()
     out = torch.empty(images.shape, dtype=torch.uint8, device=device or "cpu", pin_memory=pinned)
     for i in range(0, len(images), chunk):
         out[i : i + chunk].copy_(torch.from_numpy(np.array(images[i : i + chunk])))
@@ -87,17 +90,20 @@ class TorchBackend:
         nbytes = int(split.images.nbytes)
         budget = None if cfg.memory_budget_gb is None else cfg.memory_budget_gb * 1e9
         self.resident = budget is None or nbytes <= budget
-        if self.device.type == "cuda":
+        # the device path: CUDA, or its CPU twin for tests (cpu_kernel="device")
+        self.device_path = self.device.type != "cpu" or cpu_kernel == "device"
+        self.side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        if self.device_path:
             if not self.resident:
                 log.info("split %s (%.2f GB) exceeds the memory budget: pinned host memory", split.name, nbytes / 1e9)
             self.data = _load(split.images, self.device if self.resident else None)
-            self.side = torch.cuda.Stream(self.device)
+            if self.side is not None:  # the side stream must see the split's upload finished
+                self.side.wait_stream(torch.cuda.current_stream(self.device))
         else:
             # CPU: "resident" means read into RAM; beyond the budget, keep reading the memmap
             self.np_data = _load(split.images, torch.device("cpu")).numpy() if self.resident else np.asarray(split.images)
             self.data = torch.from_numpy(self.np_data) if self.resident else None
-            self.side = None
-        self.use_numba = self.device.type == "cpu" and cpu_kernel != "torch" and _numba_available()
+        self.use_numba = not self.device_path and cpu_kernel != "torch" and _numba_available()
         self.pool = BufferPool()
 
     def stream(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
@@ -106,10 +112,12 @@ class TorchBackend:
             state = generator.get_state()
             if self.side is not None:
                 with torch.cuda.stream(self.side):
-                    batch = self.make_cuda(plan)
+                    batch = self.make_device(plan)
                     event = torch.cuda.Event()
                     event.record(self.side)
                 yield batch, state, event
+            elif self.device_path:
+                yield self.make_device(plan), state, None
             else:
                 yield self.make_cpu(plan), state, None
 
@@ -134,13 +142,14 @@ class TorchBackend:
             x = augment_rows(data, rows, plan.params, self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
         return TaskBatch(x, plan.task, plan.label, plan.global_class)
 
-    def make_cuda(self, plan: BatchPlan) -> TaskBatch:
-        """Realise a plan on the GPU (call under the side stream)."""
+    def make_device(self, plan: BatchPlan) -> TaskBatch:
+        """Realise a plan with torch ops on ``cfg.device`` (on CUDA, call under the side stream)."""
         dev = self.device
         if self.resident:
             data, rows = self.data, plan.rows.to(dev, non_blocking=True)
         else:
-            staged = torch.empty((plan.rows.numel(), *self.data.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            pin = self.device.type == "cuda"
+            staged = torch.empty((plan.rows.numel(), *self.data.shape[1:]), dtype=torch.uint8, pin_memory=pin)
             torch.index_select(self.data, 0, plan.rows, out=staged)
             data = staged.to(dev, non_blocking=True)
             rows = torch.arange(plan.rows.numel(), device=dev)

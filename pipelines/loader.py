@@ -152,6 +152,11 @@ class TaskLoader:
             self._it.close()  # type: ignore[union-attr]
         self._it = None
 
+    @property
+    def backend(self) -> Backend:
+        """The back end object making the batches (for inspection, e.g. by benchmarks)."""
+        return self._backend
+
     def __iter__(self) -> "TaskLoader":
         return self
 

@@ -19,6 +19,9 @@ from fsmtl.errors import FsmtlError
 from preprocess.shards import SplitData
 
 FIELDS = ("image", "label")
+# FFCV's default 8 MB pages make even a tiny split's file >= 16 MB; 2 MB pages still hold ~100
+# 84x84x3 samples each
+_PAGE_SIZE = 1 << 21
 
 
 @contextlib.contextmanager
@@ -90,5 +93,14 @@ def export_split_ffcv(split: SplitData, path: Path, workers: int = 1) -> None:
             str(path),
             {"image": NDArrayField(dtype=np.dtype("uint8"), shape=shape), "label": IntField()},
             num_workers=workers,
+            page_size=_PAGE_SIZE,
         )
         writer.from_indexed_dataset(_Rows(split), chunksize=256)
+
+
+# Importing this module imports FFCV (thread counts preserved), so where FFCV is missing the
+# import fails: ``fsmtl convert --format ffcv`` loads its exporters before doing any work.
+try:
+    import_ffcv()
+except FsmtlError as _e:
+    raise ImportError(str(_e)) from None

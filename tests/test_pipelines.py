@@ -198,3 +198,17 @@ def test_buffer_pool_reuses_a_buffer_only_after_it_is_released() -> None:
     del view
     c = pool.get((2, 3))
     assert c.untyped_storage().data_ptr() == ptr
+
+
+@pytest.mark.parametrize("budget", [None, 1e-6])
+def test_the_device_code_path_equals_the_cpu_kernel(tiny_shards_84: Path, budget: float | None) -> None:
+    # cpu_kernel="device" runs the CUDA path (resident split, or host staging past the budget)
+    split, mean, std = _open(tiny_shards_84)
+    cfg = replace(CFG, memory_budget_gb=budget)
+    plan = plan_batch(torch.from_numpy(split.class_offsets), cfg, 8, torch.Generator().manual_seed(3))
+    device = TorchBackend(split, list(mean), list(std), cfg, 8, cpu_kernel="device")
+    assert device.resident == (budget is None)
+    got = device.make_device(plan)
+    want = TorchBackend(split, list(mean), list(std), cfg, 8).make_cpu(plan)
+    assert (got.images - want.images).abs().max().item() < 1e-4
+    assert torch.equal(got.global_class, want.global_class)

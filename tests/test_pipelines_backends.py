@@ -15,7 +15,7 @@ from fsmtl.errors import FsmtlError
 from pipelines.backend_reference import ReferenceBackend, learn2learn_available
 from pipelines.formats import split_dir
 from pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
-from preprocess.shards import ShardWriter, SplitData, open_shards
+from preprocess.shards import SplitData, open_shards
 from test_pipelines import check_structure
 
 CFG = PipelineConfig(ways=3, shots=2, queries=2, tasks_per_batch=2)

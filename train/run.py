@@ -66,12 +66,12 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
     optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     stepper: torch.nn.Module = net
-    if cfg.compile:
-        stepper = torch.compile(net)
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        stepper = DDP(stepper, device_ids=[device.index] if device.type == "cuda" else None)
+        stepper = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:  # after DDP, so that dynamo splits graphs at DDP's gradient buckets
+        stepper = torch.compile(stepper)
     tools = StepTools(stepper, backbone, optimizer, scaler, amp_dtype, device, cfg.grad_clip)
     try:
         loader = build_loader(cfg, data, device, amp_dtype, dist.rank, loader_factory)
@@ -106,11 +106,14 @@ def _resume(run: Run) -> None:
     path = ck.checkpoint_dir(run.cfg.resume) / "last.pt"
     c = ck.load_checkpoint(path)
     ck.check_resume_matches(c, path, run.cfg.model, model_kwargs_for(run.cfg), run.data.meta)
-    run.net.backbone.load_state_dict(c["model"])
-    with torch.no_grad():
-        run.net.heads.copy_(c["heads"].to(run.device))
-    run.tools.optimizer.load_state_dict(c["optimizer"])
-    run.scheduler.load_state_dict(c["scheduler"])
+    try:
+        run.net.backbone.load_state_dict(c["model"])
+        with torch.no_grad():
+            run.net.heads.copy_(c["heads"].to(run.device))
+        run.tools.optimizer.load_state_dict(c["optimizer"])
+        run.scheduler.load_state_dict(c["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise FsmtlError(f"{path}: does not fit this run's model/optimizer ({str(e).splitlines()[0]})") from None
     if run.tools.scaler is not None and c["scaler"]:
         run.tools.scaler.load_state_dict(c["scaler"])
     ranks = c["rng"]["ranks"]

@@ -21,7 +21,7 @@ from eval.heads.svm import svm_logits
 from fsmtl.errors import FsmtlError
 
 
-def _logreg(s: Tensor, y: Tensor, q: Tensor, ways: int, C: float = 3.0, tol: float = 1e-8,
+def _logreg(s: Tensor, y: Tensor, q: Tensor, ways: int, C: float = 3.0, tol: float = 1e-6,
             max_iter: int = 100, normalize: bool = True) -> Tensor:
     return logreg_logits(fit_logreg(s, y, ways, C=C, tol=tol, max_iter=max_iter, normalize=normalize), q)
 

@@ -1,0 +1,208 @@
+"""``fsmtl demo``: the main job on the embedded synthetic data, end to end, with a report.
+
+Steps (each through the same code as its own command):
+
+1. ``fsmtl convert synthetic`` into ``RUN/data`` (reused when it is already there and verifies);
+2. ``fsmtl train --preset demo`` into ``RUN/train`` (on a GPU: ResNet-12 and a longer budget);
+3. ``fsmtl eval`` of the best checkpoint, 1-shot and 5-shot, with the logreg head and the other
+   feature heads for comparison;
+4. ``fsmtl bench pipeline`` on the same shards, for every installed back end;
+5. ``RUN/report.md`` with the numbers and PNG plots, and a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fsmtl.errors import FsmtlError
+from fsmtl.report import load_metrics, plot_bars, plot_curves
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; the defaults fit a 2-core CPU in about 10 minutes."""
+
+    out: str = "runs/demo"
+    image_size: int = 32
+    classes: str = "64,16,20"
+    per_class: int = 120
+    minutes: float | None = None  # training budget; None: the preset's (CPU) or 15 (GPU)
+    tasks: int = 500  # test tasks per shot count
+    heads: tuple[str, ...] = ("logreg", "proto", "ridge", "svm")
+    device: str = "auto"
+    bench: bool = True
+    force: bool = False
+
+
+def _step(title: str) -> float:
+    print(f"\n==> {title}", flush=True)
+    return time.perf_counter()
+
+
+def _call(main: Any, argv: list[str], what: str) -> None:
+    rc = main(argv)
+    if rc:
+        raise FsmtlError(f"demo: {what} failed with exit code {rc}")
+
+
+def _data(cfg: DemoConfig, run: Path) -> Path:
+    from preprocess.__main__ import main as preprocess_main
+    from preprocess.shards import open_shards, verify_shards
+
+    data = run / "data"
+    if data.exists() and not cfg.force:
+        try:
+            meta = open_shards(data).meta
+            same = meta["image_shape"][0] == cfg.image_size and not verify_shards(data)
+        except FsmtlError:
+            same = False
+        if same:
+            print(f"reusing {data} (verified)")
+            return data
+        raise FsmtlError(f"{data}: exists but is not this demo's data (pass --force to rebuild)")
+    _call(preprocess_main, ["convert", "synthetic", "--out", str(data), "--size", str(cfg.image_size),
+                            "--classes", cfg.classes, "--per-class", str(cfg.per_class),
+                            *(["--force"] if cfg.force else [])], "convert")  # fmt: skip
+    return data
+
+
+def _train_args(cfg: DemoConfig, data: Path, out: Path, cuda: bool) -> list[str]:
+    args = ["--data", str(data), "--preset", "demo", "--out", str(out), "--device", cfg.device]
+    if cuda:  # bigger and longer on a GPU: the seed's backbone
+        args += ["--model", "resnet12", "--epoch-length", "200", "--max-epochs", "30"]
+        args += ["--max-minutes", str(cfg.minutes or 15.0)]
+    elif cfg.minutes is not None:
+        args += ["--max-minutes", str(cfg.minutes)]
+    return args
+
+
+def _pct(v: float | None) -> float | None:
+    """Accuracies are logged as fractions by train/ and as percent by eval/: show percent."""
+    return None if v is None else (v * 100.0 if v <= 1.0 else v)
+
+
+def _write_report(run: Path, train_dir: Path, ev: dict[str, Any], bench: dict[str, Any] | None, seconds: dict[str, float]) -> Path:
+    rows = load_metrics(train_dir)
+    plot_curves(rows, run / "curves.png", title="fsmtl demo: synthetic data")
+    lines = ["# fsmtl demo report", "",
+             f"Synthetic few-shot data, trained by multi-task learning ({rows[-1].get('epoch')} epochs, "
+             f"{rows[-1].get('step')} steps), evaluated on {ev['config']['tasks']} fixed test tasks "
+             f"per shot count ({ev['config']['ways']}-way, {ev['config']['queries']} queries).", "",
+             "## Test accuracy (%, 95% interval)", "", "| shots | head | accuracy | tasks |", "| --- | --- | --- | --- |"]  # fmt: skip
+    pictures = []
+    for shots, heads in ev["results"].items():
+        for head, r in heads.items():
+            lines.append(f"| {shots} | {head} | {r['acc']:.2f} ± {r['ci95']:.2f} | {r['n_tasks']} |")
+        names = list(heads)
+        plot_bars(names, [heads[h]["acc"] for h in names], run / f"heads_{shots}shot.png",
+                  "accuracy (%)", f"{shots}-shot accuracy per head", [heads[h]["ci95"] for h in names])
+        pictures.append(f"![{shots}-shot accuracy per head](heads_{shots}shot.png)")
+    lines += ["", *pictures, ""]
+    lines += ["## Training", "", "![training curves](curves.png)", "",
+              "| epoch | train loss | val acc (%) | images/s | data wait | wall (s) |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        va = _pct(r.get("val_acc"))
+        lines.append(f"| {r.get('epoch')} | {r.get('train_loss', float('nan')):.3f} | "
+                     f"{'' if va is None else f'{va:.1f}'} | {r.get('images_per_s', 0):,.0f} | "
+                     f"{100 * r.get('data_wait_frac', 0):.1f}% | {r.get('wall_s', 0):.0f} |")  # fmt: skip
+    if bench and bench.get("rows"):
+        brs = [b for b in bench["rows"] if b.get("images_per_s")]
+        labels = [f"{b.get('backend')} {b.get('size', '')}px".strip() for b in brs]
+        plot_bars(labels, [b["images_per_s"] for b in brs], run / "pipelines.png", "images/s (log)",
+                  "Lee19-augmented task batches per back end", log=True)
+        lines += ["", "## Pipeline back ends", "", "![images/s per back end](pipelines.png)", "",
+                  "| back end | size | images/s | ms/batch |", "| --- | --- | --- | --- |"]  # fmt: skip
+        for b, label in zip(brs, labels):
+            lines.append(f"| {b.get('backend')} | {b.get('size', '')} | {b['images_per_s']:,.0f} | {b.get('ms_per_batch', float('nan')):.1f} |")
+    lines += ["", "## Time per stage (s)", "", *[f"- {k}: {v:.0f}" for k, v in seconds.items()], ""]
+    path = run / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run every step; returns the summary that is also printed."""
+    import torch
+
+    from eval.__main__ import main as eval_main
+    from train.__main__ import main as train_main
+
+    run = Path(cfg.out)
+    run.mkdir(parents=True, exist_ok=True)
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    seconds: dict[str, float] = {}
+    t = _step("1/5 synthetic data")
+    data = _data(cfg, run)
+    seconds["data"] = time.perf_counter() - t
+    t = _step("2/5 training (multi-task learning)")
+    train_dir = run / "train"
+    if train_dir.exists() and cfg.force:
+        import shutil
+
+        shutil.rmtree(train_dir)
+    _call(train_main, _train_args(cfg, data, train_dir, cuda), "training")
+    seconds["train"] = time.perf_counter() - t
+    t = _step("3/5 evaluation on fixed test tasks")
+    ev_path = run / "eval.json"
+    _call(eval_main, ["--run", str(train_dir), "--shots", "1", "5", "--tasks", str(cfg.tasks),
+                      "--head", *cfg.heads, "--device", cfg.device, "--json", str(ev_path)], "evaluation")  # fmt: skip
+    ev = json.loads(ev_path.read_text())
+    seconds["eval"] = time.perf_counter() - t
+    bench = None
+    if cfg.bench:
+        t = _step("4/5 pipeline back ends")
+        bench = _bench(data, run)
+        seconds["bench"] = time.perf_counter() - t
+    _step("5/5 report")
+    report = _write_report(run, train_dir, ev, bench, seconds)
+    summary = {"report": str(report), "seconds": seconds,
+               "test_acc": {s: {h: r["acc"] for h, r in hs.items()} for s, hs in ev["results"].items()}}  # fmt: skip
+    return summary
+
+
+def _bench(data: Path, run: Path) -> dict[str, Any] | None:
+    from benchmarks import bench_pipeline
+
+    out = run / "bench_pipeline.json"
+    backends = ["torch", "reference"]
+    for name, mod in (("dali", "nvidia.dali"), ("ffcv", "ffcv")):
+        # find_spec, not import: importing ffcv would pin torch and numba to one thread
+        if importlib.util.find_spec(mod) is not None:
+            backends.append(name)
+        else:
+            print(f"({name} not installed: skipped)")
+    rc = bench_pipeline.main(["--data", str(data), "--backends", ",".join(backends), "--runs", "3",
+                              "--batches", "2", "--warmup", "1", "--step-model", "", "--json", str(out)])  # fmt: skip
+    return json.loads(out.read_text()) if rc == 0 and out.exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fsmtl demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = DemoConfig()
+    p.add_argument("--out", default=d.out, help=f"run directory (default {d.out})")
+    p.add_argument("--size", dest="image_size", type=int, default=d.image_size, help="synthetic image size")
+    p.add_argument("--classes", default=d.classes, help="synthetic classes per split train,val,test")
+    p.add_argument("--per-class", type=int, default=d.per_class, help="synthetic images per class")
+    p.add_argument("--minutes", type=float, default=d.minutes, help="training budget in minutes")
+    p.add_argument("--tasks", type=int, default=d.tasks, help="test tasks per shot count")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
+    p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the pipeline benchmark")
+    p.add_argument("--force", action="store_true", help="rebuild data and retrain from scratch")
+    a = p.parse_args(argv)
+    cfg = DemoConfig(**vars(a))
+    t0 = time.perf_counter()
+    summary = run_demo(cfg)
+    print("\n" + "=" * 64)
+    print(f"fsmtl demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
+    for shots, heads in summary["test_acc"].items():
+        accs = ", ".join(f"{h} {a:.1f}%" for h, a in heads.items())
+        print(f"  {shots}-shot test accuracy: {accs}   (chance 20.0%)")
+    print(f"  report: {summary['report']}")
+    print("=" * 64)
+    return 0
