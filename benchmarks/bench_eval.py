@@ -52,7 +52,9 @@ def sklearn_loop(support: np.ndarray, labels: np.ndarray, query: np.ndarray, C: 
     return preds
 
 
-def batched(support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, C: float, batch_tasks: int) -> torch.Tensor:
+def batched(
+    support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, C: float, batch_tasks: int
+) -> torch.Tensor:
     """fsmtl's head through the public API, ``batch_tasks`` tasks per call. Returns int64 [T, Q]."""
     from eval.heads import adapt
 
@@ -85,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)  # set here, in main, and recorded in the JSON's hardware
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
+    if a.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(a.device)
     bt = a.batch_tasks or (a.tasks if device.type == "cuda" else 500)
     feats = clustered_features(a.tasks, a.ways, a.shots + a.queries, a.dim, a.noise, a.seed)
     support, labels, query, target = split_tasks(feats, a.shots)

@@ -33,8 +33,6 @@ class EvalConfig:
     json: str | None = None  # None: RUN/reports/eval_<split>_<checkpoint>.json
 
     def __post_init__(self) -> None:
-        if self.run is None and self.checkpoint in ("best", "last"):
-            raise FsmtlError("fsmtl eval: give --run RUN (or --checkpoint FILE)")
         if self.split not in ("test", "val", "train"):
             raise FsmtlError(f"--split: expected test or val, got {self.split!r}")
         for name in ("ways", "queries", "tasks", "batch_tasks", "finetune_steps"):

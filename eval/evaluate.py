@@ -25,7 +25,8 @@ def _open_split(run: Run, cfg: EvalConfig):
     if not data:
         raise FsmtlError(f"{run.path}: the checkpoint's config names no data directory; pass --data DIR")
     if not Path(data).is_dir():
-        raise FsmtlError(f"{data}: data directory not found (from {'--data' if cfg.data else run.path}); pass --data DIR")
+        origin = "--data" if cfg.data else run.path
+        raise FsmtlError(f"{data}: data directory not found (from {origin}); pass --data DIR")
     split = load_split(data, cfg.split)
     shape = tuple(split.images.shape[1:])
     if shape != run.image_shape:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval.heads import adapt
+from eval.heads import HEAD_NAMES, adapt
 from eval.heads.finetune import FinetuneConfig, finetune_predict
 from fsmtl.errors import FsmtlError
 from pipelines.episodes import sample_episode_indices
@@ -86,7 +86,9 @@ def evaluate_features(
     }
 
 
-def _finetune_batch(model: nn.Module, images: Tensor, shots: int, mean, std, amp_dtype, cfg: FinetuneConfig) -> Tensor:
+def _finetune_batch(
+    model: nn.Module, images: Tensor, shots: int, mean, std, amp_dtype, cfg: FinetuneConfig
+) -> Tensor:
     """Per-task accuracy [t] of the tune-all head; images uint8 [t, ways, per, H, W, C]."""
     t, ways, per = images.shape[:3]
     accs = []
@@ -113,7 +115,7 @@ def evaluate_backbone(
     heads: Sequence[str] = ("logreg",),
     seed: int = 0,
     device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
     batch_tasks: int = 100,
     head_options: dict[str, dict[str, Any]] | None = None,
     finetune: FinetuneConfig | None = None,
@@ -134,7 +136,10 @@ def evaluate_backbone(
         "per_task": list[float] percent}}``.
     """
     device = torch.device(device)
-    amp = None if dtype == torch.float32 else dtype
+    amp = None if dtype in (None, torch.float32) else dtype
+    unknown = [h for h in heads if h not in HEAD_NAMES]
+    if unknown or not heads:
+        raise FsmtlError(f"heads: expected some of {', '.join(HEAD_NAMES)}, got {list(heads)}")
     rows = episode_rows(split, ways, shots, queries, n_tasks, seed)
     feature_heads = [h for h in heads if h != "finetune"]
     per_task: dict[str, list[Tensor]] = {h: [] for h in heads}
@@ -149,9 +154,9 @@ def evaluate_backbone(
                 for h, acc in evaluate_features(feats, shots, feature_heads, head_options).items():
                     per_task[h].append(acc.cpu())
             if "finetune" in heads:
-                per_task["finetune"].append(
-                    _finetune_batch(model, images[inverse.to(device)], shots, mean, std, amp, finetune or FinetuneConfig()).cpu()
-                )
+                task_images = images[inverse.to(device)]
+                ft = finetune or FinetuneConfig()
+                per_task["finetune"].append(_finetune_batch(model, task_images, shots, mean, std, amp, ft).cpu())
     finally:
         model.train(was_training)
     return {h: summarize(torch.cat(v)) for h, v in per_task.items()}

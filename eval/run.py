@@ -20,7 +20,7 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def resolve_checkpoint(run: str | os.PathLike[str] | None, checkpoint: str = "best") -> Path:
-    """The checkpoint file: RUN/checkpoints/{best,last}.pt, RUN itself if it is a file, or ``checkpoint`` as a path."""
+    """The checkpoint file: RUN/checkpoints/{best,last}.pt, RUN itself if a file, or ``checkpoint``."""
     if checkpoint not in ("best", "last"):
         path = Path(checkpoint)
         if run is not None and not path.is_absolute() and not path.exists():
@@ -43,7 +43,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
         raise FsmtlError(f"{path}: not a readable fsmtl checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise FsmtlError(f"{path}: expected format {CHECKPOINT_FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}")
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise FsmtlError(f"{path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise FsmtlError(f"{path}: expected checkpoint version {CHECKPOINT_VERSION}, got {ckpt.get('version')!r}")
     missing = [k for k in _REQUIRED if k not in ckpt]
@@ -118,12 +119,14 @@ class Run:
         from eval.protocol import embed_images
 
         if not isinstance(images, (Tensor, np.ndarray)):
-            raise FsmtlError(f"embed: expected a numpy array or tensor of uint8 images, got {type(images).__name__}")
+            raise FsmtlError(f"embed: expected a uint8 numpy array or tensor, got {type(images).__name__}")
         dtype_ok = images.dtype == (torch.uint8 if isinstance(images, Tensor) else np.uint8)
         if not dtype_ok or images.ndim != 4:
             raise FsmtlError(f"embed: expected uint8 images [N,H,W,C], got {images.dtype} {list(images.shape)}")
         if tuple(images.shape[1:]) != self.image_shape:
-            raise FsmtlError(f"embed: this run takes images {list(self.image_shape)} (H,W,C), got {list(images.shape[1:])}")
+            raise FsmtlError(
+                f"embed: this run takes images {list(self.image_shape)} (H,W,C), got {list(images.shape[1:])}"
+            )
         out = []
         for i in range(0, images.shape[0], batch_size):
             chunk = images[i : i + batch_size]

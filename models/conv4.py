@@ -17,7 +17,8 @@ class Conv4(nn.Module):
         layers: list[nn.Module] = []
         cin = in_channels
         for _ in range(4):
-            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers.append(nn.MaxPool2d(2))
             cin = width
         self.features = nn.Sequential(*layers)
 

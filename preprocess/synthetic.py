@@ -13,7 +13,9 @@ image i of that class the same variation, whatever the other sizes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -44,17 +46,28 @@ class SyntheticConfig:
             raise ValueError(f"per_class must be >= 1, got {self.per_class}")
 
 
+_PARTS = 3  # elliptical parts per class "glyph"
+
+
 def _class_params(rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Draw one class's pattern parameters."""
+    """Draw one class's pattern: the layout, sizes and textures of its parts.
+
+    The class palette is only a weak cue: each image's colours are drawn around it with a wide
+    spread, so neither mean colour nor raw pixels identify a class; the spatial structure does.
+    """
     return {
-        "freq": rng.uniform(1.5, 6.0, size=2),  # cycles per image, for the two gratings
-        "theta": rng.uniform(0, np.pi, size=2),
-        "colour": rng.uniform(0.0, 1.0, size=(2, 3)),
-        "blob_colour": rng.uniform(0.0, 1.0, size=3),
-        "blob_centre": rng.uniform(0.25, 0.75, size=2),
-        "blob_radius": rng.uniform(0.12, 0.3, size=1),
-        "mix": rng.uniform(0.3, 0.7, size=1),
+        "pos": rng.uniform(-0.22, 0.22, size=(_PARTS, 2)),  # part centres, relative to the glyph
+        "radii": rng.uniform(0.07, 0.2, size=(_PARTS, 2)),  # ellipse half-axes
+        "angle": rng.uniform(0, np.pi, size=_PARTS),  # ellipse orientation
+        "tex_freq": rng.uniform(2.0, 9.0, size=_PARTS),  # cycles per image inside each part
+        "tex_theta": rng.uniform(0, np.pi, size=_PARTS),
+        "palette": rng.uniform(0, 1, size=(2, 3)),  # a weak colour cue: per-image colours vary around it
     }
+
+
+def _rotate(u: np.ndarray, v: np.ndarray, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    c, s = np.cos(theta), np.sin(theta)
+    return c * u + s * v, -s * u + c * v
 
 
 def render_class(
@@ -62,50 +75,52 @@ def render_class(
 ) -> np.ndarray:
     """Render ``n`` random variations of one class.
 
+    A class is a glyph of textured elliptical parts. Each image moves, scales and rotates the
+    glyph, paints it in two random colours on a random background with a faint random grating,
+    occludes a random patch and adds pixel noise (all scaled by ``difficulty``).
+
     Returns:
         float32 [n, size, size, 3] in [0, 1].
     """
-    d = difficulty
-    yy, xx = np.meshgrid(
-        np.linspace(0, 1, size, dtype=np.float32),
-        np.linspace(0, 1, size, dtype=np.float32),
-        indexing="ij",
-    )
-    out = np.empty((n, size, size, 3), dtype=np.float32)
-    for k in range(2):
-        fx = params["freq"][k] * np.cos(params["theta"][k])
-        fy = params["freq"][k] * np.sin(params["theta"][k])
-        # per-image orientation/frequency jitter and random phase (translation)
-        jit = 1.0 + d * rng.normal(0, 0.08, size=(n, 1, 1)).astype(np.float32)
-        phase = rng.uniform(0, 2 * np.pi, size=(n, 1, 1)).astype(np.float32)
-        wave = 0.5 + 0.5 * np.sin(2 * np.pi * jit * (fx * xx + fy * yy)[None] + phase)
-        contrib = wave[..., None] * params["colour"][k].astype(np.float32)
-        if k == 0:
-            out[:] = contrib * params["mix"][0]
-        else:
-            out += contrib * (1 - params["mix"][0])
-    # the blob, moved by a random translation
-    centre = params["blob_centre"][None] + d * rng.normal(0, 0.08, size=(n, 2))
-    radius = params["blob_radius"][0] * (1 + d * rng.normal(0, 0.1, size=n))
-    dist2 = (yy[None] - centre[:, 0, None, None].astype(np.float32)) ** 2 + (
-        xx[None] - centre[:, 1, None, None].astype(np.float32)
-    ) ** 2
-    mask = (dist2 < (radius[:, None, None] ** 2).astype(np.float32)).astype(np.float32)[..., None]
-    out = out * (1 - mask) + mask * params["blob_colour"].astype(np.float32)
-    # nuisances: contrast, brightness, background tint, occluder, noise
-    contrast = (1 + d * rng.uniform(-0.35, 0.35, size=(n, 1, 1, 1))).astype(np.float32)
-    bright = (d * rng.uniform(-0.15, 0.15, size=(n, 1, 1, 1))).astype(np.float32)
-    tint = (d * rng.uniform(-0.1, 0.1, size=(n, 1, 1, 3))).astype(np.float32)
-    out = (out - 0.5) * contrast + 0.5 + bright + tint
+    d = np.float32(difficulty)
+    lin = np.linspace(-0.5, 0.5, size, dtype=np.float32)
+    yy, xx = np.meshgrid(lin, lin, indexing="ij")
+    col = lambda *shape: rng.uniform(0, 1, size=shape).astype(np.float32)  # noqa: E731
+    shift = (d * rng.uniform(-0.1, 0.1, size=(n, 2))).astype(np.float32)
+    scale = (1 + d * rng.uniform(-0.15, 0.15, size=n)).astype(np.float32)
+    rot = (d * rng.uniform(-0.25, 0.25, size=n)).astype(np.float32)
+    # image coordinates -> glyph coordinates, per image
+    u0 = (xx[None] - shift[:, 0, None, None]) / scale[:, None, None]
+    v0 = (yy[None] - shift[:, 1, None, None]) / scale[:, None, None]
+    u, v = _rotate(u0, v0, rot[:, None, None])
+    spread = np.float32(0.35) * d
+    pal = params["palette"].astype(np.float32)
+    fg_a = np.clip(pal[0] + spread * (2 * col(n, 1, 1, 3) - 1), 0, 1)
+    fg_b = np.clip(pal[1] + spread * (2 * col(n, 1, 1, 3) - 1), 0, 1)
+    bg = col(n, 1, 1, 3)
+    # faint background grating in a random orientation: texture that carries no class
+    bth = rng.uniform(0, np.pi, size=(n, 1, 1)).astype(np.float32)
+    bfr = rng.uniform(2, 9, size=(n, 1, 1)).astype(np.float32)
+    bwave = np.sin(2 * np.pi * bfr * (np.cos(bth) * xx + np.sin(bth) * yy) + col(n, 1, 1) * 6.28)
+    out = bg + (0.08 * d * bwave)[..., None]
+    for k in range(_PARTS):
+        pu, pv = _rotate(u - params["pos"][k, 0], v - params["pos"][k, 1], params["angle"][k])
+        r = (pu / params["radii"][k, 0]) ** 2 + (pv / params["radii"][k, 1]) ** 2
+        mask = np.clip((1.0 - r) * 6.0, 0.0, 1.0)[..., None]  # soft-edged ellipse
+        phase = (d * col(n, 1, 1)) * 6.28
+        th = params["tex_theta"][k]
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * params["tex_freq"][k] * (np.cos(th) * u + np.sin(th) * v) + phase)
+        paint = fg_a * wave[..., None] + fg_b * (1 - wave[..., None])
+        out = out * (1 - mask) + paint * mask
     if d > 0:
-        side = max(2, int(size * 0.3))
+        side = max(2, int(size * 0.25))
         oy = rng.integers(0, size - side + 1, size=n)
         ox = rng.integers(0, size - side + 1, size=n)
-        grey = rng.uniform(0, 1, size=n).astype(np.float32)
+        grey = col(n)
         for i in range(n):
             out[i, oy[i] : oy[i] + side, ox[i] : ox[i] + side] = grey[i]
-        out += rng.normal(0, 0.06 * d, size=out.shape).astype(np.float32)
-    return np.clip(out, 0.0, 1.0, out=out)
+        out += rng.normal(0, 0.05 * d, size=out.shape).astype(np.float32)
+    return np.clip(out, 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def generate_class(cfg: SyntheticConfig, split: str, k: int) -> np.ndarray:
@@ -147,3 +162,19 @@ def generate_split(cfg: SyntheticConfig, split: str) -> tuple[np.ndarray, np.nda
     for k in range(n_classes):
         images[k * cfg.per_class : (k + 1) * cfg.per_class] = generate_class(cfg, split, k)
     return images, labels, class_names(cfg, split)
+
+
+def write_synthetic_shards(out: str | os.PathLike[str], cfg: SyntheticConfig, force: bool = False) -> Path:
+    """Generate all three splits and write them as a shard set at ``out`` (in memory: small sets).
+
+    For tests, benchmarks and checks; ``fsmtl convert synthetic`` streams large sets instead.
+    """
+    from preprocess.shards import ShardWriter
+
+    with ShardWriter(Path(out), "synthetic", force=force) as w:
+        for split in SPLITS:
+            if cfg.classes[SPLITS.index(split)] == 0:
+                continue
+            images, labels, classes = generate_split(cfg, split)
+            w.write_split(split, images, labels, classes)
+        return w.commit()

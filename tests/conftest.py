@@ -7,21 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.shards import ShardWriter
-from preprocess.synthetic import SyntheticConfig, generate_split
+from preprocess.synthetic import SyntheticConfig, write_synthetic_shards
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REQUIRE_BACKENDS = os.environ.get("FSMTL_REQUIRE_BACKENDS") == "1"
 
 
-def write_synthetic(out: Path, cfg: SyntheticConfig, benchmark: str = "synthetic") -> Path:
+def write_synthetic(out: Path, cfg: SyntheticConfig) -> Path:
     """Write a synthetic shard set to ``out`` and return it."""
-    with ShardWriter(out, benchmark) as w:
-        for split in ("train", "val", "test"):
-            images, labels, classes = generate_split(cfg, split)
-            w.write_split(split, images, labels, classes)
-        w.commit()
-    return out
+    return write_synthetic_shards(out, cfg)
 
 
 @pytest.fixture(scope="session")

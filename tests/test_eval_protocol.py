@@ -166,3 +166,25 @@ def test_bf16_run_is_embedded_under_bf16_autocast(tiny_shards, tmp_path):
     out = evaluate_backbone(run.model, split, run.mean, run.std, ways=5, shots=1, queries=2, n_tasks=4,
                             dtype=run.amp_dtype)  # fmt: skip
     assert out["logreg"]["n_tasks"] == 4
+
+
+def test_eval_reads_a_checkpoint_written_by_the_real_trainer(tiny_shards, tmp_path):
+    train_run = pytest.importorskip("train.run")
+    from train.config import TrainConfig
+
+    out = tmp_path / "trained"
+    cfg = TrainConfig(data=str(tiny_shards), out=str(out), model="conv4", meta_batch_size=2, epoch_length=2,
+                      val_epoch_length=4, test_queries=5, max_epochs=1, wandb="disabled", progress=False,
+                      log_every=2, precision="fp32")  # fmt: skip
+    train_run.train(cfg)
+    report = tmp_path / "trained.json"
+    rc = fsmtl_main(["eval", "--run", str(out), "--checkpoint", "last", "--tasks", "4", "--shots", "1",
+                     "--queries", "3", "--device", "cpu", "--json", str(report)])  # fmt: skip
+    assert rc == 0
+    assert json.loads(report.read_text())["results"]["1"]["logreg"]["n_tasks"] == 4
+
+
+def test_evaluate_backbone_rejects_unknown_heads_before_embedding(run_dir, tiny_shards):
+    run = load_run(run_dir)
+    with pytest.raises(FsmtlError, match="heads: expected some of"):
+        evaluate_backbone(run.model, load_split(tiny_shards, "test"), run.mean, run.std, heads=["knn"])

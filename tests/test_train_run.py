@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import optional_import
 from fsmtl.cli import run_stage_main
 from fsmtl.errors import FsmtlError
 from pipelines.loader import build_task_loader
@@ -22,7 +23,7 @@ CONTRACT_KEYS = {"format", "version", "model_name", "model_kwargs", "model", "he
 
 def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model="conv4", meta_batch_size=2, epoch_length=4,
-                val_epoch_length=8, test_queries=5, max_epochs=2, wandb="disabled", progress=False,
+                val_epoch_length=4, test_queries=5, max_epochs=2, wandb="disabled", progress=False,
                 log_every=2, precision="fp32")
     return TrainConfig(**{**base, **kw})
 
@@ -149,3 +150,12 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tiny_shards: Path, tmp_
     run = tmp_path / "r"
     train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=2, wandb="offline"))
     assert list((run / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("backend,module", [("reference", None), ("dali", "nvidia.dali"), ("ffcv", "ffcv")])
+def test_every_pipeline_back_end_trains(backend: str, module: str | None, tiny_shards: Path, tmp_path: Path) -> None:
+    if module is not None:
+        optional_import(module)
+    summary = train(tiny_cfg(tiny_shards, tmp_path / "r", pipeline=backend, max_epochs=1, epoch_length=2))
+    assert summary["step"] == 2
+    assert read_metrics(tmp_path / "r")[0]["train_loss"] > 0

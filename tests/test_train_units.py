@@ -101,12 +101,14 @@ def test_step_and_cosine_schedulers_follow_their_formulas() -> None:
     cfg = TrainConfig(scheduler="step", step_size=2, step_gamma=0.5)
     opt = build_optimizer([p], cfg, torch.device("cpu"))
     sched = build_scheduler(opt, cfg)
+    opt.step()  # torch warns when a scheduler steps before its optimizer ever did
     for _ in range(4):
         scheduler_step(sched, None)
     assert opt.param_groups[0]["lr"] == pytest.approx(2.5e-4)
     cfg = TrainConfig(scheduler="cosine", max_epochs=4)
     opt = build_optimizer([p], cfg, torch.device("cpu"))
     sched = build_scheduler(opt, cfg)
+    opt.step()
     for _ in range(2):
         scheduler_step(sched, None)
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
@@ -120,7 +122,7 @@ def test_config_defaults_are_the_seeds() -> None:
 
 
 @pytest.mark.parametrize("field,value", [("model", "resnet99"), ("optimizer", "lamb"), ("scheduler", "poly"),
-                                         ("precision", "fp8"), ("pipeline", "tfdata"), ("algorithm", "maml")])
+                                         ("precision", "fp8"), ("pipeline", "tfdata"), ("algorithm", "reptile-xl")])
 def test_config_check_names_the_bad_setting(field: str, value: str) -> None:
     with pytest.raises(FsmtlError, match=field.replace("_", "-")):
         TrainConfig(**{field: value}).check()

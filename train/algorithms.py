@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from train.mtl import mtl_loss
 
@@ -33,6 +33,8 @@ class StepShape:
 
 
 LossFn = Callable[[Tensor, Tensor, Tensor, Tensor, StepShape], tuple[Tensor, Tensor]]
+# step(backbone, heads [C,D], images [B,C,H,W], global_class [B], label [B], shape) -> (loss, acc)
+StepFn = Callable[[nn.Module, Tensor, Tensor, Tensor, Tensor, StepShape], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,15 @@ class Algorithm:
     """``loss(features [B,D], heads [C,D], global_class [B], label [B], shape) -> (loss, acc)``.
 
     ``uses_heads``: whether the algorithm trains the global head matrix (MTL) or needs none.
+    ``step``: when set, the loop calls it with the backbone and images instead of ``loss`` on
+    features (MAML adapts the whole network per task). ``requires``: an optional module it imports.
     """
 
     name: str
     loss: LossFn
     uses_heads: bool
+    step: StepFn | None = None
+    requires: str | None = None
 
 
 def _mtl(features: Tensor, heads: Tensor, global_class: Tensor, label: Tensor, s: StepShape) -> tuple[Tensor, Tensor]:
@@ -73,9 +79,26 @@ def protonet_loss(
     return F.cross_entropy(flat, target), (flat.argmax(-1) == target).float().mean()
 
 
+def baseline_algorithms() -> dict[str, Algorithm]:
+    """The meta-learning baselines of ``train.meta_baselines`` with their documented defaults."""
+    from functools import partial
+
+    from train import meta_baselines as mb
+
+    c = mb.MetaConfig()
+    anil = partial(mb.anil_loss, inner_lr=c.anil_inner_lr, steps=c.anil_steps, first_order=c.anil_first_order)
+    maml = partial(mb.maml_step, inner_lr=c.maml_inner_lr, steps=c.maml_steps, first_order=c.maml_first_order)
+    return {
+        "metaoptnet": Algorithm("metaoptnet", partial(mb.metaoptnet_loss, C=c.svm_C, iters=c.svm_iters, scale=c.svm_scale), uses_heads=False),
+        "anil": Algorithm("anil", anil, uses_heads=True, requires="learn2learn"),
+        "maml": Algorithm("maml", mb.needs_model, uses_heads=True, step=maml, requires="learn2learn"),
+    }
+
+
 ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({
     "mtl": Algorithm("mtl", _mtl, uses_heads=True),
     "protonet": Algorithm("protonet", protonet_loss, uses_heads=False),
+    **baseline_algorithms(),
 })  # fmt: skip
 
 
@@ -84,4 +107,8 @@ def get_algorithm(name: str) -> Algorithm:
 
     if name not in ALGORITHMS:
         raise FsmtlError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, got {name!r}")
+    if ALGORITHMS[name].requires is not None:
+        from train.meta_baselines import import_l2l
+
+        import_l2l()  # fail before any setup, with the install hint
     return ALGORITHMS[name]

@@ -31,6 +31,8 @@ class TrainNet(nn.Module):
         self.shape = shape
 
     def forward(self, images: Tensor, global_class: Tensor, label: Tensor) -> tuple[Tensor, Tensor]:
+        if self.algorithm.step is not None:  # e.g. MAML: adapts the backbone itself per task
+            return self.algorithm.step(self.backbone, self.heads, images, global_class, label, self.shape)
         return self.algorithm.loss(self.backbone(images), self.heads, global_class, label, self.shape)
 
 

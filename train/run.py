@@ -14,12 +14,17 @@ from fsmtl.errors import FsmtlError
 from train import checkpoint as ck
 from train.algorithms import StepShape, get_algorithm
 from train.config import TrainConfig
-from train.distributed import DistInfo, any_rank, broadcast_float, dist_info_from_env, gather_objects, init_distributed
+from train.distributed import (
+    DistInfo, any_rank, broadcast_float, dist_info_from_env, gather_objects, init_distributed,
+)
 from train.loop import StepTools, TrainNet, train_epoch
 from train.mtl import init_heads
 from train.optim import build_optimizer, build_scheduler, scheduler_step
 from train.runlog import RunLog, peak_memory_mb
-from train.setup import Data, build_backbone, build_loader, load_data, model_kwargs_for, resolve_device, resolve_precision, seed_everything
+from train.setup import (
+    Data, build_backbone, build_loader, load_data, model_kwargs_for, resolve_device, resolve_precision,
+    seed_everything,
+)
 from train.validate import ValSettings, make_validator
 
 
@@ -79,10 +84,12 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
         raise FsmtlError(f"--pipeline {cfg.pipeline}: the back end does not import: {e}") from None
     validate = None
     if data.val is not None and dist.is_main:
-        vs = ValSettings(cfg.test_ways, cfg.test_shots, cfg.test_queries, cfg.val_epoch_length, cfg.val_batch_tasks, cfg.seed)
+        vs = ValSettings(cfg.test_ways, cfg.test_shots, cfg.test_queries, cfg.val_epoch_length,
+                         cfg.val_batch_tasks, cfg.seed)
         validate = make_validator(data.val, data.mean, data.std, vs, device, amp_dtype)
     log = RunLog(Path(cfg.out), enabled=dist.is_main)
-    return Run(cfg, dist, device, amp_dtype, data, net, tools, build_scheduler(optimizer, cfg), loader, validate, log, Progress())
+    scheduler = build_scheduler(optimizer, cfg)
+    return Run(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress())
 
 
 def _state(run: Run) -> dict[str, Any]:

@@ -57,13 +57,14 @@ def as_task_batch(support: Tensor, labels: Tensor, query: Tensor, ways: int | No
         )
     t, s, d = support.shape
     if labels.shape != (t, s):
-        raise FsmtlError(f"adapt: labels must be [{t},{s}] to match support {_shape(support)}, got {_shape(labels)}")
+        raise FsmtlError(f"adapt: labels must be [{t},{s}] for support {_shape(support)}, got {_shape(labels)}")
     if query.shape[0] != t or query.shape[2] != d:
-        raise FsmtlError(f"adapt: query must be [{t},Q,{d}] to match support {_shape(support)}, got {_shape(query)}")
+        raise FsmtlError(f"adapt: query must be [{t},Q,{d}] for support {_shape(support)}, got {_shape(query)}")
     if s == 0 or d == 0:
         raise FsmtlError(f"adapt: empty support set {_shape(support)}")
     if support.device != labels.device or support.device != query.device:
-        raise FsmtlError(f"adapt: support, labels and query must share a device, got {support.device}, {labels.device}, {query.device}")
+        devices = f"{support.device}, {labels.device}, {query.device}"
+        raise FsmtlError(f"adapt: support, labels and query must share a device, got {devices}")
     ways = _check_labels(labels.to(torch.int64), ways)
     return TaskBatch(support, labels.to(torch.int64), query, ways, single)
 

@@ -27,7 +27,8 @@ class FinetuneConfig:
 
 
 def _features(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None) -> Tensor:
-    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+    amp = amp_dtype is not None
+    with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp):
         feats = model(images)
     return F.normalize(feats.float(), dim=-1)
 

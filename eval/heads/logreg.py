@@ -9,12 +9,12 @@ their span (the gradient of the loss does, and the penalty removes anything else
 Z [S,S] of the Gram matrix (Z Z^T = X X^T) the problem becomes an S-dimensional one for every
 task, solved by batched truncated Newton: conjugate gradients on Hessian-vector products, in
 coordinates where the Hessian at the starting point is the identity (one (S+1)-square Cholesky
-factor per task, computed once; see ``_Problem``). At the optimum
-the weights are W = C (Y - P)^T X (the representer theorem), so mapping back needs no inverse.
-The free shift of the intercepts (adding a constant to every b_k changes nothing) stays at
-sum(b) = 0, as in sklearn's lbfgs. Features enter only through two matrix
-products per batch (the support Gram, and query x W^T), done in the features' precision
-(float32, or float64 when given float64); the small solve runs in float64.
+factor per task, computed once; see ``_Problem``). At the optimum the weights are
+W = C (Y - P)^T X (the representer theorem), so mapping back needs no inverse. The free shift of
+the intercepts (adding a constant to every b_k changes nothing) stays at sum(b) = 0, as in
+sklearn's lbfgs. Features enter only through two matrix products per batch (the support Gram,
+and query x W^T), in float32 on CPU (float64 when given float64, and on CUDA); the small solve
+runs in float64.
 """
 
 from __future__ import annotations

@@ -54,7 +54,12 @@ def svm_dual(kernel: Tensor, y: Tensor, C: float, iters: int) -> Tensor:
 
 
 def svm_logits(
-    support: Tensor, support_labels: Tensor, query: Tensor, C: float = 0.1, iters: int = 300, ways: int | None = None
+    support: Tensor,
+    support_labels: Tensor,
+    query: Tensor,
+    C: float = 0.1,
+    iters: int = 300,
+    ways: int | None = None,
 ) -> Tensor:
     """Crammer-Singer SVM scores float [T, Q, ways], differentiable w.r.t. support and query.
 

@@ -1,0 +1,311 @@
+"""``fsmtl bench algorithms``: the cost of MTL against the meta-learning baselines, one run.
+
+(a) Step cost. For each algorithm (mtl, protonet, metaoptnet, and anil/maml where learn2learn
+imports) on the same backbone, image size and task shape: seconds per optimizer step of
+:func:`train.loop.train_step` on a fixed random batch (median of ``--runs`` runs of ``--steps``
+steps after one untimed first call and ``--warmup`` untimed runs, synchronised), images/s, and
+peak memory of the steps (CUDA: ``max_memory_allocated``; CPU: peak RSS above the RSS before the
+algorithm's steps, sampled every 2 ms). A table, JSON rows and a bar chart of seconds per step.
+
+(b) Time to accuracy (skip with ``--skip-tta``). Each algorithm trains for ``--minutes`` through
+the real trainer (``fsmtl train --algorithm X --max-minutes M``) on small synthetic shards (or
+``--data``), with an epoch length chosen from (a) so that validation (``--val-tasks`` 5-way tasks,
+the logistic-regression head) comes about every ``--val-every`` seconds. Each run's
+``metrics.jsonl`` gives validation accuracy against wall-clock time (validation time included,
+the same for every algorithm); all curves go on one plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmarks.bench_train import make_batch
+from benchmarks.common import format_table, median, synchronize, time_runs, write_results
+from fsmtl.errors import FsmtlError
+from models import MODEL_NAMES, build_model, feature_dim
+from train.algorithms import ALGORITHMS, StepShape, get_algorithm
+from train.config import TrainConfig
+from train.loop import StepTools, TrainNet, train_step
+from train.mtl import init_heads
+from train.optim import build_optimizer
+
+N_CLASSES = 64  # global head rows for MTL in (a): mini-ImageNet's train classes
+
+
+def available_algorithms(names: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The algorithms that can run here, and why the others cannot (e.g. learn2learn missing)."""
+    ok, skipped = [], {}
+    for name in names:
+        try:
+            get_algorithm(name)
+            ok.append(name)
+        except FsmtlError as e:
+            skipped[name] = str(e)
+    return ok, skipped
+
+
+class PeakRss:
+    """Peak resident memory above the RSS at entry, sampled by a thread (CPU runs)."""
+
+    def __init__(self, every_s: float = 0.002) -> None:
+        import psutil
+
+        self._proc, self._every, self._stop = psutil.Process(), every_s, threading.Event()
+        self.base = self.peak = 0
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            self._stop.wait(self._every)
+
+    def __enter__(self) -> "PeakRss":
+        self.base = self.peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def make_algorithm_tools(name: str, a: argparse.Namespace, shape: StepShape, device: torch.device,
+                         amp: torch.dtype | None) -> StepTools:
+    """Backbone (seed 0, so every algorithm starts from the same weights), heads, RAdam."""
+    torch.manual_seed(0)
+    backbone = build_model(a.model, image_size=a.size)
+    dim = feature_dim(backbone, 3, a.size)
+    backbone = backbone.to(device, memory_format=torch.channels_last)
+    heads = init_heads(N_CLASSES, dim, shape.ways, torch.Generator().manual_seed(0)).to(device)
+    net = TrainNet(backbone, heads, get_algorithm(name), shape)
+    opt = build_optimizer([p for p in net.parameters() if p.requires_grad], TrainConfig(), device)
+    return StepTools(net, backbone, opt, None, amp, device, 0.0)
+
+
+def _measure_memory(device: torch.device, fn: Callable[[], None]) -> float:
+    """Peak memory (MiB) while ``fn`` runs: CUDA max_memory_allocated, else the RSS rise."""
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    release_free_memory()
+    with PeakRss() as rss:
+        fn()
+    return rss.delta_mb
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by earlier rows back to the OS (glibc keeps it cached), so that the next
+    row's RSS rise counts its own allocations rather than reusing the previous row's."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name:
+        try:
+            ctypes.CDLL(name).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: RSS rises are then lower bounds
+            pass
+
+
+def time_algorithm(name: str, a: argparse.Namespace, shape: StepShape, device: torch.device,
+                   amp: torch.dtype | None) -> dict[str, Any]:
+    """One row of (a): seconds per step, images/s, peak memory, first-call seconds."""
+    tools = make_algorithm_tools(name, a, shape, device, amp)
+    batch = make_batch(shape.n_tasks, shape.ways, shape.per_class, a.size, N_CLASSES, device, True)
+    counter = iter(range(10**9))
+
+    def steps() -> None:
+        for _ in range(a.steps):
+            train_step(tools, batch, next(counter))
+
+    t0 = time.perf_counter()
+    peak = _measure_memory(device, steps)  # the first call (allocations, autotune) holds the peak
+    first_s = time.perf_counter() - t0
+    sec = median(time_runs(steps, device, warmup=a.warmup, runs=a.runs)) / a.steps
+    n = batch.images.shape[0]
+    return {"algorithm": name, "s_per_step": sec, "images_per_s": n / sec, "peak_mem_mb": peak,
+            "batch_images": n, "first_call_s": first_s}  # fmt: skip
+
+
+def step_costs(names: list[str], a: argparse.Namespace, shape: StepShape, device: torch.device,
+               amp: torch.dtype | None) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        rows.append(time_algorithm(name, a, shape, device, amp))
+        print(f"  {name}: {rows[-1]['s_per_step']:.3f} s/step", flush=True)
+    base = next((r["s_per_step"] for r in rows if r["algorithm"] == "mtl"), None)
+    for r in rows:
+        r["cost_vs_mtl"] = r["s_per_step"] / base if base else None
+    return rows
+
+
+def tta_data(a: argparse.Namespace, root: Path) -> Path:
+    """``--data``, or small synthetic shards at ``--size`` written once under ``root``."""
+    if a.data is not None:
+        return a.data
+    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards
+
+    out = root / f"synthetic{a.size}"
+    if not (out / "meta.json").exists():
+        write_synthetic_shards(out, SyntheticConfig(image_size=a.size, classes=(32, 16, 16), per_class=100, seed=0))
+    return out
+
+
+def tta_argv(name: str, a: argparse.Namespace, data: Path, out: Path, epoch_length: int) -> list[str]:
+    """The ``fsmtl train`` flags of one time-to-accuracy run."""
+    return [
+        "--data", str(data), "--out", str(out), "--algorithm", name, "--model", a.model,
+        "--train-ways", str(a.ways), "--train-shots", str(a.shots), "--train-queries", str(a.queries),
+        "--meta-batch-size", str(a.tasks), "--max-minutes", str(a.minutes), "--max-epochs", "100000",
+        "--epoch-length", str(epoch_length), "--val-epoch-length", str(a.val_tasks), "--test-queries", "15",
+        "--early-stop-patience", "100000", "--scheduler", "none", "--device", a.device,
+        "--precision", a.precision, "--wandb", "disabled", "--no-progress", "--log-every", "1", "--seed", "0",
+    ]  # fmt: skip
+
+
+def time_to_accuracy(names: list[str], a: argparse.Namespace, sec_per_step: dict[str, float],
+                     root: Path) -> dict[str, list[dict[str, float]]]:
+    """Train each algorithm for ``--minutes``; its curve is [{"wall_s", "val_acc", "step"}] per epoch."""
+    from train.__main__ import main as train_main
+    from train.runlog import read_metrics
+
+    data = tta_data(a, root)
+    curves = {}
+    for name in names:
+        epoch_length = max(1, min(1000, round(a.val_every / max(sec_per_step[name], 1e-6))))
+        out = root / f"tta-{name}"
+        print(f"  training {name} for {a.minutes} min (epoch length {epoch_length} steps) -> {out}", flush=True)
+        code = train_main(tta_argv(name, a, data, out, epoch_length))
+        if code:
+            raise FsmtlError(f"bench algorithms: fsmtl train --algorithm {name} exited with {code}")
+        curves[name] = [{"wall_s": r["wall_s"], "val_acc": r["val_acc"], "step": r["step"]}
+                        for r in read_metrics(out) if r.get("val_acc") is not None]
+    return curves
+
+
+def plot_tta(curves: dict[str, list[dict[str, float]]], out: Path, title: str) -> Path:
+    """Validation accuracy (%) against wall-clock seconds, one line per algorithm."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, pts in curves.items():
+        ax.plot([p["wall_s"] for p in pts], [100 * p["val_acc"] for p in pts], marker="o", ms=3, label=name)
+    ax.set_xlabel("wall-clock training time (s, validation included)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def tta_summary(curves: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
+    """Per algorithm: best validation accuracy, when it was first reached, steps done."""
+    rows = []
+    for name, pts in curves.items():
+        if not pts:
+            rows.append({"algorithm": name, "epochs": 0})
+            continue
+        best = max(pts, key=lambda p: p["val_acc"])
+        rows.append({"algorithm": name, "best_val_acc": best["val_acc"], "at_wall_s": best["wall_s"],
+                     "final_val_acc": pts[-1]["val_acc"], "steps": pts[-1]["step"], "epochs": len(pts)})
+    return rows
+
+
+def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fsmtl bench algorithms", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="conv4", choices=MODEL_NAMES)
+    p.add_argument("--size", type=int, default=32, help="image side (default 32)")
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=5)
+    p.add_argument("--queries", type=int, default=5)
+    p.add_argument("--tasks", type=int, default=2, help="tasks per optimizer step (default 2)")
+    p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default: all)")
+    p.add_argument("--steps", type=int, default=5 if cuda else 1, help="steps per timed run")
+    p.add_argument("--runs", type=int, default=5 if cuda else 3)
+    p.add_argument("--warmup", type=int, default=2 if cuda else 1, help="untimed runs after the first call")
+    p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-tta", action="store_true", help="only (a), the step costs")
+    p.add_argument("--minutes", type=float, default=1.5, help="training time per algorithm in (b)")
+    p.add_argument("--val-every", type=float, default=15.0, help="seconds between validations in (b)")
+    p.add_argument("--val-tasks", type=int, default=50, help="validation tasks per epoch in (b)")
+    p.add_argument("--data", type=Path, default=None, help="shards for (b) (default: synthetic at --size)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-algorithms"), help="plots and (b)'s runs")
+    p.add_argument("--json", type=Path, default=None, help="results JSON (default OUT/algorithms.json)")
+    a = p.parse_args(argv)
+    for k in ("ways", "shots", "queries", "tasks", "steps", "runs", "val_tasks"):
+        if getattr(a, k) < 1:
+            raise FsmtlError(f"bench algorithms: --{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
+    if a.warmup < 0 or a.size < 16 or a.minutes <= 0 or a.val_every <= 0:
+        raise FsmtlError("bench algorithms: expected --warmup >= 0, --size >= 16, --minutes > 0, --val-every > 0")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    from train.setup import resolve_device, resolve_precision
+
+    a = parse_args(list(argv or []), torch.cuda.is_available())
+    device = resolve_device(a.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as fsmtl train sets it
+    amp = resolve_precision(a.precision, device)
+    wanted = [n.strip() for n in a.algorithms.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in ALGORITHMS]
+    if unknown:
+        raise FsmtlError(f"--algorithms: unknown {unknown}; expected names from {', '.join(ALGORITHMS)}")
+    names, skipped = available_algorithms(wanted)
+    for name, why in skipped.items():
+        print(f"  skipping {name}: {why}")
+    shape = StepShape(a.tasks, a.ways, a.shots, a.queries, False)
+    rows = step_costs(names, a, shape, device, amp)
+    print(format_table(rows, ["algorithm", "s_per_step", "cost_vs_mtl", "images_per_s", "peak_mem_mb", "first_call_s"]))
+    from fsmtl.report import plot_bars
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    title = f"{a.model} {a.size}px, {a.tasks} x {a.ways}-way {a.shots}+{a.queries}, {device.type}"
+    plots = {"step_cost": str(plot_bars([r["algorithm"] for r in rows], [r["s_per_step"] for r in rows],
+                                        a.out / "step_cost.png", "seconds per step", title))}
+    curves, summary = None, None
+    if not a.skip_tta:
+        curves = time_to_accuracy(names, a, {r["algorithm"]: r["s_per_step"] for r in rows}, a.out)
+        summary = tta_summary(curves)
+        print(format_table(summary, ["algorithm", "best_val_acc", "at_wall_s", "final_val_acc", "steps", "epochs"]))
+        plots["time_to_accuracy"] = str(plot_tta(curves, a.out / "time_to_accuracy.png", title))
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    path = a.json or a.out / "algorithms.json"
+    mem = "cuda max_memory_allocated" if device.type == "cuda" else "sampled RSS rise during the steps"
+    write_results(path, "algorithms", config, rows, device, skipped=skipped, amp_dtype=str(amp), memory_measure=mem,
+                  tta_curves=curves, tta_summary=summary, plots=plots)
+    print(f"wrote {path} and {', '.join(plots.values())}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from fsmtl.cli import run_stage_main
+
+    sys.exit(run_stage_main(main, sys.argv[1:]))

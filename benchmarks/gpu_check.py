@@ -1,0 +1,198 @@
+"""The prepared GPU check: CUDA paths against their CPU twins, then the GPU timings, one JSON.
+
+Run by ``benchmarks/gpu_check.sh`` on a lent GPU machine (no network, no torch-optimizer, wandb,
+DALI or FFCV there). Every step has its own time budget and the JSON is rewritten after each step,
+so whatever finished survives a step that fails or a run that is cut short. On a machine without
+CUDA, ``--device cpu --quick`` runs the same steps at toy sizes (that is how it is tested).
+
+Steps:
+  1. check-sampling: the torch loader gives identical indices/labels and equal images on CPU and CUDA;
+  2. check-augment: Lee19 with the same parameters on CPU and CUDA agrees (max abs error);
+  3. check-heads: logreg/proto/ridge/svm predictions on CUDA agree with CPU float64;
+  4. pipeline: torch back end images/s at 84 and 32 px (and reference at 84 px), share of a ResNet-12 step;
+  5. train: ResNet-12 84x84 images/s, fp32 eager vs bf16 + channels_last (+ compile); data wait;
+  6. eval: 2,000 tasks of 5-way 5-shot batched logreg, tasks/s, against sklearn on a sample;
+  7. epoch: seconds per epoch of the mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic
+     shards, and the GPU-hours projected for the seed's schedule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from benchmarks.common import format_table, hardware_info
+from fsmtl.fileio import atomic_write_json
+
+
+def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.cpu() == b.cpu()).double().mean()) * 100.0
+
+
+def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, Any]:
+    """The same seed gives the same task batch (indices, labels, images) on CPU and ``device``."""
+    from pipelines.loader import PipelineConfig, build_task_loader
+    from preprocess.shards import load_split, open_shards
+    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
+
+    root = write_synthetic(tmp / "check84", SyntheticConfig(image_size=84, classes=(10, 5, 5), per_class=20))
+    shards = open_shards(root)
+    split = load_split(root, "train")
+    out: dict[str, Any] = {}
+    batches = {}
+    for dev in ("cpu", str(device)):
+        cfg = PipelineConfig(device=dev, seed=3, tasks_per_batch=4, prefetch=False)
+        with build_task_loader(split, shards.mean, shards.std, cfg) as loader:
+            batches[dev] = [next(loader) for _ in range(2)]
+    a, b = batches["cpu"], batches[str(device)]
+    out["labels_equal"] = all(torch.equal(x.global_class.cpu(), y.global_class.cpu()) and torch.equal(x.label.cpu(), y.label.cpu()) for x, y in zip(a, b))
+    out["images_max_abs_diff"] = max(float((x.images.float().cpu() - y.images.float().cpu()).abs().max()) for x, y in zip(a, b))
+    out["ok"] = bool(out["labels_equal"] and out["images_max_abs_diff"] < 1e-3)
+    return out
+
+
+def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
+    """Lee19 on CPU and ``device`` with the same drawn parameters: max abs error after normalising."""
+    from pipelines.augment import apply_lee, draw_lee_params
+
+    g = torch.Generator().manual_seed(0)
+    n, size = (64, 84) if not quick else (8, 32)
+    images = torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+    params = draw_lee_params(n, g, pad=8 if size >= 64 else 4)
+    mean, std = (0.47, 0.45, 0.41), (0.28, 0.27, 0.28)
+    ref = apply_lee(images, params, mean, std, torch.float32)
+    dev_params = type(params)(*(p.to(device) if torch.is_tensor(p) else p for p in params))
+    got = apply_lee(images.to(device), dev_params, mean, std, torch.float32)
+    err = float((got.cpu() - ref).abs().max())
+    return {"images": n, "size": size, "max_abs_diff": err, "ok": err < 1e-3}
+
+
+def check_heads(device: torch.device, quick: bool) -> dict[str, Any]:
+    """Each feature head on ``device`` against CPU float64: prediction agreement (%)."""
+    from benchmarks.bench_eval import clustered_features, split_tasks
+    from eval.heads import adapt
+
+    tasks = 200 if not quick else 20
+    feats = clustered_features(tasks, 5, 20, 640, 5.0, seed=1)
+    s, y, q, target = split_tasks(feats, 5)
+    out: dict[str, Any] = {}
+    for head in ("logreg", "proto", "ridge", "svm"):
+        ref = adapt(s.double(), y, q.double(), head=head)
+        got = adapt(s.to(device), y.to(device), q.to(device), head=head)
+        out[head] = {"agreement_pct": _agree(ref, got), "acc_pct": _agree(got, target.expand_as(got))}
+    out["ok"] = all(v["agreement_pct"] >= 99.0 for v in out.values() if isinstance(v, dict))
+    return out
+
+
+def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
+    """Run ``benchmarks.<module>.main(argv + --json)`` and return its JSON document."""
+    import importlib
+
+    path = tmp / f"{module}.json"
+    rc = importlib.import_module(f"benchmarks.{module}").main([*argv, "--json", str(path)])
+    if rc:
+        raise RuntimeError(f"{module} exited with {rc}")
+    return json.loads(path.read_text())
+
+
+def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict[str, Any]:
+    """Seconds per epoch of the mini-ImageNet 5-shot preset, projected to the seed's schedule."""
+    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
+    from train.__main__ import main as train_main
+
+    size, per_class = (84, 100) if not quick else (32, 20)
+    root = write_synthetic(tmp / "mini", SyntheticConfig(image_size=size, classes=(64, 16, 20), per_class=per_class))
+    run = tmp / "run"
+    val_tasks = 400 if not quick else 20
+    args = ["--data", str(root), "--preset", "mini-imagenet-5shot", "--out", str(run), "--device", str(device),
+            "--epoch-length", str(steps), "--max-epochs", "2", "--val-epoch-length", str(val_tasks),
+            "--wandb", "disabled", "--no-progress", "--test-queries", "15" if quick else "30"]  # fmt: skip
+    if quick:
+        args += ["--model", "conv4"]
+    t0 = time.perf_counter()
+    rc = train_main(args)
+    if rc:
+        raise RuntimeError(f"train exited with {rc}")
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    last = rows[-1]  # epoch 2: warm (compilation, cudnn autotuning and allocator growth are in epoch 1)
+    train_s_per_step = (last["epoch_s"]) / steps
+    val_s = float(last.get("val_s") or 0.0)
+    epoch_s = train_s_per_step * 1600 + val_s * (400 / val_tasks)
+    out = {"steps_per_epoch_measured": steps, "train_s_per_step": train_s_per_step, "val_s": val_s,
+           "images_per_s": last.get("images_per_s"), "data_wait_frac": last.get("data_wait_frac"),
+           "peak_mem_mb": last.get("peak_mem_mb"), "seconds_per_seed_epoch": epoch_s,
+           "total_s": time.perf_counter() - t0}  # fmt: skip
+    # The seed trains with early stopping (patience 15); its published run took 3.7 V100-hours.
+    out["projected_gpu_hours"] = {f"{e}_epochs": epoch_s * e / 3600 for e in (30, 60, 100)}
+    out["seed_published_gpu_hours"] = 3.7
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--json", type=Path, default=Path("gpu_check.json"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--quick", action="store_true", help="toy sizes (for a CPU dry run)")
+    p.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
+    p.add_argument("--epoch-steps", type=int, default=300, help="steps timed per epoch in the epoch step")
+    a = p.parse_args(argv)
+    device = torch.device(a.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("gpu_check: CUDA is not available here; use --device cpu --quick for a dry run")
+            return 2
+        torch.backends.cudnn.benchmark = True
+    q = a.quick
+    doc: dict[str, Any] = {"benchmark": "gpu_check", "hardware": hardware_info(device), "steps": {}}
+    with tempfile.TemporaryDirectory(prefix="fsmtl-gpu-check-") as tmp_s:
+        tmp = Path(tmp_s)
+        pipe_args = ["--device", str(device), "--runs", "3" if q else "5", "--batches", "2" if q else "10"]
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("check-sampling", lambda: check_sampling(device, tmp, q)),
+            ("check-augment", lambda: check_augment(device, q)),
+            ("check-heads", lambda: check_heads(device, q)),
+            ("pipeline", lambda: run_bench("bench_pipeline", [*pipe_args, "--sizes", "32" if q else "84,32",
+                                                               "--backends", "torch,reference",
+                                                               "--step-model", "" if q else "resnet12"], tmp)),
+            ("train", lambda: run_bench("bench_train", ["--model", "conv4" if q else "resnet12", "--size", "32" if q else "84",
+                                                        "--device", str(device), *(["--no-compile", "--no-memory"] if q else [])], tmp)),
+            ("eval", lambda: run_bench("bench_eval", ["--device", str(device), "--tasks", "40" if q else "2000",
+                                                      "--sklearn-tasks", "20" if q else "200"], tmp)),
+            ("epoch", lambda: epoch_time(device, tmp, q, 4 if q else a.epoch_steps)),
+        ]  # fmt: skip
+        only = {s for s in a.only.split(",") if s}
+        for name, fn in steps:
+            if only and name not in only:
+                continue
+            print(f"\n=== gpu_check: {name} ===", flush=True)
+            t0 = time.perf_counter()
+            try:
+                doc["steps"][name] = {"result": fn()}
+            except Exception as e:  # noqa: BLE001 - record the failure, go on with the next step
+                traceback.print_exc()
+                doc["steps"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
+            doc["steps"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+            atomic_write_json(a.json, doc)
+    rows = []
+    for name, st in doc["steps"].items():
+        res = st.get("result", {})
+        rows.append({"step": name, "seconds": st["seconds"], "ok": res.get("ok", "error" not in st),
+                     "error": st.get("error", "")[:60]})  # fmt: skip
+    print("\n" + format_table(rows, ["step", "seconds", "ok", "error"]))
+    print(f"wrote {a.json}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

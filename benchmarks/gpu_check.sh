@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The prepared GPU check (one NVIDIA GPU, no network): CUDA paths against their CPU twins, then
+# pipeline / train / eval / epoch timings. Finishes in under 8 minutes on one H100 and writes
+# $OUT/gpu_check.json (or bench_out/gpu_check.json), a log, and nvidia-smi's view of the card.
+#
+# It needs only what the lent GPU machines have: torch, numpy, numba, scikit-learn, tqdm,
+# matplotlib. torch-optimizer, wandb, DALI and FFCV are not needed (and DALI's GPU path cannot be
+# checked there: its wheel is too large to carry).
+#
+#   bash benchmarks/gpu_check.sh               # full check on cuda
+#   bash benchmarks/gpu_check.sh --only eval   # one step
+#   bash benchmarks/gpu_check.sh --device cpu --quick   # CPU dry run at toy sizes
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out_dir=${OUT:-bench_out}
+mkdir -p "$out_dir"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+py=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; } | tee "$out_dir/nvidia_smi.txt"
+"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+# 460 s hard limit for the Python part: the whole script stays under 8 minutes.
+timeout 460 "$py" -m benchmarks.gpu_check --json "$out_dir/gpu_check.json" "$@" 2>&1 | tee "$out_dir/gpu_check.log"
+rc=${PIPESTATUS[0]}
+echo "gpu_check exit code $rc; JSON at $out_dir/gpu_check.json"
+exit "$rc"

@@ -1,0 +1,25 @@
+"""The GPU check's correctness steps run on their CPU twins (the script itself needs CUDA for real)."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import gpu_check
+
+
+def test_gpu_check_dry_run_on_cpu_writes_passing_checks(tmp_path):
+    out = tmp_path / "gc.json"
+    rc = gpu_check.main(["--device", "cpu", "--quick", "--only", "check-sampling,check-augment,check-heads",
+                         "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 0
+    assert set(doc["steps"]) == {"check-sampling", "check-augment", "check-heads"}
+    assert doc["steps"]["check-sampling"]["result"]["labels_equal"] is True
+    assert doc["steps"]["check-augment"]["result"]["max_abs_diff"] < 1e-5
+    assert doc["steps"]["check-heads"]["result"]["logreg"]["agreement_pct"] >= 99.0
+
+
+def test_gpu_check_refuses_cuda_when_there_is_none(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert gpu_check.main(["--json", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()
