@@ -88,8 +88,9 @@ def baseline_algorithms() -> dict[str, Algorithm]:
     c = mb.MetaConfig()
     anil = partial(mb.anil_loss, inner_lr=c.anil_inner_lr, steps=c.anil_steps, first_order=c.anil_first_order)
     maml = partial(mb.maml_step, inner_lr=c.maml_inner_lr, steps=c.maml_steps, first_order=c.maml_first_order)
+    svm = partial(mb.metaoptnet_loss, C=c.svm_C, iters=c.svm_iters, scale=c.svm_scale)
     return {
-        "metaoptnet": Algorithm("metaoptnet", partial(mb.metaoptnet_loss, C=c.svm_C, iters=c.svm_iters, scale=c.svm_scale), uses_heads=False),
+        "metaoptnet": Algorithm("metaoptnet", svm, uses_heads=False),
         "anil": Algorithm("anil", anil, uses_heads=True, requires="learn2learn"),
         "maml": Algorithm("maml", mb.needs_model, uses_heads=True, step=maml, requires="learn2learn"),
     }
