@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from fsmtl.errors import FsmtlError
 from train.config import TrainConfig
 from train.presets import PRESETS, preset_overrides
 

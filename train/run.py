@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +36,6 @@ class Progress:
     step: int = 0  # completed optimizer steps
     best_val_acc: float = -1.0
     epochs_since_best: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -175,14 +174,16 @@ def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float) -> dict[
 def _after_epoch(run: Run, stats: Any, t_run: float) -> dict[str, Any]:
     """Validate, schedule, log, checkpoint (last.pt; best.pt on improvement)."""
     p = run.progress
+    t_val = time.perf_counter()
     val = _validate(run)
+    val_s = time.perf_counter() - t_val
     improved = val is not None and val["acc"] > p.best_val_acc
     if improved:
         p.best_val_acc, p.epochs_since_best = float(val["acc"]), 0
     elif val is not None:
         p.epochs_since_best += 1
     scheduler_step(run.scheduler, None if val is None else val["acc"])
-    record = _epoch_record(run, stats, val, t_run)
+    record = {**_epoch_record(run, stats, val, t_run), "val_s": val_s}
     run.log.epoch(record)
     state = _state(run)  # collective in DDP: every rank takes part
     if run.dist.is_main:
