@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.init import init_conv_bn
+
 from models.dropblock import RampedDropBlock
 
 
@@ -77,12 +79,7 @@ class ResNet12(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, "leaky_relu")
 
     def set_train_step(self, step: int) -> None:
         """Set the step that DropBlock's ramp reads (no host sync: a device-side fill)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.init import init_conv_bn
+
 
 class BasicBlock(nn.Module):
     """conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv+BN when the shape changes), ReLU."""
@@ -51,12 +53,7 @@ class ResNet18(nn.Module):
             layers += [BasicBlock(cin, width, stride), BasicBlock(width, width, 1)]
             cin = width
         self.layers = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, "relu")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(self.stem(x)).mean(dim=(2, 3))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.init import init_conv_bn
+
 
 class WideBlock(nn.Module):
     """BN-ReLU-conv3x3 (stride) - [dropout] - BN-ReLU-conv3x3, plus a (1x1 conv) shortcut."""
@@ -50,12 +52,7 @@ class WideResNet(nn.Module):
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(cin)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self, "relu")
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.bn(self.blocks(self.stem(x))))

@@ -25,6 +25,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from pipelines.transforms import normalize_nhwc
+
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2
 
@@ -148,18 +150,6 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
         target = torch.where(is_sat, gray, mean * is_con)
         x = (f * x + (1.0 - f) * target).clamp_(0.0, 1.0)
     return x
-
-
-def normalize_nhwc(
-    x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, channels_last: bool
-) -> Tensor:
-    """float [B, H, W, C] in [0, 1] -> ``dtype`` [B, C, H, W], ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device)
-    y = ((x - m) / s).permute(0, 3, 1, 2)
-    if not channels_last:
-        y = y.contiguous()
-    return y.to(dtype)
 
 
 def augment_rows(

@@ -31,10 +31,16 @@ def normalize_batch(
     c = images.shape[-1]
     if len(mean) != c or len(std) != c:
         raise ValueError(f"mean/std have {len(mean)}/{len(std)} values for {c} channels")
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=images.device) * 255.0
-    x = (images.to(torch.float32) - m) / s  # [B,H,W,C]
-    x = x.permute(0, 3, 1, 2)  # NCHW view with channels_last strides
+    return normalize_nhwc(images.to(torch.float32) / 255.0, mean, std, dtype, channels_last)
+
+
+def normalize_nhwc(
+    x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, channels_last: bool
+) -> Tensor:
+    """float [B, H, W, C] in [0, 1] -> ``dtype`` [B, C, H, W], ``(x - mean) / std``."""
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device)
+    y = ((x - m) / s).permute(0, 3, 1, 2)
     if not channels_last:
-        x = x.contiguous()
-    return x.to(dtype)
+        y = y.contiguous()
+    return y.to(dtype)

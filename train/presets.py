@@ -30,10 +30,10 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         "val_epoch_length": 200, "max_minutes": 10.0, "early_stop_patience": 5, "test_queries": 15,
         "log_every": 25,
     },
-    # The synthetic demo at 32x32 on a 2-core CPU: Conv-4, short epochs, well above chance in minutes.
+    # The synthetic demo at 32x32 on a 2-core CPU: Conv-4, short epochs, at most 6 minutes of training.
     "demo": {
         "model": "conv4", "norm_train_features": True, "epoch_length": 60, "val_epoch_length": 100,
-        "max_epochs": 6, "max_minutes": 5.0, "test_queries": 15, "log_every": 20,
+        "max_epochs": 20, "max_minutes": 6.0, "test_queries": 15, "log_every": 20,
         "scheduler": "cosine",
     },
 })  # fmt: skip

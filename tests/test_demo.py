@@ -1,0 +1,30 @@
+"""``fsmtl demo`` runs every stage end to end and writes its report (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+
+from fsmtl.cli import main as cli
+
+
+def test_demo_runs_every_stage_and_writes_a_report_with_plots(tmp_path, capsys):
+    out = tmp_path / "demo"
+    rc = cli(["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.15",
+              "--tasks", "20", "--no-bench", "--device", "cpu"])
+    assert rc == 0
+    report = (out / "report.md").read_text()
+    assert "## Test accuracy" in report and "| 5 | logreg |" in report
+    for png in ("curves.png", "heads_1shot.png", "heads_5shot.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    ev = json.loads((out / "eval.json").read_text())
+    assert set(ev["results"]) == {"1", "5"}
+    assert 0.0 <= ev["results"]["5"]["logreg"]["acc"] <= 100.0
+    assert "fsmtl demo finished" in capsys.readouterr().out
+
+
+def test_demo_refuses_to_reuse_data_of_another_shape(tmp_path):
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.1",
+            "--tasks", "10", "--no-bench", "--device", "cpu"]
+    assert cli(args) == 0
+    assert cli([*args, "--size", "28"]) == 2
