@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
+from fsmtl.optional import import_learn2learn
 from preprocess.shards import SplitData
 
 
@@ -96,7 +97,7 @@ class _Zeros:
 
 def learn2learn_available() -> bool:
     try:
-        import learn2learn  # noqa: F401
+        import_learn2learn()
     except Exception:  # noqa: BLE001 - optional extra
         return False
     return True
@@ -147,7 +148,7 @@ class ReferenceBackend:
 
     def _stream_l2l(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
         """The seed's task construction with learn2learn (optional extra; not installed here)."""
-        import learn2learn as l2l  # noqa: PLC0415 - optional dependency
+        l2l = import_learn2learn()
         from pipelines.episodes import remap_labels
 
         off = [int(v) for v in self.split.class_offsets]

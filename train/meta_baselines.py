@@ -21,8 +21,6 @@ FsmtlError naming ``make l2l``.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.errors import FsmtlError
+from fsmtl.optional import import_learn2learn
 
 if TYPE_CHECKING:  # train.algorithms imports this module; import its types for annotations only
     from train.algorithms import StepShape
@@ -61,9 +60,7 @@ class MetaConfig:
 def import_l2l() -> ModuleType:
     """``learn2learn``, or an FsmtlError saying how to install it."""
     try:
-        # learn2learn imports gym, which prints an unmaintained-notice to stderr on every import
-        with contextlib.redirect_stderr(io.StringIO()):
-            import learn2learn
+        learn2learn = import_learn2learn()
     except ImportError as e:
         raise FsmtlError(
             f"--algorithm anil/maml: needs learn2learn, which does not import ({e}); install with `make l2l`"
