@@ -26,19 +26,21 @@ _PLAN: dict[str, list[str]] = {
     "pipeline": [],
     "train": [],
     "eval": [],
-    "algorithms": [],
+    "algorithms": ["--minutes", "0.5"],  # 30 s of time-to-accuracy training per algorithm
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, plan: dict[str, list[str]] | None = None) -> int:
+    """Run the benchmarks of ``plan`` (default: every one, CPU-sized) and gather their JSON."""
+    plan = _PLAN if plan is None else plan
     p = argparse.ArgumentParser(prog="fsmtl bench all", description=__doc__)
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_all.json"))
-    p.add_argument("--only", default=",".join(_PLAN), help="comma-separated subset of " + ",".join(_PLAN))
+    p.add_argument("--only", default=",".join(plan), help="comma-separated subset of " + ",".join(plan))
     a = p.parse_args(argv)
     names = [n for n in a.only.split(",") if n]
-    unknown = set(names) - set(_PLAN)
+    unknown = set(names) - set(plan)
     if unknown:
-        raise FsmtlError(f"--only: unknown benchmark(s) {sorted(unknown)}; choose from {list(_PLAN)}")
+        raise FsmtlError(f"--only: unknown benchmark(s) {sorted(unknown)}; choose from {list(plan)}")
     doc: dict = {"benchmark": "all", "hardware": hardware_info(), "results": {}, "errors": {}}
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-") as tmp:
         for name in names:
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 module = importlib.import_module(f"benchmarks.bench_{name}")
-                rc = module.main([*_PLAN[name], "--json", str(out)])
+                rc = module.main([*plan[name], "--json", str(out)])
                 if rc:
                     raise RuntimeError(f"exit code {rc}")
                 doc["results"][name] = json.loads(out.read_text())
