@@ -67,6 +67,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, out: str | Path) -> Path:
+    """Lay out, write the PNG (creating its folder) and free the figure."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = "") -> Path:
     """Training loss and train/validation accuracy against wall-clock time, as one PNG."""
     plt = _plt()
@@ -94,12 +104,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = ""
     ax_acc.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_bars(
@@ -123,12 +128,7 @@ def plot_bars(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:

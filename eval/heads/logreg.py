@@ -61,24 +61,14 @@ def _gram_factor(k: Tensor) -> Tensor:
     return z
 
 
-def _softmax(f: Tensor, dim: int) -> Tensor:
-    e = (f - f.amax(dim, keepdim=True)).exp()
-    return e / e.sum(dim, keepdim=True)
-
-
-def _logsumexp(f: Tensor, dim: int) -> Tensor:
-    m = f.amax(dim, keepdim=True)
-    return ((f - m).exp().sum(dim, keepdim=True).log() + m).squeeze(dim)
-
-
 class _Problem:
     """The reduced problem of a set of tasks, in whitened coordinates phi [T, ways, S+1].
 
     theta (W rows in Z's basis, then b) would be the plain variables. The Hessian there is
     H = C Zt^T S Zt + D (S: the softmax curvatures diag(p) - p p^T of every point, D: the penalty,
     0 for b). Its value at the start (theta = 0, p uniform) is M = (C / ways) Zt^T Zt + D on
-    class-centred matrices. With M = R^T R and phi = R theta, that starting Hessian is the
-    identity, each Newton system needs ~2 conjugate-gradient steps, and only Zr = Zt R^-1
+    class-centred matrices. With M = L L^T and phi = L^T theta, that starting Hessian is the
+    identity, each Newton system needs ~2 conjugate-gradient steps, and only Zr = Zt L^-T
     [T, S, S+1] is ever used. Iterates stay class-centred (the gradients are, and the free shift
     of the intercepts stays at 0, where sklearn's lbfgs also stays since it starts at 0), so the
     centred-subspace identities hold exactly. Class-major layouts ([T, ways, .]) give the small
@@ -91,41 +81,46 @@ class _Problem:
         r1 = zt.shape[-1]
         pen = torch.ones(r1, dtype=zt.dtype, device=zt.device)
         pen[-1] = 0.0  # the intercept is not penalised
-        m = (c * self.gamma) * zt.transpose(1, 2) @ zt + torch.diag_embed(pen).expand(zt.shape[0], r1, r1)
-        self.r = torch.linalg.cholesky(m, upper=True)  # positive definite: D covers W, the S points cover b
-        self.zr = torch.linalg.solve_triangular(self.r, zt, upper=True, left=False)  # [T, S, S+1]
-        self.zr_t = self.zr.transpose(1, 2).contiguous()  # [T, S+1, S]
+        m = torch.baddbmm(torch.diag_embed(pen).expand(zt.shape[0], r1, r1), zt.transpose(1, 2), zt, alpha=c * self.gamma)
+        self.l = torch.linalg.cholesky(m)  # positive definite: D covers W, the S points cover b
+        # Zr^T = L^-1 Zt^T: the left-sided lower solve on row-major L runs ~4x faster on 2 CPU
+        # threads than the equivalent right-sided solve Zt R^-1 (MKL's per-matrix path)
+        self.zr_t = torch.linalg.solve_triangular(self.l, zt.transpose(1, 2), upper=False)  # [T, S+1, S]
+        self.zr = self.zr_t.transpose(1, 2).contiguous()  # [T, S, S+1]
 
     def subset(self, idx: Tensor) -> "_Problem":
         """The same problem restricted to tasks ``idx`` (so finished tasks stop costing work)."""
         sub = object.__new__(_Problem)
         sub.__dict__.update(self.__dict__)
-        sub.y, sub.r, sub.zr, sub.zr_t = self.y[idx], self.r[idx], self.zr[idx], self.zr_t[idx]
+        sub.y, sub.l, sub.zr, sub.zr_t = self.y[idx], self.l[idx], self.zr[idx], self.zr_t[idx]
         return sub
 
     def logits(self, phi: Tensor) -> Tensor:
         """Support logits f [T, ways, S]."""
         return phi @ self.zr_t
 
-    def objective(self, f: Tensor, phi: Tensor) -> Tensor:
-        """C * sum_i CE(f_i) + 0.5 ||W||^2 per task [T]."""
-        ce = _logsumexp(f, 1).sum(-1) - (f * self.y).sum((1, 2))
-        # theta^T D theta = |phi|^2 - gamma C |f|^2, since R^-T D R^-1 = I - gamma C Zr^T Zr
-        pen = phi.square().sum((1, 2)) - (self.gamma * self.c) * f.square().sum((1, 2))
-        return self.c * ce + 0.5 * pen
+    def evaluate(self, f: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
+        """(C * sum_i CE(f_i) + 0.5 ||W||^2 per task [T], softmax p [T, ways, S]): one exp pass for both."""
+        m = f.amax(1, keepdim=True)
+        e = (f - m).exp()
+        se = e.sum(1, keepdim=True)
+        ce = (se.log() + m).sum((1, 2)) - (f * self.y).sum((1, 2))
+        # theta^T D theta = |phi|^2 - gamma C |f|^2, since L^-1 D L^-T = I - gamma C Zr^T Zr
+        pen = _dot(phi, phi) - (self.gamma * self.c) * _dot(f, f)
+        return self.c * ce + 0.5 * pen, e.div_(se)
 
     def gradient(self, p: Tensor, f: Tensor, phi: Tensor) -> Tensor:
-        return phi + self.c * (p - self.y - self.gamma * f) @ self.zr
+        return torch.baddbmm(phi, (p - self.y).sub_(f, alpha=self.gamma), self.zr, alpha=self.c)
 
     def theta_gradient(self, g: Tensor) -> Tensor:
-        """The gradient in the plain variables (R^T g), for the stopping rule."""
-        return g @ self.r
+        """The gradient in the plain variables (L g), for the stopping rule."""
+        return g @ self.l.transpose(1, 2)
 
     def hvp(self, p: Tensor, v: Tensor) -> Tensor:
         u = v @ self.zr_t
         pu = p * u
-        s = pu - p * pu.sum(1, keepdim=True) - self.gamma * u  # (diag(p) - p p^T - gamma) u
-        return v + self.c * s @ self.zr
+        s = (u - pu.sum(1, keepdim=True)).mul_(p).sub_(u, alpha=self.gamma)  # (diag(p) - p p^T - gamma) u
+        return torch.baddbmm(v, s, self.zr, alpha=self.c)
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -142,9 +137,9 @@ def _cg(prob: _Problem, p: Tensor, g: Tensor, rtol: Tensor, max_iter: int) -> Te
     tiny = torch.finfo(g.dtype).tiny
     for _ in range(max_iter):
         hq = prob.hvp(p, q)
-        alpha = rr / _dot(q, hq).clamp_min(tiny)
-        d = d + alpha[:, None, None] * q
-        r = r - alpha[:, None, None] * hq
+        alpha = (rr / _dot(q, hq).clamp_min(tiny))[:, None, None]
+        d = d.addcmul_(alpha, q)
+        r = r - alpha * hq
         rr_new = _dot(r, r)
         if bool((rr_new <= target).all()):
             break
@@ -153,51 +148,58 @@ def _cg(prob: _Problem, p: Tensor, g: Tensor, rtol: Tensor, max_iter: int) -> Te
     return d
 
 
-def _line_search(prob: _Problem, phi: Tensor, f: Tensor, d: Tensor, g: Tensor) -> Tensor:
-    """Per-task Armijo backtracking from step 1 (Newton steps are nearly always accepted)."""
+def _line_search(
+    prob: _Problem, phi: Tensor, f: Tensor, obj: Tensor, d: Tensor, g: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-task Armijo backtracking from step 1 (Newton steps are nearly always accepted).
+
+    Returns the new (phi, f, objective, p), so the next Newton step needs no logits or softmax pass.
+    """
     f_d = prob.logits(d)
-    obj = prob.objective(f, phi)
     slope = _dot(g, d)
     step = torch.ones_like(obj)
     for _ in range(40):
         s = step[:, None, None]
-        ok = prob.objective(f + s * f_d, phi + s * d) <= obj + 1e-4 * step * slope
+        phi_s, f_s = torch.addcmul(phi, s, d), torch.addcmul(f, s, f_d)
+        obj_s, p_s = prob.evaluate(f_s, phi_s)
+        ok = obj_s <= obj + 1e-4 * step * slope
         if bool(ok.all()):
             break
         step = torch.where(ok, step, 0.5 * step)
-    return step
+    # stay exactly class-centred (f is linear in phi, so it moves with it; p and the objective do not)
+    return phi_s - phi_s.mean(1, keepdim=True), f_s - f_s.mean(1, keepdim=True), obj_s, p_s
 
 
-def _solve(prob: _Problem, tol: float, max_iter: int) -> tuple[Tensor, int, Tensor]:
-    """Truncated Newton for every task; returns (support logits [T,ways,S], iterations, converged [T])."""
+def _solve(prob: _Problem, tol: float, max_iter: int) -> tuple[Tensor, Tensor, int, Tensor]:
+    """Truncated Newton for every task; returns (support logits [T,ways,S], their softmax, iterations, converged [T])."""
     t, n, r1 = prob.zr.shape
     ways = prob.y.shape[1]
     phi = torch.zeros(t, ways, r1, dtype=prob.zr.dtype, device=prob.zr.device)
+    f = torch.zeros(t, ways, n, dtype=phi.dtype, device=phi.device)
+    obj, p = prob.evaluate(f, phi)
+    f_out, p_out = f.clone(), p.clone()  # finished tasks' logits and probabilities land here
     converged = torch.zeros(t, dtype=torch.bool, device=phi.device)
     active = torch.arange(t, device=phi.device)
     sub = prob
     it = 0
     for it in range(1, max_iter + 1):
-        ph = phi[active]
-        f = sub.logits(ph)
-        p = _softmax(f, 1)
-        g = sub.gradient(p, f, ph)
+        g = sub.gradient(p, f, phi)
         # sklearn's stopping rule: max |gradient| of its objective, which is ours divided by C * n
         gscaled = sub.theta_gradient(g).abs().amax((1, 2)) / (prob.c * n)
         done = gscaled <= tol
         if bool(done.any()):
             converged[active[done]] = True
+            f_out[active[done]], p_out[active[done]] = f[done], p[done]
             keep = (~done).nonzero().flatten()
             if keep.numel() == 0:
-                break
-            active, ph, f, p, g, gscaled = active[keep], ph[keep], f[keep], p[keep], g[keep], gscaled[keep]
+                return f_out, p_out, it, converged
+            active, phi, f, obj, p, g, gscaled = (v[keep] for v in (active, phi, f, obj, p, g, gscaled))
             sub = prob.subset(active)
         rtol = gscaled.sqrt().clamp(max=0.5)  # forcing term: superlinear convergence near the optimum
         d = _cg(sub, p, g, rtol, max_iter=r1 * ways)
-        step = _line_search(sub, ph, f, d, g)
-        new = ph + step[:, None, None] * d
-        phi[active] = new - new.mean(1, keepdim=True)  # stay exactly class-centred
-    return prob.logits(phi), it, converged
+        phi, f, obj, p = _line_search(sub, phi, f, obj, d, g)
+    f_out[active], p_out[active] = f, p
+    return f_out, p_out, it, converged
 
 
 def fit_logreg(
@@ -236,14 +238,12 @@ def fit_logreg(
         raise FsmtlError("logreg: support features contain NaN or infinite values")
     z = _gram_factor(k)
     zt = torch.cat([z, torch.ones_like(z[:, :, :1])], dim=2)
-    y = one_hot(labels, ways, torch.float64)
-    f_cm, n_iter, converged = _solve(_Problem(zt, y.transpose(1, 2).contiguous(), float(C)), tol, max_iter)
-    f = f_cm.transpose(1, 2)  # [T,S,ways]
-    p = _softmax(f, 2)
-    dual = float(C) * (y - p)  # [T,S,ways]: W = dual^T (normalised support), the representer theorem
-    coef = (dual * inv64[:, :, None]).to(gdt).transpose(1, 2) @ x
-    # the intercept: support logits minus their W part (W x_i = sum_j dual_j K_ij)
-    intercept = (f - k @ dual).mean(1)
+    y = one_hot(labels, ways, torch.float64).transpose(1, 2).contiguous()  # class-major [T, ways, S]
+    f, p, n_iter, converged = _solve(_Problem(zt, y, float(C)), tol, max_iter)
+    dual = float(C) * (y - p)  # [T,ways,S]: W = dual (normalised support), the representer theorem
+    coef = (dual * inv64[:, None, :]).to(gdt) @ x  # [T,ways,D] contiguous: the fast layout for queries
+    # the intercept: support logits minus their W part (W x_i = sum_j dual_j K_ij; K is symmetric)
+    intercept = torch.baddbmm(f, dual, k, alpha=-1.0).mean(2)
     return LogregFit(coef, intercept, n_iter, converged, normalize)
 
 
