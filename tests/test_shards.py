@@ -84,3 +84,14 @@ def test_images_are_memory_mapped_by_default(tiny_shards):
     split = load_split(tiny_shards, "train")
     assert isinstance(split.images, np.memmap)
     assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 3)
+
+
+def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
+    import os
+
+    from fsmtl.fileio import atomic_write_json
+
+    atomic_write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
