@@ -81,10 +81,11 @@ class _Problem:
         r1 = zt.shape[-1]
         pen = torch.ones(r1, dtype=zt.dtype, device=zt.device)
         pen[-1] = 0.0  # the intercept is not penalised
-        m = torch.baddbmm(torch.diag_embed(pen).expand(zt.shape[0], r1, r1), zt.transpose(1, 2), zt, alpha=c * self.gamma)
+        d = torch.diag_embed(pen).expand(zt.shape[0], r1, r1)
+        m = torch.baddbmm(d, zt.transpose(1, 2), zt, alpha=c * self.gamma)
         self.l = torch.linalg.cholesky(m)  # positive definite: D covers W, the S points cover b
-        # Zr^T = L^-1 Zt^T: the left-sided lower solve on row-major L runs ~4x faster on 2 CPU
-        # threads than the equivalent right-sided solve Zt R^-1 (MKL's per-matrix path)
+        # Zr^T = L^-1 Zt^T, a left-sided solve: ~2.5x faster on 2 CPU threads than the same
+        # right-sided solve Zt R^-1 with R = L^T (0.9 vs 2.3 ms for 500 tasks, MKL)
         self.zr_t = torch.linalg.solve_triangular(self.l, zt.transpose(1, 2), upper=False)  # [T, S+1, S]
         self.zr = self.zr_t.transpose(1, 2).contiguous()  # [T, S, S+1]
 
@@ -100,7 +101,7 @@ class _Problem:
         return phi @ self.zr_t
 
     def evaluate(self, f: Tensor, phi: Tensor) -> tuple[Tensor, Tensor]:
-        """(C * sum_i CE(f_i) + 0.5 ||W||^2 per task [T], softmax p [T, ways, S]): one exp pass for both."""
+        """(C * sum_i CE(f_i) + 0.5 ||W||^2 [T], softmax p [T, ways, S]): one exp pass for both."""
         m = f.amax(1, keepdim=True)
         e = (f - m).exp()
         se = e.sum(1, keepdim=True)
@@ -139,11 +140,11 @@ def _cg(prob: _Problem, p: Tensor, g: Tensor, rtol: Tensor, max_iter: int) -> Te
         hq = prob.hvp(p, q)
         alpha = (rr / _dot(q, hq).clamp_min(tiny))[:, None, None]
         d = d.addcmul_(alpha, q)
-        r = r - alpha * hq
+        r = torch.addcmul(r, alpha, hq, value=-1.0)
         rr_new = _dot(r, r)
         if bool((rr_new <= target).all()):
             break
-        q = r + (rr_new / rr.clamp_min(tiny))[:, None, None] * q
+        q = torch.addcmul(r, (rr_new / rr.clamp_min(tiny))[:, None, None], q)
         rr = rr_new
     return d
 
@@ -171,7 +172,10 @@ def _line_search(
 
 
 def _solve(prob: _Problem, tol: float, max_iter: int) -> tuple[Tensor, Tensor, int, Tensor]:
-    """Truncated Newton for every task; returns (support logits [T,ways,S], their softmax, iterations, converged [T])."""
+    """Truncated Newton for every task.
+
+    Returns (support logits [T,ways,S], their softmax [T,ways,S], iterations, converged bool [T]).
+    """
     t, n, r1 = prob.zr.shape
     ways = prob.y.shape[1]
     phi = torch.zeros(t, ways, r1, dtype=prob.zr.dtype, device=prob.zr.device)
@@ -196,7 +200,9 @@ def _solve(prob: _Problem, tol: float, max_iter: int) -> tuple[Tensor, Tensor, i
             active, phi, f, obj, p, g, gscaled = (v[keep] for v in (active, phi, f, obj, p, g, gscaled))
             sub = prob.subset(active)
         rtol = gscaled.sqrt().clamp(max=0.5)  # forcing term: superlinear convergence near the optimum
-        d = _cg(sub, p, g, rtol, max_iter=r1 * ways)
+        # at the start the whitened Hessian is the identity, so the Newton step is -g exactly
+        # (conjugate gradients would return it after one Hessian product)
+        d = -g if it == 1 else _cg(sub, p, g, rtol, max_iter=r1 * ways)
         phi, f, obj, p = _line_search(sub, phi, f, obj, d, g)
     f_out[active], p_out[active] = f, p
     return f_out, p_out, it, converged
@@ -247,13 +253,33 @@ def fit_logreg(
     return LogregFit(coef, intercept, n_iter, converged, normalize)
 
 
+def _query_pass(q: Tensor, coef: Tensor, normalize: bool, chunk_bytes: int) -> tuple[Tensor, Tensor]:
+    """(q W^T float [T, Q, ways], row norms [T, Q]) for q [T, Q, D], coef [T, ways, D].
+
+    Slices of ~``chunk_bytes`` of queries: the norm then re-reads a slice the matmul just pulled
+    into cache, not all of q from memory again (the pass is memory-bound on the CPU).
+    """
+    t, nq, _ = q.shape
+    step = max(1, chunk_bytes // max(1, q[:1].numel() * q.element_size()))
+    scores = q.new_empty(t, nq, coef.shape[1])
+    norms = q.new_ones(t, nq)
+    for i in range(0, t, step):
+        qi = q[i : i + step]
+        # coef [T, ways, D] contiguous, used transposed: ~3x faster than a contiguous [T, D, ways]
+        torch.bmm(qi, coef[i : i + step].transpose(1, 2), out=scores[i : i + step])
+        if normalize:
+            norms[i : i + step] = _row_norms(qi)
+    return scores, norms
+
+
 def logreg_logits(fit: LogregFit, query: Tensor) -> Tensor:
     """Decision values float64 [T, Q, ways] for query float [T, Q, D]."""
-    gdt = fit.coef.dtype
-    q = query.to(gdt)
-    scores = (q @ fit.coef.transpose(1, 2)).to(torch.float64)
+    q = query.to(fit.coef.dtype)
+    chunk = 4 << 20 if q.device.type == "cpu" else q.numel() * q.element_size()  # one call on the GPU
+    scores, norms = _query_pass(q, fit.coef, fit.normalize, chunk)
+    scores = scores.to(torch.float64)
     if fit.normalize:
-        scores = scores / _row_norms(q).to(torch.float64)[:, :, None]
+        scores = scores / norms.to(torch.float64)[:, :, None]
     return scores + fit.intercept[:, None, :]
 
 
