@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from benchmarks import gpu_check
 
@@ -23,3 +24,15 @@ def test_gpu_check_refuses_cuda_when_there_is_none(tmp_path, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert gpu_check.main(["--json", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_gpu_check_needs_none_of_the_packages_the_gpu_machine_lacks(tmp_path, monkeypatch):
+    # the lent GPU machine has torch, numpy, numba, scikit-learn, tqdm, matplotlib only
+    for name in ("wandb", "torch_optimizer", "psutil", "ffcv", "learn2learn", "nvidia.dali"):
+        monkeypatch.setitem(sys.modules, name, None)
+    out = tmp_path / "gc.json"
+    rc = gpu_check.main(["--device", "cpu", "--quick", "--only", "train,epoch", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert rc == 0, doc
+    assert all("error" not in row for row in doc["steps"]["train"]["result"]["rows"])
+    assert doc["steps"]["epoch"]["result"]["seconds_per_seed_epoch"] > 0

@@ -159,3 +159,13 @@ def test_fc100_5shot_preset_trains_without_feature_normalisation() -> None:
 def test_optional_flags_accept_none() -> None:
     cfg = config_from_args(["--data", "d", "--max-epochs", "3", "--weight-decay", "none"])
     assert cfg.max_epochs == 3 and cfg.weight_decay is None
+
+
+def test_torch_optimizer_is_needed_only_by_its_own_optimizers(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_optimizer", None)  # as on the lent GPU machine
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert isinstance(build_optimizer(params, TrainConfig(optimizer="radam"), torch.device("cpu")), torch.optim.RAdam)
+    with pytest.raises(FsmtlError, match="torch-optimizer"):
+        build_optimizer(params, TrainConfig(optimizer="sgdp"), torch.device("cpu"))

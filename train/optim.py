@@ -16,6 +16,15 @@ def default_weight_decay(name: str) -> float:
     return 0.01 if name == "adamw" else 0.0
 
 
+def _torch_optimizer(name: str):
+    """The torch-optimizer package, imported only for the optimizers that live there."""
+    try:
+        import torch_optimizer
+    except ImportError as e:
+        raise FsmtlError(f"--optimizer {name}: needs the torch-optimizer package ({e}); pip install torch-optimizer") from None
+    return torch_optimizer
+
+
 def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Optimizer ``cfg.optimizer`` over ``params``.
 
@@ -23,8 +32,6 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
     On CUDA, Adam/AdamW/SGD use torch's fused kernels and the others its multi-tensor (foreach)
     paths; on CPU torch's defaults (bitwise reproducible) are kept.
     """
-    import torch_optimizer as topt
-
     params = list(params)
     wd = default_weight_decay(cfg.optimizer) if cfg.weight_decay is None else cfg.weight_decay
     lr, name = cfg.lr, cfg.optimizer
@@ -41,6 +48,7 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
         return torch.optim.Adamax(params, lr=2 * lr, weight_decay=wd, **multi)
     if name == "radam":
         return torch.optim.RAdam(params, lr=lr, weight_decay=wd, **multi)
+    topt = _torch_optimizer(name)  # only the four optimizers below need the package
     if name == "sgdp":
         return topt.SGDP(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)
     if name == "sgdw":
