@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from fsmtl.errors import FsmtlError
 from preprocess.config import PreprocessConfig
+from preprocess.imaging import copy_in_chunks
 from preprocess.safe_pickle import get_key, load_pickle, load_pickle_stream
 from preprocess.shards import SPLITS, ShardWriter
 from preprocess.splitlists import cifar100_names, class_lists
@@ -155,16 +155,9 @@ def convert_cifar(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
         sel = np.flatnonzero(lab >= 0)
         order = sel[np.argsort(lab[sel], kind="stable")]
         out = w.alloc_images(split, len(order), (32, 32, 3))
-        for a in tqdm(
-            range(0, len(order), _COPY_CHUNK),
-            desc=f"{cfg.benchmark} {split}",
-            unit="chunk",
-            disable=not cfg.progress,
-            leave=False,
-        ):
-            rows = data[order[a : a + _COPY_CHUNK]]
-            out[a : a + len(rows)] = rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        out.flush()
+        # CIFAR rows are channel-major 3x32x32: one reshape + transpose per chunk gives HWC
+        copy_in_chunks(out, lambda a, b: data[order[a:b]].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1),
+                       _COPY_CHUNK, f"{cfg.benchmark} {split}", cfg.progress)  # fmt: skip
         del out
         w.finish_split(split, lab[order], lists[split], cats[split] if cats else None)
     return [src]

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from fsmtl.errors import FsmtlError
 from preprocess.config import PreprocessConfig
-from preprocess.imaging import IMAGE_SUFFIXES, decode_image, parallel_fill, read_file
+from preprocess.imaging import IMAGE_SUFFIXES, copy_in_chunks, decode_image, parallel_fill, read_file
 from preprocess.safe_pickle import get_key, load_pickle
 from preprocess.shards import SPLITS, ShardWriter
 from preprocess.splitlists import check_class_set, class_lists, ravi_csv
@@ -109,15 +108,7 @@ def _convert_cache(cfg: PreprocessConfig, w: ShardWriter, files: dict[str, Path]
             np.arange(len(lists[split]), dtype=np.int64), [len(rows[c]) for c in lists[split]]
         )
         out = w.alloc_images(split, len(order), images.shape[1:])
-        for a in tqdm(
-            range(0, len(order), _COPY_CHUNK),
-            desc=f"mini-imagenet {split}",
-            unit="chunk",
-            disable=not cfg.progress,
-            leave=False,
-        ):
-            out[a : a + _COPY_CHUNK] = images[order[a : a + _COPY_CHUNK]]
-        out.flush()
+        copy_in_chunks(out, lambda a, b: images[order[a:b]], _COPY_CHUNK, f"mini-imagenet {split}", cfg.progress)
         del out, images
         w.finish_split(split, labels, lists[split])
     return [files[s] for s in SPLITS if s in files]

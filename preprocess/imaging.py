@@ -110,3 +110,27 @@ def parallel_fill(
                         p.cancel()
                     raise f.exception()  # type: ignore[misc]
                 bar.update(f.result())
+
+
+def copy_in_chunks(
+    out: np.ndarray,
+    rows: Callable[[int, int], np.ndarray],
+    chunk: int,
+    desc: str,
+    progress: bool = True,
+) -> None:
+    """Fill ``out[a:b] = rows(a, b)`` chunk by chunk, with a progress bar; then flush ``out``.
+
+    For sources already decoded in memory (cache pickles, CIFAR rows): bounded temporaries,
+    one vectorised copy per chunk.
+
+    Args:
+        out: uint8 [N, H, W, C], typically a writable memmap from ``ShardWriter.alloc_images``.
+        rows: returns output rows ``a:b`` as uint8 [b - a, H, W, C].
+    """
+    n = len(out)
+    for a in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=not progress, leave=False):
+        b = min(a + chunk, n)
+        out[a:b] = rows(a, b)
+    if hasattr(out, "flush"):
+        out.flush()
