@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from eval.heads import HEAD_NAMES
 from fsmtl.errors import FsmtlError
@@ -15,9 +15,9 @@ class EvalConfig:
     run: str | None = None  # run directory (or a checkpoint file)
     checkpoint: str = "best"  # best | last | path to a .pt file
     split: str = "test"
-    ways: int = 5
+    ways: int | None = None  # None: the run's test_ways (the seed's 5)
     shots: tuple[int, ...] = (1, 5)
-    queries: int = 15
+    queries: int | None = None  # None: the run's test_queries (the seed's code: 30)
     tasks: int = 2000
     heads: tuple[str, ...] = ("logreg",)
     C: float = 3.0  # logistic regression's inverse L2 strength (sklearn's C)
@@ -36,9 +36,10 @@ class EvalConfig:
         if self.split not in ("test", "val", "train"):
             raise FsmtlError(f"--split: expected test or val, got {self.split!r}")
         for name in ("ways", "queries", "tasks", "batch_tasks", "finetune_steps"):
-            if getattr(self, name) < 1:
-                raise FsmtlError(f"--{name.replace('_', '-')}: expected >= 1, got {getattr(self, name)}")
-        if self.ways < 2:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
+        if self.ways is not None and self.ways < 2:
             raise FsmtlError(f"--ways: expected >= 2, got {self.ways}")
         if not self.shots or min(self.shots) < 1:
             raise FsmtlError(f"--shots: expected positive integers, got {list(self.shots)}")
@@ -48,6 +49,13 @@ class EvalConfig:
         for name in ("C", "svm_C", "ridge_lam", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise FsmtlError(f"--{name.replace('_', '-')}: expected > 0, got {getattr(self, name)}")
+
+    def for_run(self, run_config: dict) -> "EvalConfig":
+        """Fill the task shape left unset from the run's training config (its ``test_ways`` and
+        ``test_queries``; the seed's 5 and 30 when the run does not say)."""
+        ways = self.ways if self.ways is not None else int(run_config.get("test_ways") or 5)
+        queries = self.queries if self.queries is not None else int(run_config.get("test_queries") or 30)
+        return replace(self, ways=ways, queries=queries)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         return {"logreg": {"C": self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}

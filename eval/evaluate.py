@@ -51,6 +51,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "seconds"}}}}``; accuracies in percent.
     """
     run = load_run(cfg.run, cfg.checkpoint, cfg.device, cfg.precision)
+    cfg = cfg.for_run(run.config)
     data, split = _open_split(run, cfg)
     amp = run.amp_dtype or torch.float32
     ft = FinetuneConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr)

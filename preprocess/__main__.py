@@ -97,8 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         help="synthetic: nuisance variation (0 = clean)",
     )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    v = sub.add_parser("verify", help="re-hash a shard directory against its meta.json")
-    v.add_argument("dir", type=Path)
+    v = sub.add_parser(
+        "verify", help="re-hash a shard directory against its meta.json",
+        description="Re-hash every file of a shard directory against the sha256 sums in its meta.json, "
+        "print what the directory holds, and name any file that differs (exit 1).",
+    )  # fmt: skip
+    v.add_argument("dir", type=Path, help="shard directory written by fsmtl convert")
     return p
 
 
@@ -134,8 +138,11 @@ def _verify(root: Path) -> int:
             print(line)
         print(f"{root}: {len(problems)} file(s) differ from meta.json")
         return 1
-    n = len(open_shards(root).meta["files"])
-    print(f"{root}: all {n} files match meta.json")
+    from preprocess.run import describe_shards
+
+    meta = open_shards(root).meta
+    print(f"{root}: {describe_shards(meta)}")
+    print(f"{root}: all {len(meta['files'])} files match meta.json")
     return 0
 
 

@@ -125,3 +125,22 @@ def format_summary(result: dict[str, Any]) -> str:
     lines.insert(2, "  ".join("-" * wd for wd in widths))
     lines.append(f"done in {result['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def describe_shards(meta: dict[str, Any]) -> str:
+    """A shard directory at a glance (from its meta.json): benchmark, image shape, formats, the train
+    mean/std, and per split the images, classes and the smallest/largest class."""
+    h, w, c = meta["image_shape"]
+    stats = " ".join(f"{v:.4f}" for v in meta["mean"]), " ".join(f"{v:.4f}" for v in meta["std"])
+    lines = [f"{meta['benchmark']}, {h}x{w}x{c} uint8, formats {','.join(meta.get('formats', ['npy']))}; "
+             f"train mean [{stats[0]}] std [{stats[1]}]"]  # fmt: skip
+    rows = [("split", "images", "classes", "per class")]
+    for name, sp in meta["splits"].items():
+        sizes = np.diff(np.asarray(sp["class_offsets"], dtype=np.int64))
+        per = f"{sizes.min()}" if sizes.min() == sizes.max() else f"{sizes.min()}-{sizes.max()}"
+        rows.append((name, f"{sp['n_images']:,}", str(sp["n_classes"]), per))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    table = ["  ".join(v.rjust(wd) if i else v.ljust(wd) for i, (v, wd) in enumerate(zip(r, widths))) for r in rows]
+    table.insert(1, "  ".join("-" * wd for wd in widths))
+    return "\n".join(lines + table)
+

@@ -182,6 +182,12 @@ def test_eval_reads_a_checkpoint_written_by_the_real_trainer(tiny_shards, tmp_pa
                      "--queries", "3", "--device", "cpu", "--json", str(report)])  # fmt: skip
     assert rc == 0
     assert json.loads(report.read_text())["results"]["1"]["logreg"]["n_tasks"] == 4
+    # without --ways/--queries the task shape is the run's own (test_ways 5, test_queries 5 here)
+    rc = fsmtl_main(["eval", "--run", str(out), "--checkpoint", "last", "--tasks", "2", "--shots", "1",
+                     "--device", "cpu", "--json", str(report)])  # fmt: skip
+    assert rc == 0
+    doc = json.loads(report.read_text())
+    assert (doc["config"]["ways"], doc["config"]["queries"]) == (5, 5)
 
 
 def test_evaluate_backbone_rejects_unknown_heads_before_embedding(run_dir, tiny_shards):

@@ -31,7 +31,12 @@ def test_convert_synthetic_then_load_train_matches_the_generator(tmp_path, capsy
 
 def test_verify_exits_1_and_names_the_file_with_a_flipped_byte(tmp_path, capsys):
     assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
+    capsys.readouterr()
     assert cli(["verify", str(tmp_path / "s")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "synthetic, 16x16x3 uint8, formats npy" in lines[0]
+    rows = {ln.split()[0]: ln.split()[1:] for ln in lines[1:] if ln.split()[0] in ("train", "val", "test")}
+    assert rows == {"train": ["20", "4", "5"], "val": ["10", "2", "5"], "test": ["15", "3", "5"]}
     p = tmp_path / "s" / "val" / "images.npy"
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x01

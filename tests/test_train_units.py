@@ -161,6 +161,21 @@ def test_optional_flags_accept_none() -> None:
     assert cfg.max_epochs == 3 and cfg.weight_decay is None
 
 
+def test_every_flag_has_help_in_a_group_and_lists_its_choices() -> None:
+    from dataclasses import fields
+
+    from train.__main__ import _GROUPS, build_parser
+    from train.config import FIELD_HELP, SCHEDULERS
+
+    assert {f.name for f in fields(TrainConfig)} == set(FIELD_HELP)
+    assert {group for group, _ in FIELD_HELP.values()} <= set(_GROUPS)
+    text = " ".join(build_parser().format_help().split())  # unwrap argparse's line breaks
+    assert "{choices}" not in text
+    for option in (*OPTIMIZERS, *SCHEDULERS, "resnet12", "wrn28_10", "protonet", "mini-imagenet-5shot"):
+        assert option in text
+    assert "--meta-batch-size INT, --meta_batch_size INT training tasks per optimizer step" in text
+
+
 def test_torch_optimizer_is_needed_only_by_its_own_optimizers(monkeypatch):
     import sys
 

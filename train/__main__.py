@@ -29,27 +29,51 @@ def _optional(kind: type) -> Any:
     return parse
 
 
+_GROUPS = {
+    "run": "run", "method": "method", "tasks": "task shapes", "optimization": "optimization",
+    "schedule": "epochs and budgets", "data": "data and augmentation", "speed": "device and speed",
+    "logging": "logging",
+}  # fmt: skip
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    from models import MODEL_NAMES
+    from train.algorithms import ALGORITHMS
+    from train.config import FIELD_CHOICES
+
+    extra = {"preset": tuple(PRESETS), "model": MODEL_NAMES, "algorithm": tuple(ALGORITHMS)}
+    return {**FIELD_CHOICES, **extra}.get(name, ())
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """One flag per TrainConfig field; nothing is defaulted here (the dataclass is the source)."""
+    """One flag per TrainConfig field, grouped; nothing is defaulted here (the dataclass is the source)."""
+    from train.config import FIELD_HELP
+
     parser = argparse.ArgumentParser(
         prog="fsmtl train", argument_default=argparse.SUPPRESS,
-        description="Train a few-shot backbone by multi-task learning (the seed's recipe by default).",
+        description="Train a few-shot backbone by multi-task learning (the seed's recipe by default). "
+        "Defaults are the seed's; --preset NAME applies one of its published commands, then any flag overrides it. "
+        "Flags are spelled with dashes; the seed's underscore spellings work too.",
     )  # fmt: skip
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     hints = typing.get_type_hints(TrainConfig)
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         names = [f"--{f.name.replace('_', '-')}"] + ([f"--{f.name}"] if "_" in f.name else [])
         hint = hints[f.name]
         default = getattr(defaults, f.name)
-        if f.name == "preset":
-            parser.add_argument(*names, help=f"apply a preset first: {', '.join(PRESETS)}")
-        elif hint is bool:
-            parser.add_argument(*names, action=argparse.BooleanOptionalAction, help=f"(default {default})")
+        group_key, text = FIELD_HELP.get(f.name, ("run", ""))
+        text = text.replace("{choices}", ", ".join(_choices(f.name)))
+        shown = "" if f.name in ("preset", "resume", "data") else f" (default: {'none' if default is None else default})"
+        group = groups[group_key]
+        if hint is bool:
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, help=text + shown)
         else:
             args = typing.get_args(hint)
             kind = next((a for a in args if a is not type(None)), hint) if args else hint
             parse = _optional(kind) if type(None) in args else kind
-            parser.add_argument(*names, type=parse, metavar=f.name.upper(), help=f"(default {default})")
+            metavar = "NAME" if _choices(f.name) else ("RUN" if f.name == "resume" else "DIR" if f.name in ("data", "out") else kind.__name__.upper())
+            group.add_argument(*names, type=parse, metavar=metavar, help=text + shown)
     return parser
 
 

@@ -16,6 +16,62 @@ WANDB_MODES = ("offline", "online", "disabled")
 AUGMENTS = ("lee", "none")
 
 
+# Flag help for ``fsmtl train --help``, grouped as the help screen shows them: (group, text).
+# Every TrainConfig field has an entry (tested); "{choices}" is filled in by the parser.
+FIELD_HELP: dict[str, tuple[str, str]] = {
+    "data": ("run", "shard directory written by 'fsmtl convert' (required unless --resume)"),
+    "out": ("run", "run directory: config.json, metrics.jsonl, checkpoints/, wandb/"),
+    "preset": ("run", "apply a preset first, then the other flags: {choices}"),
+    "resume": ("run", "continue this run directory exactly from checkpoints/last.pt (flags given override its config)"),
+    "algorithm": ("method", "mtl (the seed's multi-task learning) or an episodic baseline: {choices}"),
+    "model": ("method", "backbone: {choices}"),
+    "drop_rate": ("method", "dropout / DropBlock rate of ResNet-12 (the seed: 0.1)"),
+    "norm_train_features": ("method", "L2-normalise features before the task heads in training (the seed: on, but FC100)"),
+    "trainval": ("method", "train on train + val classes, as the seed's flag (validation still runs on the val classes, so it is optimistic)"),
+    "train_ways": ("tasks", "classes per training task"),
+    "train_shots": ("tasks", "images per class of a training task (with MTL all are trained on: no split)"),
+    "train_queries": ("tasks", "more images per class of a training task (the queries of episodic baselines)"),
+    "meta_batch_size": ("tasks", "training tasks per optimizer step, all in one forward pass"),
+    "test_ways": ("tasks", "classes per validation task"),
+    "test_shots": ("tasks", "support images per class of a validation task"),
+    "test_queries": ("tasks", "query images per class of a validation task (the seed's code: 30; its paper: 50)"),
+    "optimizer": ("optimization", "{choices} (sgdp, sgdw, adabound, adamp need torch-optimizer)"),
+    "lr": ("optimization", "learning rate (adamax runs at twice this, as the seed)"),
+    "weight_decay": ("optimization", "weight decay; none = the seed's default for the optimizer (0, adamw 0.01)"),
+    "momentum": ("optimization", "momentum of the SGD family"),
+    "grad_clip": ("optimization", "clip the global gradient norm to this; 0 = off (the seed does not clip)"),
+    "scheduler": ("optimization", "learning-rate schedule, stepped once an epoch: {choices}"),
+    "plateau_factor": ("optimization", "plateau: multiply the lr by this when validation accuracy stalls"),
+    "plateau_patience": ("optimization", "plateau: epochs without improvement before the lr drops"),
+    "step_size": ("optimization", "step: epochs between lr drops"),
+    "step_gamma": ("optimization", "step: lr factor at each drop (the seed: 1.0, i.e. constant)"),
+    "early_stop_patience": ("optimization", "stop after this many epochs without a better validation accuracy"),
+    "epoch_length": ("schedule", "optimizer steps per epoch (validation and checkpoints once an epoch)"),
+    "val_epoch_length": ("schedule", "validation tasks per epoch: the same seeded tasks every epoch"),
+    "val_batch_tasks": ("schedule", "validation tasks embedded per forward pass"),
+    "max_epochs": ("schedule", "stop after this many epochs (none = until early stopping)"),
+    "max_steps": ("schedule", "stop after this many optimizer steps"),
+    "max_minutes": ("schedule", "stop once this much wall time has passed (the epoch in progress is cut short, validated and checkpointed)"),
+    "augment": ("data", "training augmentation: {choices} (lee = MetaOptNet's crop, colour jitter, flip)"),
+    "jitter": ("data", "colour jitter inside lee (off for greyscale data such as Omniglot)"),
+    "pipeline": ("data", "batch back end: {choices} (reference = the seed's per-image PIL way, for comparison)"),
+    "workers": ("data", "worker processes of the dali/ffcv/reference back ends; none = one per CPU core"),
+    "seed": ("data", "seed of weights, task sampling and augmentation; the same seed gives the same run"),
+    "precision": ("speed", "{choices}; auto = bf16 autocast where the device supports it, else fp32; fp16 uses a grad scaler (CUDA)"),
+    "channels_last": ("speed", "NHWC memory format (faster convolutions with bf16/fp16)"),
+    "compile": ("speed", "torch.compile the backbone (a minute of warm-up, then faster steps)"),
+    "device": ("speed", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
+    "wandb": ("logging", "weights & biases mode: {choices} (offline needs no account)"),
+    "log_every": ("logging", "steps between host syncs for the running loss and the progress bar"),
+    "progress": ("logging", "tqdm progress bars"),
+}
+
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "pipeline": PIPELINES,
+    "wandb": WANDB_MODES, "augment": AUGMENTS,
+}  # fmt: skip
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; stored in ``RUN/config.json`` and in every checkpoint.
@@ -39,7 +95,7 @@ class TrainConfig:
     test_shots: int = 5
     test_queries: int = 30  # the seed's code (the paper's tables use 50)
     norm_train_features: bool = False
-    trainval: bool = False  # train on train + val classes (no validation, no early stopping)
+    trainval: bool = False  # train on train + val classes (validation still runs: optimistic, as the seed)
     optimizer: str = "radam"
     lr: float = 1e-3
     weight_decay: float | None = None  # None: the optimizer's seed default (0; adamw 0.01)
