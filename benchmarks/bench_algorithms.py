@@ -175,6 +175,7 @@ def tta_argv(name: str, a: argparse.Namespace, data: Path, out: Path, epoch_leng
         "--epoch-length", str(epoch_length), "--val-epoch-length", str(a.val_tasks), "--test-queries", "15",
         "--early-stop-patience", "100000", "--scheduler", "none", "--device", a.device,
         "--precision", a.precision, "--wandb", "disabled", "--no-progress", "--log-every", "1", "--seed", "0",
+        "--overwrite",
     ]  # fmt: skip
 
 

@@ -73,7 +73,8 @@ def _data(cfg: DemoConfig, run: Path) -> Path:
 
 
 def _train_args(cfg: DemoConfig, data: Path, out: Path, cuda: bool) -> list[str]:
-    args = ["--data", str(data), "--preset", "demo", "--out", str(out), "--device", cfg.device]
+    # the demo owns RUN/train: a second demo retrains it from scratch
+    args = ["--data", str(data), "--preset", "demo", "--out", str(out), "--device", cfg.device, "--overwrite"]
     if cuda:  # bigger and longer on a GPU: the seed's backbone
         args += ["--model", "resnet12", "--epoch-length", "200", "--max-epochs", "30"]
         args += ["--max-minutes", str(cfg.minutes or 15.0)]

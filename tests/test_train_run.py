@@ -61,6 +61,26 @@ def test_resume_after_epoch_1_reproduces_epoch_2_bitwise(tiny_shards: Path, tmp_
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_an_out_holding_a_run_is_refused_unless_overwrite(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, out, max_epochs=1))
+    (out / "checkpoints" / "best.pt").write_bytes(b"stale best of an older run")
+    (out / "reports").mkdir()
+    (out / "reports" / "eval_test_best.json").write_text("{}")
+    before = (out / "checkpoints" / "last.pt").read_bytes()
+    argv = ["--data", str(tiny_shards), "--out", str(out), "--model", "conv4", "--epoch-length", "2",
+            "--max-epochs", "1", "--val-epoch-length", "4", "--test-queries", "5", "--wandb", "disabled",
+            "--no-progress", "--precision", "fp32"]  # fmt: skip
+    assert run_stage_main(main, argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume" in err and "--overwrite" in err
+    assert (out / "checkpoints" / "last.pt").read_bytes() == before  # nothing touched
+    assert run_stage_main(main, [*argv, "--overwrite"]) == 0
+    assert (out / "checkpoints" / "best.pt").read_bytes() != b"stale best of an older run"
+    assert not (out / "reports" / "eval_test_best.json").exists()
+    assert [r["step"] for r in read_metrics(out)] == [2]
+
+
 def test_resume_with_another_model_is_refused_before_training(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_cfg(tiny_shards, run, max_epochs=1))

@@ -25,6 +25,14 @@ def checkpoint_dir(run: str | Path) -> Path:
     return Path(run) / "checkpoints"
 
 
+def previous_run_files(run: str | Path) -> list[Path]:
+    """What an earlier run left in directory ``run``: its checkpoints, metrics and eval reports."""
+    run = Path(run)
+    found = [checkpoint_dir(run) / f"{name}.pt" for name in ("best", "last")] + [run / "metrics.jsonl"]
+    found += sorted((run / "reports").glob("eval_*.json")) if (run / "reports").is_dir() else []
+    return [p for p in found if p.is_file()]
+
+
 def capture_rng(device: torch.device) -> dict[str, Any]:
     """The state of every global generator: torch CPU (+ CUDA), numpy, python ``random``."""
     np_state = np.random.get_state()

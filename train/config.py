@@ -23,6 +23,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "out": ("run", "run directory: config.json, metrics.jsonl, checkpoints/, wandb/"),
     "preset": ("run", "apply a preset first, then the other flags: {choices}"),
     "resume": ("run", "continue this run directory exactly from checkpoints/last.pt (flags given override its config)"),
+    "overwrite": ("run", "start over in an --out that already holds a run: its checkpoints, metrics.jsonl and eval reports are deleted first (without it, such an --out is refused)"),
     "algorithm": ("method", "mtl (the seed's multi-task learning) or an episodic baseline: {choices}"),
     "model": ("method", "backbone: {choices}"),
     "drop_rate": ("method", "dropout / DropBlock rate of ResNet-12 (the seed: 0.1)"),
@@ -125,6 +126,7 @@ class TrainConfig:
     wandb: str = "offline"
     log_every: int = 50  # steps between host syncs for the running loss / progress bar
     resume: str | None = None  # run directory to continue exactly
+    overwrite: bool = False  # start over in an --out that already holds a run
     progress: bool = True  # tqdm bars
 
     def check(self) -> "TrainConfig":

@@ -56,6 +56,13 @@ class Run:
 
 def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
     cfg.check()
+    if not cfg.resume and not cfg.overwrite:
+        left = ck.previous_run_files(cfg.out)
+        if left:
+            raise FsmtlError(
+                f"{cfg.out}: already holds a run ({left[0]}); continue it with --resume {cfg.out}, "
+                f"start over with --overwrite, or pick another --out"
+            )
     dist = dist_info_from_env()
     device = resolve_device(cfg.device, dist.local_rank)
     amp_dtype = resolve_precision(cfg.precision, device)

@@ -52,8 +52,11 @@ class RunLog:
             kept = [r for r in read_metrics(self.run) if r.get("epoch", 0) <= resume_epoch]
             text = "".join(json.dumps(r) + "\n" for r in kept).encode()
             atomic_write(metrics, lambda f: f.write(text))
-        elif metrics.exists():
-            metrics.unlink()
+        else:  # a new run (build_run refused an --out holding one unless --overwrite)
+            from train.checkpoint import previous_run_files
+
+            for old in previous_run_files(self.run):
+                old.unlink()
         if wandb_mode != "disabled":
             self._start_wandb(config, wandb_mode)
 
