@@ -139,6 +139,55 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
+def test_sigterm_ends_the_epoch_early_with_a_checkpoint_that_resumes(tiny_shards: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    def preempted(split, mean, std, pcfg):
+        loader = build_task_loader(split, mean, std, pcfg)
+
+        class Preempt:
+            n = 0
+
+            def __next__(self):
+                Preempt.n += 1
+                if Preempt.n == 3:  # a scheduler's notice during step 3 of epoch 1
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return next(loader)
+
+            def state_dict(self):
+                return loader.state_dict()
+
+            def close(self):
+                loader.close()
+
+        return Preempt()
+
+    before = signal.getsignal(signal.SIGTERM)
+    run = tmp_path / "run"
+    summary = train(tiny_cfg(tiny_shards, run, epoch_length=8), loader_factory=preempted)
+    assert summary["reason"] == "SIGTERM received" and (summary["epoch"], summary["step"]) == (1, 4)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 4) and read_metrics(run)[-1]["val_acc"] is not None
+    assert run_stage_main(main, ["--resume", str(run), "--no-progress"]) == 0
+    assert [r["step"] for r in read_metrics(run)] == [4, 12]
+
+
+def test_a_second_ctrl_c_aborts_at_once() -> None:
+    import os
+    import signal
+
+    from train.signals import StopRequest
+
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_trainval_trains_on_train_and_val_classes(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_cfg(tiny_shards, run, trainval=True, max_epochs=1))

@@ -21,6 +21,7 @@ from train.loop import StepTools, TrainNet, train_epoch
 from train.mtl import init_heads
 from train.optim import build_optimizer, build_scheduler, scheduler_step
 from train.runlog import RunLog, peak_memory_mb
+from train.signals import StopRequest
 from train.setup import (
     Data, build_backbone, build_loader, load_data, model_kwargs_for, resolve_device, resolve_precision,
     seed_everything,
@@ -149,9 +150,11 @@ def _validate(run: Run) -> dict | None:
     return res if res is not None else ({"acc": acc, "ci95": None, "head": None} if acc is not None else None)
 
 
-def _stop_reason(run: Run, deadline: float | None) -> str | None:
+def _stop_reason(run: Run, deadline: float | None, stop: StopRequest) -> str | None:
     """Why the run should end after this epoch, or None."""
     cfg, p = run.cfg, run.progress
+    if any_rank(stop.requested, run.dist, run.device):
+        return f"{stop.signal_name or 'a stop signal on another rank'} received"
     if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
         return f"max_epochs={cfg.max_epochs} reached"
     if cfg.max_steps is not None and p.step >= cfg.max_steps:
@@ -212,7 +215,7 @@ def _epoch_line(rec: dict[str, Any]) -> str:
     )
 
 
-def _run_epochs(run: Run, deadline: float | None) -> str:
+def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
     cfg, p, t_run = run.cfg, run.progress, time.monotonic()
     if (cfg.max_epochs is not None and p.epoch >= cfg.max_epochs) or (cfg.max_steps is not None and p.step >= cfg.max_steps):
         return f"budget already spent at epoch {p.epoch}, step {p.step}"
@@ -224,8 +227,9 @@ def _run_epochs(run: Run, deadline: float | None) -> str:
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        def out_of_time() -> bool:
-            return deadline is not None and any_rank(time.monotonic() >= deadline, run.dist, run.device)
+        def out_of_time() -> bool:  # every rank calls this at the same steps: the collective is safe
+            late = deadline is not None and time.monotonic() >= deadline
+            return any_rank(late or stop.requested, run.dist, run.device)
 
         stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log)
         bar.close()
@@ -238,7 +242,7 @@ def _run_epochs(run: Run, deadline: float | None) -> str:
         p.step += stats.steps
         rec = _after_epoch(run, stats, t_run)
         run.log.message(_epoch_line(rec))
-        reason = _stop_reason(run, deadline)
+        reason = _stop_reason(run, deadline, stop)
         if reason is not None:
             return reason
 
@@ -277,8 +281,11 @@ def fit(run: Run) -> dict[str, Any]:
             f"device {run.device}, precision {run.amp_dtype or 'fp32'}, pipeline {cfg.pipeline}, "
             f"ranks {run.dist.world_size}, from epoch {run.progress.epoch}"
         )
-        reason = _run_epochs(run, deadline)
+        with StopRequest() as stop:
+            reason = _run_epochs(run, deadline, stop)
         run.log.message(f"fsmtl train: stopped ({reason}); best val acc {100 * run.progress.best_val_acc:.2f}%")
+        if stop.requested or reason.startswith(("max_", "budget")):
+            run.log.message(f"fsmtl train: continue with: fsmtl train --resume {cfg.out} [--max-epochs N ...]")
         return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,
                 "best_val_acc": run.progress.best_val_acc, "out": cfg.out}
     finally:
