@@ -43,3 +43,21 @@ def test_load_metrics_names_the_line_that_is_not_json(tmp_path):
 def test_plot_bars_writes_a_png(tmp_path):
     out = plot_bars(["a", "b"], [1.0, 10.0], tmp_path / "b.png", "images/s", "t", log=True)
     assert out.stat().st_size > 1000
+
+
+def test_plot_of_several_runs_overlays_them_and_tabulates_the_best_epoch(tmp_path, capsys):
+    runs = []
+    for name, peak in (("a", 2), ("b", 3)):
+        rows = [{"epoch": e, "step": 10 * e, "train_loss": 1.0 / e, "val_acc": 0.5 + (0.1 if e == peak else 0.0),
+                 "val_ci95": 0.02, "images_per_s": 100.0 * e, "wall_s": 60.0 * e} for e in range(1, 5)]
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        runs.append(str(run))
+    out = tmp_path / "cmp.png"
+    assert cli(["plot", *runs, "--out", str(out), "--x", "step"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    table = {ln.split()[0]: ln.split() for ln in capsys.readouterr().out.splitlines() if ln.split()[0] in ("a", "b")}
+    # run, epochs, steps, best val % +- ci, at epoch, minutes, median images/s
+    assert table["a"] == ["a", "4", "40", "60.00", "+-", "2.00", "2", "4.0", "300"]
+    assert table["b"][6] == "3"
