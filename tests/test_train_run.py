@@ -139,7 +139,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def test_sigterm_ends_the_epoch_early_with_a_checkpoint_that_resumes(tiny_shards: Path, tmp_path: Path) -> None:
+def test_sigterm_checkpoints_mid_epoch_and_resume_equals_an_uninterrupted_run(tiny_shards: Path, tmp_path: Path) -> None:
     import os
     import signal
 
@@ -165,13 +165,24 @@ def test_sigterm_ends_the_epoch_early_with_a_checkpoint_that_resumes(tiny_shards
 
     before = signal.getsignal(signal.SIGTERM)
     run = tmp_path / "run"
-    summary = train(tiny_cfg(tiny_shards, run, epoch_length=8), loader_factory=preempted)
-    assert summary["reason"] == "SIGTERM received" and (summary["epoch"], summary["step"]) == (1, 4)
+    summary = train(tiny_cfg(tiny_shards, run, epoch_length=8, scheduler="cosine"), loader_factory=preempted)
+    assert summary["reason"] == "SIGTERM received" and (summary["epoch"], summary["step"]) == (0, 4)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["step"]) == (1, 4) and read_metrics(run)[-1]["val_acc"] is not None
+    assert (ckpt["epoch"], ckpt["step"], ckpt["epoch_step"]) == (0, 4, 4) and read_metrics(run) == []
     assert run_stage_main(main, ["--resume", str(run), "--no-progress"]) == 0
-    assert [r["step"] for r in read_metrics(run)] == [4, 12]
+    # the same run as one never stopped: same steps, schedule, validation and weights
+    full = tmp_path / "full"
+    train(tiny_cfg(tiny_shards, full, epoch_length=8, scheduler="cosine"))
+    a, b = read_metrics(full), read_metrics(run)
+    assert [r["step"] for r in b] == [8, 16]
+    for ra, rb in zip(a, b):
+        for key in ("epoch", "step", "val_acc", "lr", "best_val_acc"):
+            assert ra[key] == rb[key], key
+        assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)  # epoch 1 is averaged in two parts
+    sa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    sb = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_a_second_ctrl_c_aborts_at_once() -> None:
@@ -195,9 +206,18 @@ def test_trainval_trains_on_train_and_val_classes(tiny_shards: Path, tmp_path: P
     assert ckpt["heads"].shape[0] == 13 and ckpt["data_meta"]["n_train_classes"] == 13
 
 
-def test_max_steps_ends_the_run_mid_epoch(tiny_shards: Path, tmp_path: Path) -> None:
-    summary = train(tiny_cfg(tiny_shards, tmp_path / "r", max_epochs=None, max_steps=6))
-    assert summary["step"] == 6 and summary["epoch"] == 2
+def test_max_steps_stops_mid_epoch_and_a_resume_finishes_that_epoch(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "r"
+    summary = train(tiny_cfg(tiny_shards, run, max_epochs=None, max_steps=6))
+    assert (summary["step"], summary["epoch"]) == (6, 1)  # epoch 2 is unfinished: no validation, no metrics line
+    assert [r["step"] for r in read_metrics(run)] == [4]
+    assert "--max-steps N (N > 6" in capsys.readouterr().err
+    assert run_stage_main(main, ["--resume", str(run), "--no-progress"]) == 0  # the budget is still 6
+    assert "--max-steps 6 already reached at step 6" in capsys.readouterr().err
+    assert run_stage_main(main, ["--resume", str(run), "--max-steps", "none", "--max-epochs", "2", "--no-progress"]) == 0
+    rows = read_metrics(run)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8)]
+    assert rows[1]["wall_s"] > rows[0]["wall_s"]  # wall time adds up over the resumes
 
 
 def test_protonet_trains_through_the_same_loop(tiny_shards: Path, tmp_path: Path) -> None:

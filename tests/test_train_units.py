@@ -114,6 +114,34 @@ def test_step_and_cosine_schedulers_follow_their_formulas() -> None:
     assert opt.param_groups[0]["lr"] == pytest.approx(5e-4)
 
 
+def test_a_cosine_resumed_with_more_epochs_is_stretched_not_restarted() -> None:
+    from train.optim import sync_scheduler_lr
+
+    def sched(max_epochs: int):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = build_optimizer([p], TrainConfig(optimizer="sgd", lr=1.0, device="cpu"), torch.device("cpu"))
+        return opt, build_scheduler(opt, TrainConfig(scheduler="cosine", max_epochs=max_epochs))
+
+    opt, s2 = sched(2)
+    for _ in range(2):
+        scheduler_step(s2, None)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    scheduler_step(s2, None)  # past its length the cosine stays at 0 (CosineAnnealingLR would climb back)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    opt_a, s_a = sched(2)
+    for _ in range(2):
+        scheduler_step(s_a, None)
+    opt_b, s4 = sched(4)  # resumed with --max-epochs 4
+    opt_b.load_state_dict(opt_a.state_dict())
+    s4.load_state_dict(s_a.state_dict())
+    sync_scheduler_lr(s4)
+    lrs = [opt_b.param_groups[0]["lr"]]
+    for _ in range(2):
+        scheduler_step(s4, None)
+        lrs.append(opt_b.param_groups[0]["lr"])
+    assert lrs == pytest.approx([0.5, 0.5 * (1 + math.cos(math.pi * 3 / 4)), 0.0], abs=1e-12)
+
+
 def test_config_defaults_are_the_seeds() -> None:
     c = TrainConfig()
     assert (c.train_ways, c.train_shots, c.train_queries, c.meta_batch_size) == (5, 5, 5, 6)

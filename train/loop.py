@@ -82,6 +82,20 @@ class EpochStats:
     stopped: bool  # a budget (time) ended the epoch early
 
 
+def combine_stats(first: dict[str, Any] | None, then: EpochStats) -> EpochStats:
+    """The statistics of an epoch run in two parts (stopped mid-epoch, then resumed): step-weighted
+    means of loss and accuracy, summed steps and times. ``first`` is ``asdict`` of the first part."""
+    if not first:
+        return then
+    steps = int(first["steps"]) + then.steps
+
+    def mean(key: str) -> float:
+        return (float(first[key]) * int(first["steps"]) + getattr(then, key) * then.steps) / max(steps, 1)
+
+    return EpochStats(mean("loss"), mean("acc"), steps, float(first["seconds"]) + then.seconds,
+                      float(first["data_seconds"]) + then.data_seconds, then.nonfinite_step, then.stopped)  # fmt: skip
+
+
 def train_epoch(
     tools: StepTools, loader: Iterator[Any], start_step: int, n_steps: int, log_every: int,
     should_stop: Callable[[], bool], on_log: Callable[[int, float], None],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -71,11 +72,29 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
         )
     if s == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
-    if s == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs or 100)
+    if s == "cosine":  # closed form over the current --max-epochs: a resume with more epochs stretches it
+        return torch.optim.lr_scheduler.LambdaLR(opt, cosine_factor(cfg.max_epochs or 100))
     if s == "none":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     raise FsmtlError(f"--scheduler: unknown scheduler {s!r}")
+
+
+def cosine_factor(length: int) -> Callable[[int], float]:
+    """Epoch -> lr factor of a cosine from 1 to 0 over ``length`` epochs, then 0 (never rising again)."""
+
+    def factor(epoch: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, length) / length))
+
+    return factor
+
+
+def sync_scheduler_lr(scheduler) -> None:
+    """After loading a checkpoint: set a lambda schedule's lr from its factor at the loaded epoch (the
+    same value unless the schedule changed, e.g. a cosine stretched by a larger --max-epochs)."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * fn(scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
 
 
 def scheduler_step(scheduler, val_acc: float | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,9 +17,9 @@ from train.config import TrainConfig
 from train.distributed import (
     DistInfo, any_rank, broadcast_float, dist_info_from_env, gather_objects, init_distributed,
 )
-from train.loop import StepTools, TrainNet, train_epoch
+from train.loop import StepTools, TrainNet, combine_stats, train_epoch
 from train.mtl import init_heads
-from train.optim import build_optimizer, build_scheduler, scheduler_step
+from train.optim import build_optimizer, build_scheduler, scheduler_step, sync_scheduler_lr
 from train.runlog import RunLog, peak_memory_mb
 from train.signals import StopRequest
 from train.setup import (
@@ -35,8 +35,11 @@ class Progress:
 
     epoch: int = 0  # completed epochs
     step: int = 0  # completed optimizer steps
-    best_val_acc: float = -1.0
+    best_val_acc: float = -1.0  # -1: nothing validated yet
     epochs_since_best: int = 0
+    epoch_step: int = 0  # steps done in the unfinished epoch (a run stopped mid-epoch); 0 at boundaries
+    partial: dict[str, Any] | None = None  # that unfinished epoch's statistics (``asdict(EpochStats)``)
+    wall_s: float = 0.0  # training wall time of earlier invocations (resumes add up)
 
 
 @dataclass
@@ -99,7 +102,7 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
     return Run(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress())
 
 
-def _state(run: Run) -> dict[str, Any]:
+def _state(run: Run, wall_s: float) -> dict[str, Any]:
     """The checkpoint contents (see docs/training.md); every rank's RNG and loader state included."""
     mine = {**ck.capture_rng(run.device), "loader": run.loader.state_dict()}
     ranks = gather_objects(mine, run.dist)
@@ -111,6 +114,7 @@ def _state(run: Run) -> dict[str, Any]:
         "scaler": run.tools.scaler.state_dict() if run.tools.scaler is not None else {},
         "rng": {**ranks[0], "ranks": ranks}, "epoch": p.epoch, "step": p.step,
         "best_val_acc": p.best_val_acc, "epochs_since_best": p.epochs_since_best,
+        "epoch_step": p.epoch_step, "partial": p.partial, "wall_s": wall_s,
         "config": run.cfg.to_dict(), "data_meta": run.data.meta,
     }  # fmt: skip
 
@@ -137,7 +141,12 @@ def _resume(run: Run) -> None:
     else:
         run.loader.load_state_dict(mine["loader"])
         ck.restore_rng(mine, run.device)
-    run.progress = Progress(int(c["epoch"]), int(c["step"]), float(c["best_val_acc"]), int(c["epochs_since_best"]))
+    run.progress = Progress(int(c["epoch"]), int(c["step"]), float(c["best_val_acc"]), int(c["epochs_since_best"]),
+                            int(c.get("epoch_step", 0)), c.get("partial"), float(c.get("wall_s", 0.0)))  # fmt: skip
+    if run.progress.epoch_step >= run.cfg.epoch_length:
+        raise FsmtlError(f"{path}: stopped {run.progress.epoch_step} steps into an epoch; --epoch-length "
+                         f"{run.cfg.epoch_length} cannot finish it (keep the run's {c['config']['epoch_length']})")
+    sync_scheduler_lr(run.scheduler)  # a cosine stretched by a larger --max-epochs: its lr at this epoch
 
 
 def _validate(run: Run) -> dict | None:
@@ -161,6 +170,8 @@ def _stop_reason(run: Run, deadline: float | None, stop: StopRequest) -> str | N
         return f"max_steps={cfg.max_steps} reached"
     if deadline is not None and any_rank(time.monotonic() >= deadline, run.dist, run.device):
         return f"max_minutes={cfg.max_minutes} reached"
+    if p.epoch_step:  # stopped mid-epoch for a reason the checks above no longer see
+        return f"stopped {p.epoch_step} steps into epoch {p.epoch + 1}"
     if run.validate is not None or run.dist.enabled:
         if p.epochs_since_best >= cfg.early_stop_patience:
             return f"early stop: no validation improvement for {cfg.early_stop_patience} epochs"
@@ -172,12 +183,12 @@ def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float) -> dict[
     return {
         "epoch": run.progress.epoch, "step": run.progress.step, "train_loss": stats.loss, "train_acc": stats.acc,
         "val_acc": None if val is None else val["acc"], "val_ci95": None if val is None else val["ci95"],
-        "val_head": None if val is None else val["head"], "best_val_acc": run.progress.best_val_acc,
+        "val_head": None if val is None else val["head"], "best_val_acc": _best(run.progress),
         "lr": run.tools.optimizer.param_groups[0]["lr"],
         "images_per_s": images * run.dist.world_size / max(stats.seconds, 1e-9),
         "data_wait_frac": stats.data_seconds / max(stats.seconds, 1e-9),
         "peak_mem_mb": peak_memory_mb(run.device), "epoch_s": stats.seconds,
-        "wall_s": time.monotonic() - t_run,
+        "wall_s": run.progress.wall_s + time.monotonic() - t_run,
     }  # fmt: skip
 
 
@@ -195,7 +206,7 @@ def _after_epoch(run: Run, stats: Any, t_run: float) -> dict[str, Any]:
     scheduler_step(run.scheduler, None if val is None else val["acc"])
     record = {**_epoch_record(run, stats, val, t_run), "val_s": val_s}
     run.log.epoch(record)
-    state = _state(run)  # collective in DDP: every rank takes part
+    state = _state(run, record["wall_s"])  # collective in DDP: every rank takes part
     if run.dist.is_main:
         d = ck.checkpoint_dir(run.cfg.out)
         if improved or val is None:
@@ -215,16 +226,43 @@ def _epoch_line(rec: dict[str, Any]) -> str:
     )
 
 
+def _best(p: Progress) -> float | None:
+    return p.best_val_acc if p.best_val_acc >= 0 else None
+
+
+def _budget_spent(cfg: TrainConfig, p: Progress) -> str | None:
+    if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
+        return f"--max-epochs {cfg.max_epochs} already reached at epoch {p.epoch}; raise it to train on"
+    if cfg.max_steps is not None and p.step >= cfg.max_steps:
+        return f"--max-steps {cfg.max_steps} already reached at step {p.step}; raise it (or pass --max-steps none) to train on"
+    return None
+
+
+def _save_partial(run: Run, t_run: float) -> None:
+    """Checkpoint a run stopped mid-epoch: last.pt only, no validation, no scheduler step, no metrics
+    line, so that resuming finishes the epoch exactly as an uninterrupted run would have."""
+    p = run.progress
+    state = _state(run, p.wall_s + time.monotonic() - t_run)  # collective in DDP
+    if run.dist.is_main:
+        ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "last.pt", state)
+    run.log.message(f"epoch {p.epoch + 1}: stopped after {p.epoch_step} of {run.cfg.epoch_length} steps (step {p.step}); "
+                    "last.pt holds the unfinished epoch and --resume finishes it")  # fmt: skip
+
+
 def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
     cfg, p, t_run = run.cfg, run.progress, time.monotonic()
-    if (cfg.max_epochs is not None and p.epoch >= cfg.max_epochs) or (cfg.max_steps is not None and p.step >= cfg.max_steps):
-        return f"budget already spent at epoch {p.epoch}, step {p.step}"
+    spent = _budget_spent(cfg, p)
+    if spent:
+        return spent
     while True:
-        n = cfg.epoch_length if cfg.max_steps is None else min(cfg.epoch_length, cfg.max_steps - p.step)
-        bar = tqdm(total=n, desc=f"epoch {p.epoch + 1}", disable=not (cfg.progress and run.dist.is_main), leave=False)
+        remaining = cfg.epoch_length - p.epoch_step
+        n = remaining if cfg.max_steps is None else min(remaining, cfg.max_steps - p.step)
+        bar = tqdm(total=cfg.epoch_length, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}", leave=False,
+                   disable=True if not (cfg.progress and run.dist.is_main) else None)  # None: off unless a terminal
+        first = p.epoch_step
 
         def on_log(done: int, loss: float) -> None:
-            bar.update(done - bar.n)
+            bar.update(first + done - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
         def out_of_time() -> bool:  # every rank calls this at the same steps: the collective is safe
@@ -238,13 +276,30 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
                 f"step {stats.nonfinite_step}: the training loss became NaN/inf; stopped without writing "
                 f"a checkpoint (the last good one is {ck.checkpoint_dir(cfg.out) / 'last.pt'}, if any)"
             )
-        p.epoch += 1
         p.step += stats.steps
-        rec = _after_epoch(run, stats, t_run)
-        run.log.message(_epoch_line(rec))
+        whole = combine_stats(p.partial, stats)
+        if p.epoch_step + stats.steps >= cfg.epoch_length:
+            p.epoch, p.epoch_step, p.partial = p.epoch + 1, 0, None
+            rec = _after_epoch(run, whole, t_run)
+            run.log.message(_epoch_line(rec))
+        else:  # cut short by --max-steps, --max-minutes or a signal
+            p.epoch_step, p.partial = p.epoch_step + stats.steps, asdict(whole)
+            _save_partial(run, t_run)
         reason = _stop_reason(run, deadline, stop)
         if reason is not None:
             return reason
+
+
+def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest) -> str | None:
+    """How to continue a run that a budget or a signal ended (None after early stopping)."""
+    base = f"fsmtl train --resume {cfg.out}"
+    if reason.startswith("max_epochs"):
+        return f"{base} --max-epochs N (N > {cfg.max_epochs})"
+    if reason.startswith("max_steps"):
+        return f"{base} --max-steps N (N > {cfg.max_steps}; or none)"
+    if stop.requested or reason.startswith(("max_minutes", "stopped")):
+        return base + ("" if cfg.max_minutes is None else f" (--max-minutes counts anew: {cfg.max_minutes:g})")
+    return None
 
 
 def build_run(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> Run:
@@ -283,11 +338,14 @@ def fit(run: Run) -> dict[str, Any]:
         )
         with StopRequest() as stop:
             reason = _run_epochs(run, deadline, stop)
-        run.log.message(f"fsmtl train: stopped ({reason}); best val acc {100 * run.progress.best_val_acc:.2f}%")
-        if stop.requested or reason.startswith(("max_", "budget")):
-            run.log.message(f"fsmtl train: continue with: fsmtl train --resume {cfg.out} [--max-epochs N ...]")
+        best = _best(run.progress)
+        told = "no validation yet" if best is None else f"best val acc {100 * best:.2f}%"
+        run.log.message(f"fsmtl train: stopped ({reason}); {told}")
+        hint = _resume_hint(cfg, reason, stop)
+        if hint:
+            run.log.message(f"fsmtl train: continue with: {hint}")
         return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,
-                "best_val_acc": run.progress.best_val_acc, "out": cfg.out}
+                "best_val_acc": best, "out": cfg.out}
     finally:
         run.loader.close()
         run.log.finish()

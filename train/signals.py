@@ -1,5 +1,6 @@
 """Graceful stops: SIGTERM (a cluster scheduler's preemption notice) and a first Ctrl-C end the run
-at the next host sync with a validated checkpoint, so ``fsmtl train --resume RUN`` continues it."""
+at the next host sync with a checkpoint of the unfinished epoch, which ``fsmtl train --resume RUN``
+finishes exactly as if the run had never stopped."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Any
 
 class StopRequest:
     """While entered (in the main thread), SIGTERM and SIGINT set :attr:`signal_name` instead of
-    killing the process; the trainer polls :attr:`requested` every ``--log-every`` steps, cuts the
-    epoch short, validates and writes ``last.pt``. A second Ctrl-C raises KeyboardInterrupt at once.
+    killing the process; the trainer polls :attr:`requested` every ``--log-every`` steps and writes
+    ``last.pt`` mid-epoch. A second Ctrl-C raises KeyboardInterrupt at once.
     Outside the main thread (signals cannot be caught there) it does nothing."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -30,7 +31,7 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
-        print(f"\nfsmtl train: {self.signal_name} received: ending this epoch early with a validated checkpoint "
+        print(f"\nfsmtl train: {self.signal_name} received: stopping at the next sync with a checkpoint "
               "(Ctrl-C again aborts without one)", file=sys.stderr, flush=True)  # fmt: skip
 
     def __enter__(self) -> "StopRequest":
