@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.bench_train import make_batch
-from benchmarks.common import format_table, median, synchronize, time_runs, write_results
+from benchmarks.common import format_table, median, nonnegative_int, positive_int, synchronize, time_runs, write_results
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
 from train.algorithms import ALGORITHMS, StepShape, get_algorithm
@@ -238,21 +238,21 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fsmtl bench algorithms", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="conv4", choices=MODEL_NAMES)
-    p.add_argument("--size", type=int, default=32, help="image side (default 32)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=5)
-    p.add_argument("--queries", type=int, default=5)
-    p.add_argument("--tasks", type=int, default=2, help="tasks per optimizer step (default 2)")
+    p.add_argument("--size", type=positive_int, default=32, help="image side (default 32)")
+    p.add_argument("--ways", type=positive_int, default=5)
+    p.add_argument("--shots", type=positive_int, default=5)
+    p.add_argument("--queries", type=nonnegative_int, default=5)
+    p.add_argument("--tasks", type=positive_int, default=2, help="tasks per optimizer step (default 2)")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default: all)")
-    p.add_argument("--steps", type=int, default=5 if cuda else 1, help="steps per timed run")
-    p.add_argument("--runs", type=int, default=5 if cuda else 3)
-    p.add_argument("--warmup", type=int, default=2 if cuda else 1, help="untimed runs after the first call")
+    p.add_argument("--steps", type=positive_int, default=5 if cuda else 1, help="steps per timed run")
+    p.add_argument("--runs", type=positive_int, default=5 if cuda else 3)
+    p.add_argument("--warmup", type=nonnegative_int, default=2 if cuda else 1, help="untimed runs after the first call")
     p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-tta", action="store_true", help="only (a), the step costs")
     p.add_argument("--minutes", type=float, default=1.5, help="training time per algorithm in (b)")
     p.add_argument("--val-every", type=float, default=15.0, help="seconds between validations in (b)")
-    p.add_argument("--val-tasks", type=int, default=50, help="validation tasks per epoch in (b)")
+    p.add_argument("--val-tasks", type=positive_int, default=50, help="validation tasks per epoch in (b)")
     p.add_argument("--data", type=Path, default=None, help="shards for (b) (default: synthetic at --size)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-algorithms"), help="plots and (b)'s runs")
     p.add_argument("--json", type=Path, default=None, help="results JSON (default OUT/algorithms.json)")

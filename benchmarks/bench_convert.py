@@ -3,7 +3,7 @@
 The input is written in the real ``cifar-100-python`` layout (Python pickles with bytes keys,
 ``data`` uint8 [N, 3072] in R/G/B planes, 500 train + 100 test images per fine class) with random
 pixels, into a temporary folder; conversion then runs through ``fsmtl convert`` itself.
-The issue's target: under 30 s on the 2-core development machine.
+Target: under 30 s on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -53,14 +53,14 @@ def write_fake_cifar100(
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.common import format_table, median, write_results
+    from benchmarks.common import format_table, median, positive_int, write_results
     from preprocess.config import PreprocessConfig
     from preprocess.run import convert
 
     p = argparse.ArgumentParser(prog="fsmtl bench convert", description=__doc__)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--runs", type=positive_int, default=3)
+    p.add_argument("--workers", type=positive_int, default=None)
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-convert-") as tmp:

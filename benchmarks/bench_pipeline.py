@@ -26,7 +26,7 @@ import torch
 from fsmtl.errors import FsmtlError
 
 ALL = ("torch", "torch-ops", "dali", "ffcv", "reference", "seed-literal")
-TARGETS = {"reference": 10.0, "seed-literal": 25.0}  # the CPU speed-ups at 84x84
+TARGETS = {"reference": 10.0, "seed-literal": 25.0}  # the CPU speed-ups fsmtl promises at 84x84
 
 
 def synthetic_roots(out: Path, sizes: tuple[int, ...] = (84, 32), per_class: int = 60) -> list[Path]:
@@ -130,21 +130,21 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.common import format_table, hardware_info, write_results
+    from benchmarks.common import format_table, hardware_info, nonnegative_int, positive_int, write_results
     from pipelines.loader import PipelineConfig, default_workers
 
     p = argparse.ArgumentParser(prog="fsmtl bench pipeline", description=__doc__)
     p.add_argument("--data", nargs="+", type=Path, help="shard directories (default: synthetic 84 and 32 px)")
     p.add_argument("--sizes", default="84,32", help="image sizes of the synthetic shards (without --data)")
     p.add_argument("--backends", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
-    p.add_argument("--tasks", type=int, default=6, help="tasks per batch (meta_batch_size)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=5)
-    p.add_argument("--queries", type=int, default=5)
-    p.add_argument("--workers", type=int, default=None, help="reference/dali/ffcv workers (default: cores)")
-    p.add_argument("--batches", type=int, default=4, help="batches per timed run")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--tasks", type=positive_int, default=6, help="tasks per batch (meta_batch_size)")
+    p.add_argument("--ways", type=positive_int, default=5)
+    p.add_argument("--shots", type=positive_int, default=5)
+    p.add_argument("--queries", type=nonnegative_int, default=5)
+    p.add_argument("--workers", type=positive_int, default=None, help="reference/dali/ffcv workers (default: cores)")
+    p.add_argument("--batches", type=positive_int, default=4, help="batches per timed run")
+    p.add_argument("--warmup", type=nonnegative_int, default=2)
+    p.add_argument("--runs", type=positive_int, default=5)
     p.add_argument("--device", default=None, help="also run the torch back end here (default: cuda if available)")
     p.add_argument("--step-model", default="resnet12", help="on CUDA, time a training step of this model ('' = off)")
     p.add_argument("--json", type=Path, default=None)

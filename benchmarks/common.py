@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -108,3 +109,20 @@ def write_results(path: str | os.PathLike[str] | None, name: str, config: dict[s
     if path is not None:
         atomic_write_json(path, doc)
     return doc
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a count of tasks, runs, images ...)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (warm-up runs, queries ...)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+

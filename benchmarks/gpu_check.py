@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import format_table, hardware_info
+from benchmarks.common import format_table, hardware_info, positive_int
 from fsmtl.fileio import atomic_write_json
 
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="toy sizes (for a CPU dry run)")
     p.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
-    p.add_argument("--epoch-steps", type=int, default=300, help="steps timed per epoch in the epoch step")
+    p.add_argument("--epoch-steps", type=positive_int, default=300, help="steps timed per epoch in the epoch step")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,13 +50,28 @@ def main(argv: list[str] | None = None) -> int:
     from eval.evaluate import default_report_path, results_table, run_eval
 
     cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+    if cfg.json:  # a report path that cannot be written fails now, not after the evaluation
+        _check_writable(Path(cfg.json))
     doc = run_eval(cfg)
-    print(results_table(doc))
     out = Path(cfg.json) if cfg.json else default_report_path(cfg, doc["checkpoint"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out, doc)
+    atomic_write_json(out, doc)  # before printing: a closed stdout (`| head`) cannot lose the report
+    print(results_table(doc))
     print(f"wrote {out}")
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    from fsmtl.errors import FsmtlError
+
+    if path.is_dir():
+        raise FsmtlError(f"--json {path}: is a directory (expected a file path for the report)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FsmtlError(f"--json {path}: its folder cannot be created ({e.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise FsmtlError(f"--json {path}: its folder is not writable")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,15 @@ def _open_split(run: Run, cfg: EvalConfig):
 
 
 def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path) -> Path:
-    """RUN/reports/eval_<split>_<checkpoint>.json (beside the checkpoint when --run is not a directory)."""
+    """RUN/reports/eval_<split>_<checkpoint>.json, <checkpoint> being best, last or the file's stem;
+    RUN is the run directory (also when --run names a file in RUN/checkpoints/), else the file's folder."""
     ckpt = Path(checkpoint_path)
-    base = Path(cfg.run) if cfg.run and Path(cfg.run).is_dir() else ckpt.parent
-    tag = cfg.checkpoint if cfg.checkpoint in ("best", "last") else ckpt.stem
+    if cfg.run and Path(cfg.run).is_dir():
+        base = Path(cfg.run)
+    else:
+        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run_is_dir = bool(cfg.run) and Path(cfg.run).is_dir()
+    tag = cfg.checkpoint if run_is_dir and cfg.checkpoint in ("best", "last") else ckpt.stem
     return base / "reports" / f"eval_{cfg.split}_{tag}.json"
 
 
@@ -57,15 +61,11 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     ft = FinetuneConfig(steps=cfg.finetune_steps, lr=cfg.finetune_lr)
     results: dict[str, Any] = {}
     for shots in cfg.shots:
-        t0 = time.perf_counter()
         res = evaluate_backbone(
             run.model, split, run.mean, run.std, ways=cfg.ways, shots=shots, queries=cfg.queries,
             n_tasks=cfg.tasks, heads=list(cfg.heads), seed=cfg.seed, device=run.device, dtype=amp,
             batch_tasks=cfg.batch_tasks, head_options=cfg.head_options(), finetune=ft,
         )  # fmt: skip
-        seconds = time.perf_counter() - t0
-        for r in res.values():
-            r["seconds"] = seconds
         results[str(shots)] = res
     return {
         "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": str(run.path),
@@ -83,5 +83,8 @@ def results_table(doc: dict[str, Any]) -> str:
     for shots, heads in doc["results"].items():
         for head, r in heads.items():
             acc = f"{r['acc']:.2f} +- {r['ci95']:.2f}"
-            lines.append(f"{shots:>5}  {head:<16} {acc:>18}  {r['n_tasks']:>6}  {r['seconds']:>8.1f}")
+            lines.append(f"{shots:>5}  {head:<16} {acc:>18}  {r['n_tasks']:>6}  {r['seconds']:>8.2f}")
+        embed = next(iter(heads.values())).get("embed_seconds")
+        if embed:
+            lines.append(f"{shots:>5}  {'(embedding)':<16} {'':>18}  {'':>6}  {embed:>8.2f}")
     return "\n".join(lines)

@@ -7,6 +7,8 @@ Accuracies are percentages; the 95% interval is 1.96 * std / sqrt(n_tasks) (std 
 
 from __future__ import annotations
 
+import time
+
 import math
 from typing import Any, Sequence
 
@@ -133,7 +135,8 @@ def evaluate_backbone(
 
     Returns:
         ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
-        "per_task": list[float] percent}}``.
+        "per_task": list[float] percent, "seconds": the head's own time (fit + predict; finetune: its
+        tuning incl. its forward passes), "embed_seconds": the shared frozen-backbone embedding time}}``.
     """
     device = torch.device(device)
     amp = None if dtype in (None, torch.float32) else dtype
@@ -143,20 +146,34 @@ def evaluate_backbone(
     rows = episode_rows(split, ways, shots, queries, n_tasks, seed)
     feature_heads = [h for h in heads if h != "finetune"]
     per_task: dict[str, list[Tensor]] = {h: [] for h in heads}
+    seconds = dict.fromkeys(heads, 0.0)
+    embed_s = 0.0
     was_training = model.training
     model.eval()
     try:
         for chunk in rows.split(max(1, int(batch_tasks))):
+            t0 = time.perf_counter()
             uniq, inverse = torch.unique(chunk, return_inverse=True)  # each image embedded once
             images = gather_images(split, uniq, device)
             if feature_heads:
                 feats = embed_images(model, images, mean, std, amp)[inverse.to(device)]
-                for h, acc in evaluate_features(feats, shots, feature_heads, head_options).items():
-                    per_task[h].append(acc.cpu())
+                _sync(device)
+                embed_s += time.perf_counter() - t0
+                for h in feature_heads:  # one head at a time, so that each is timed on its own
+                    t0 = time.perf_counter()
+                    per_task[h].append(evaluate_features(feats, shots, [h], head_options)[h].cpu())
+                    seconds[h] += time.perf_counter() - t0
             if "finetune" in heads:
+                t0 = time.perf_counter()
                 task_images = images[inverse.to(device)]
                 ft = finetune or FinetuneConfig()
                 per_task["finetune"].append(_finetune_batch(model, task_images, shots, mean, std, amp, ft).cpu())
+                seconds["finetune"] += time.perf_counter() - t0
     finally:
         model.train(was_training)
-    return {h: summarize(torch.cat(v)) for h, v in per_task.items()}
+    return {h: {**summarize(torch.cat(v)), "seconds": seconds[h], "embed_seconds": embed_s} for h, v in per_task.items()}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -8,6 +8,7 @@ imported lazily: ``fsmtl verify`` does not pay for importing torch.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -21,7 +22,7 @@ _COMMANDS: dict[str, tuple[str, bool, str]] = {
     "eval": ("eval.__main__", False, "evaluate a trained run on fixed, seeded test tasks"),
     "bench": ("benchmarks.__main__", False, "throughput and cost benchmarks (pipeline, train, eval, algorithms, all)"),
     "demo": ("fsmtl.demo", False, "the main job on the embedded synthetic data: convert, train, eval, report"),
-    "plot": ("fsmtl.report", False, "draw the curves of a run from its metrics.jsonl"),
+    "plot": ("fsmtl.report", False, "draw the curves of runs from their metrics.jsonl, and compare runs"),
 }
 
 
@@ -44,13 +45,26 @@ def run_stage_main(main: Callable[[list[str]], int | None], argv: Sequence[str])
     except KeyboardInterrupt:
         print("fsmtl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fsmtl ... | head`: the reader left; stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush cannot fail again
+        return 141
+    except OSError as e:  # a path that cannot be written or read: the user's to fix, not a traceback
+        if os.environ.get("FSMTL_DEBUG"):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"fsmtl: error: {where}{e.strerror or e} (set FSMTL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_USER_ERROR
     return int(rc or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fsmtl`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
+    if not args:
+        print(_usage(), file=sys.stderr)
+        return EXIT_USER_ERROR
+    if args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     if args[0] in ("-V", "--version"):

@@ -142,6 +142,24 @@ def test_cli_prints_a_table_and_writes_json_per_shot_and_head(run_dir, tmp_path,
     assert set(doc["results"]) == {"1", "2"} and set(doc["results"]["2"]) == {"logreg", "proto", "svm"}
     assert doc["results"]["1"]["logreg"]["n_tasks"] == 6 and doc["split"] == "test"
     assert "logreg" in capsys.readouterr().out
+    r = doc["results"]["2"]
+    assert all(r[h]["seconds"] > 0 and r[h]["embed_seconds"] == r["logreg"]["embed_seconds"] for h in r)
+    assert len({r[h]["seconds"] for h in r}) == 3  # each head timed on its own
+
+
+def test_report_of_a_checkpoint_file_is_named_after_it_in_its_run(run_dir, tmp_path, capsys):
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    assert fsmtl_main(["eval", "--run", str(ckpt), "--tasks", "2", "--shots", "1", "--queries", "2", "--device", "cpu"]) == 0
+    assert (run_dir / "reports" / "eval_test_last.json").is_file()
+
+
+def test_an_unwritable_report_path_fails_before_the_evaluation(run_dir, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    rc = fsmtl_main(["eval", "--run", str(run_dir), "--tasks", "2", "--shots", "1", "--json", str(blocker / "r.json")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--json" in err and "Traceback" not in err
 
 
 def test_cli_writes_the_default_report_and_honours_data_override(run_dir, tiny_shards, tmp_path):

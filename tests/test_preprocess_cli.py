@@ -150,3 +150,23 @@ def test_real_ffcv_and_dali_exports_are_written_and_verified(tmp_path):
     assert all(f"{s}/data.beton" in files for s in ("train", "val", "test"))
     assert any(f.startswith("train/dali/") for f in files)
     assert cli(["verify", str(out)]) == 0
+
+
+def test_an_output_path_under_a_file_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert cli(["convert", "synthetic", "--out", str(blocker / "x"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(blocker) in err and "Traceback" not in err
+    assert blocker.read_text() == ""
+
+
+def test_a_reader_that_leaves_the_pipe_early_ends_quietly():
+    import subprocess
+
+    code = "from fsmtl.cli import run_stage_main\nimport sys\nsys.exit(run_stage_main(lambda a: print('x' * 10**7), []))"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # like `| head`: the reader is gone before the writer is done
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err
+

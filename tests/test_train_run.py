@@ -248,3 +248,17 @@ def test_every_pipeline_back_end_trains(backend: str, module: str | None, tiny_s
     summary = train(tiny_cfg(tiny_shards, tmp_path / "r", pipeline=backend, max_epochs=1, epoch_length=2))
     assert summary["step"] == 2
     assert read_metrics(tmp_path / "r")[0]["train_loss"] > 0
+
+
+def test_a_relative_data_path_is_stored_absolute(tiny_shards: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tiny_shards.parent)
+    train(tiny_cfg(Path(tiny_shards.name), tmp_path / "run", max_epochs=1, epoch_length=2))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(tiny_shards.resolve())
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_view_based_optimizers_train_without_channels_last(name: str, tiny_shards: Path, tmp_path: Path) -> None:
+    optional_import("torch_optimizer")
+    summary = train(tiny_cfg(tiny_shards, tmp_path / "run", optimizer=name, max_epochs=1, epoch_length=2))
+    assert summary["step"] == 2
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["channels_last"] is False

@@ -150,7 +150,9 @@ def test_config_defaults_are_the_seeds() -> None:
 
 
 @pytest.mark.parametrize("field,value", [("model", "resnet99"), ("optimizer", "lamb"), ("scheduler", "poly"),
-                                         ("precision", "fp8"), ("pipeline", "tfdata"), ("algorithm", "reptile-xl")])
+                                         ("precision", "fp8"), ("pipeline", "tfdata"), ("algorithm", "reptile-xl"),
+                                         ("weight_decay", -1.0), ("momentum", 1.5), ("grad_clip", -1.0),
+                                         ("plateau_factor", 1.0), ("step_gamma", 0.0), ("workers", -2)])
 def test_config_check_names_the_bad_setting(field: str, value: str) -> None:
     with pytest.raises(FsmtlError, match=field.replace("_", "-")):
         TrainConfig(**{field: value}).check()

@@ -109,8 +109,7 @@ def main(argv: list[str]) -> int:
     cfg = config_from_args(argv)
     from train.run import train
 
-    flags = set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")
-    print(f"fsmtl train: backend flags {flags}", file=sys.stderr)
+    set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")  # the run's first line shows them
     summary = train(cfg)
     print(f"fsmtl train: done: {summary}")
     return 0

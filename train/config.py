@@ -159,6 +159,20 @@ class TrainConfig:
             raise FsmtlError(f"--drop-rate: expected a value in [0, 1), got {self.drop_rate}")
         if self.lr <= 0:
             raise FsmtlError(f"--lr: expected > 0, got {self.lr}")
+        ranges = {  # name: (test, what is expected)
+            "weight_decay": (self.weight_decay is None or self.weight_decay >= 0, ">= 0 (or none)"),
+            "momentum": (0.0 <= self.momentum < 1.0, "a value in [0, 1)"),
+            "grad_clip": (self.grad_clip >= 0, ">= 0 (0 = off)"),
+            "plateau_factor": (0.0 < self.plateau_factor < 1.0, "a value in (0, 1)"),
+            "plateau_patience": (self.plateau_patience >= 0, ">= 0"),
+            "step_size": (self.step_size >= 1, ">= 1"),
+            "step_gamma": (self.step_gamma > 0, "> 0"),
+            "early_stop_patience": (self.early_stop_patience >= 1, ">= 1"),
+            "workers": (self.workers is None or self.workers >= 0, ">= 0 (or none)"),
+        }  # fmt: skip
+        for name, (ok, expected) in ranges.items():
+            if not ok:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected {expected}, got {getattr(self, name)}")
         for name in ("max_epochs", "max_steps", "max_minutes"):
             v = getattr(self, name)
             if v is not None and v <= 0:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -60,6 +62,12 @@ class Run:
 
 def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
     cfg.check()
+    if cfg.data:  # stored absolute, so eval and --resume work from any directory
+        cfg = replace(cfg, data=os.path.abspath(cfg.data))
+    if cfg.channels_last and cfg.optimizer in ("sgdp", "adamp"):
+        print(f"fsmtl train: --optimizer {cfg.optimizer}: torch-optimizer reshapes parameters with view(), which "
+              "channels_last weights do not allow; training with --no-channels-last", file=sys.stderr)  # fmt: skip
+        cfg = replace(cfg, channels_last=False)
     if not cfg.resume and not cfg.overwrite:
         left = ck.previous_run_files(cfg.out)
         if left:
@@ -335,6 +343,9 @@ def fit(run: Run) -> dict[str, Any]:
             f"fsmtl train: {cfg.algorithm} {cfg.model} on {cfg.data} ({run.data.meta['n_train_classes']} classes), "
             f"device {run.device}, precision {run.amp_dtype or 'fp32'}, pipeline {cfg.pipeline}, "
             f"ranks {run.dist.world_size}, from epoch {run.progress.epoch}"
+            + (f" (+{run.progress.epoch_step} steps)" if run.progress.epoch_step else "")
+            + (f", cudnn.benchmark {torch.backends.cudnn.benchmark}, tf32 {torch.backends.cuda.matmul.allow_tf32}"
+               if run.device.type == "cuda" else "")
         )
         with StopRequest() as stop:
             reason = _run_epochs(run, deadline, stop)

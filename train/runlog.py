@@ -46,6 +46,8 @@ class RunLog:
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
+        if wandb_mode != "disabled":  # first: a wandb that cannot start leaves no config.json behind
+            self._start_wandb(config, wandb_mode)
         atomic_write_json(self.run / "config.json", config)
         metrics = self.run / "metrics.jsonl"
         if resume_epoch is not None:
@@ -57,8 +59,6 @@ class RunLog:
 
             for old in previous_run_files(self.run):
                 old.unlink()
-        if wandb_mode != "disabled":
-            self._start_wandb(config, wandb_mode)
 
     def _start_wandb(self, config: dict[str, Any], mode: str) -> None:
         try:
@@ -66,10 +66,15 @@ class RunLog:
         except ImportError as e:
             raise FsmtlError(f"--wandb {mode}: wandb is not importable ({e}); use --wandb disabled") from None
         os.environ.setdefault("WANDB_SILENT", "true")
-        self._wandb = wandb.init(
-            mode=mode, dir=str(self.run), project="fsmtl", config=config,
-            name=self.run.name, reinit="finish_previous",
-        )  # fmt: skip
+        try:
+            self._wandb = wandb.init(
+                mode=mode, dir=str(self.run), project="fsmtl", config=config,
+                name=self.run.name, reinit="finish_previous",
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - no API key, no network, a bad WANDB_* setting
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            hint = "use --wandb offline (no account needed) or run 'wandb login'" if mode == "online" else "use --wandb disabled"
+            raise FsmtlError(f"--wandb {mode}: wandb could not start ({first}); {hint}") from None
 
     def epoch(self, record: dict[str, Any]) -> None:
         """Append one epoch's record (and send it to wandb)."""

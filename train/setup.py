@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -89,6 +90,9 @@ def load_data(cfg: TrainConfig) -> Data:
     """Open ``cfg.data`` and check it can make the requested tasks (FsmtlError otherwise)."""
     if not cfg.data:
         raise FsmtlError("--data: expected a shard directory (made by 'fsmtl convert'), got nothing")
+    if not Path(cfg.data).is_dir():
+        origin = f"the data directory stored in {cfg.resume}; pass --data DIR where it is now" if cfg.resume else "expected a shard directory made by 'fsmtl convert'"
+        raise FsmtlError(f"--data {cfg.data}: not found ({origin})")
     shards = open_shards(cfg.data)
     if "train" not in shards.splits:
         raise FsmtlError(f"{cfg.data}/meta.json: no 'train' split to train on")
