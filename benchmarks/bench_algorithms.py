@@ -7,10 +7,12 @@ steps after one untimed first call and ``--warmup`` untimed runs, synchronised),
 peak memory of the steps (CUDA: ``max_memory_allocated``; CPU: peak RSS above the RSS before the
 algorithm's steps, sampled every 2 ms). A table, JSON rows and a bar chart of seconds per step.
 
-(b) Time to accuracy (skip with ``--skip-tta``). Each algorithm trains for ``--minutes`` through
-the real trainer (``fsmtl train --algorithm X --max-minutes M``) on small synthetic shards (or
-``--data``), with an epoch length chosen from (a) so that validation (``--val-tasks`` 5-way tasks,
-the logistic-regression head) comes about every ``--val-every`` seconds. Each run's
+(b) Time to accuracy (skip with ``--skip-tta``). Each algorithm trains for about ``--minutes``
+through the real trainer (``fsmtl train --algorithm X``) on small synthetic shards (or ``--data``),
+with an epoch length chosen from (a) so that validation (``--val-tasks`` 5-way tasks, the
+logistic-regression head) comes about every ``--val-every`` seconds, for ``minutes * 60 / val_every``
+epochs (``--max-minutes`` at twice the budget only guards against a bad step-time estimate: a stop
+inside an epoch would leave that epoch unvalidated). Each run's
 ``metrics.jsonl`` gives validation accuracy against wall-clock time (validation time included,
 the same for every algorithm); all curves go on one plot.
 """
@@ -171,7 +173,7 @@ def tta_argv(name: str, a: argparse.Namespace, data: Path, out: Path, epoch_leng
     return [
         "--data", str(data), "--out", str(out), "--algorithm", name, "--model", a.model,
         "--train-ways", str(a.ways), "--train-shots", str(a.shots), "--train-queries", str(a.queries),
-        "--meta-batch-size", str(a.tasks), "--max-minutes", str(a.minutes), "--max-epochs", "100000",
+        "--meta-batch-size", str(a.tasks), "--max-minutes", str(2 * a.minutes), "--max-epochs", str(max(1, round(60 * a.minutes / a.val_every))),
         "--epoch-length", str(epoch_length), "--val-epoch-length", str(a.val_tasks), "--test-queries", "15",
         "--early-stop-patience", "100000", "--scheduler", "none", "--device", a.device,
         "--precision", a.precision, "--wandb", "disabled", "--no-progress", "--log-every", "1", "--seed", "0",

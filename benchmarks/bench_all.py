@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None, plan: dict[str, list[str]] | None = None
                 if rc:
                     raise RuntimeError(f"exit code {rc}")
                 doc["results"][name] = json.loads(out.read_text())
+            except SystemExit as e:  # its argparse refused the options (it printed why)
+                doc["errors"][name] = f"bad options {plan[name]} (exit code {e.code})"
             except Exception as e:  # noqa: BLE001 - one failed benchmark must not hide the others
                 traceback.print_exc()
                 doc["errors"][name] = f"{type(e).__name__}: {e}"

@@ -35,12 +35,12 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in ("test", "val", "train"):
             raise FsmtlError(f"--split: expected test or val, got {self.split!r}")
-        for name in ("ways", "queries", "tasks", "batch_tasks", "finetune_steps"):
+        if self.ways is not None and self.ways < 2:
+            raise FsmtlError(f"--ways: expected >= 2, got {self.ways}")
+        for name in ("queries", "tasks", "batch_tasks", "finetune_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise FsmtlError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
-        if self.ways is not None and self.ways < 2:
-            raise FsmtlError(f"--ways: expected >= 2, got {self.ways}")
         if not self.shots or min(self.shots) < 1:
             raise FsmtlError(f"--shots: expected positive integers, got {list(self.shots)}")
         bad = [h for h in self.heads if h not in HEAD_NAMES]

@@ -26,7 +26,13 @@ def _open_split(run: Run, cfg: EvalConfig):
     if not Path(data).is_dir():
         origin = "--data" if cfg.data else run.path
         raise FsmtlError(f"{data}: data directory not found (from {origin}); pass --data DIR")
-    split = load_split(data, cfg.split)
+    try:
+        split = load_split(data, cfg.split)
+    except FsmtlError as e:
+        if f"no split {cfg.split!r}" in str(e):
+            other = "val" if cfg.split == "test" else "test"
+            raise FsmtlError(f"{e}; pass --split {other} (or --data DIR with a {cfg.split} split)") from None
+        raise
     shape = tuple(split.images.shape[1:])
     if shape != run.image_shape:
         raise FsmtlError(f"{data}: images are {list(shape)} but the run was trained on {list(run.image_shape)}")

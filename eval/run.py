@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,10 @@ def resolve_checkpoint(run: str | os.PathLike[str] | None, checkpoint: str = "be
     else:
         path = Path(run) / "checkpoints" / f"{checkpoint}.pt"
     if not path.is_file():
-        raise FsmtlError(f"{path}: checkpoint not found (expected a file written by fsmtl train)")
+        hint = ""
+        if checkpoint == "best" and path.name == "best.pt" and (path.parent / "last.pt").is_file():
+            hint = "; the run has last.pt (it has not finished a validated epoch): pass --checkpoint last"
+        raise FsmtlError(f"{path}: checkpoint not found (expected a file written by fsmtl train){hint}")
     return path
 
 
@@ -68,7 +72,8 @@ def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
     if precision not in _AMP:
         raise FsmtlError(f"precision: expected one of auto, {', '.join(_AMP)}, got {precision!r}")
     if precision == "fp16" and device.type != "cuda":
-        return None  # float16 autocast is a CUDA feature here; full precision on CPU
+        print(f"fsmtl eval: fp16 autocast is for CUDA; embedding in fp32 on {device}", file=sys.stderr)
+        return None
     return _AMP[precision]
 
 

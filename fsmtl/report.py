@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,12 +22,17 @@ def load_metrics(run: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FsmtlError(f"{path}: not found (expected the metrics of a training run)")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    last = max((i for i, line in enumerate(lines, 1) if line.strip()), default=0)
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if i == last:  # a run killed while appending its last line: keep what is whole
+                print(f"fsmtl: warning: {path}:{i}: incomplete last line skipped", file=sys.stderr)
+                continue
             raise FsmtlError(f"{path}:{i}: not valid JSON: {e}") from None
     if not rows:
         raise FsmtlError(f"{path}: empty (the run has not finished an epoch)")

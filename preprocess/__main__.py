@@ -24,6 +24,10 @@ def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(x) for x in text.split(","))
 
 
+_ints.__name__ = "comma-separated integers"  # argparse names the type in its error message
+_floats.__name__ = "comma-separated numbers"
+
+
 def _parser() -> argparse.ArgumentParser:
     d = PreprocessConfig("synthetic", Path("."))  # the defaults, from the one config dataclass
     p = argparse.ArgumentParser(
@@ -50,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
         default=d.size,
         help="output side length (default: 28 omniglot, 32 cifar, 84 others)",
     )
-    c.add_argument("--channels", type=int, default=d.channels, help="imagefolder/synthetic: 1 or 3")
+    c.add_argument("--channels", type=int, default=d.channels, help=f"imagefolder/synthetic: 1 or 3 (default {d.channels})")
     c.add_argument(
         "--workers", type=int, default=d.workers, help="decoding threads (default: all CPUs)"
     )
@@ -58,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seed",
         type=int,
         default=d.seed,
-        help="imagefolder ratio split / synthetic generator seed",
+        help=f"imagefolder ratio split / synthetic generator seed (default {d.seed})",
     )
     c.add_argument(
         "--rotations",
@@ -69,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "--val-alphabets",
         type=int,
         default=d.val_alphabets,
-        help="omniglot: background alphabets held out as val",
+        help=f"omniglot: background alphabets held out as val (default {d.val_alphabets})",
     )
     c.add_argument(
         "--split-file",
@@ -87,14 +91,14 @@ def _parser() -> argparse.ArgumentParser:
         "--classes",
         type=_ints,
         default=d.classes,
-        help="synthetic: classes per split train,val,test",
+        help=f"synthetic: classes per split train,val,test (default {','.join(map(str, d.classes))})",
     )
-    c.add_argument("--per-class", type=int, default=d.per_class, help="synthetic: images per class")
+    c.add_argument("--per-class", type=int, default=d.per_class, help=f"synthetic: images per class (default {d.per_class})")
     c.add_argument(
         "--difficulty",
         type=float,
         default=d.difficulty,
-        help="synthetic: nuisance variation (0 = clean)",
+        help=f"synthetic: nuisance variation, 0 = clean (default {d.difficulty})",
     )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     v = sub.add_parser(

@@ -51,7 +51,7 @@ def convert_synthetic(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
                 total=n_classes,
                 desc=f"synthetic {split}",
                 unit="class",
-                disable=not cfg.progress,
+                disable=None if cfg.progress else True,  # None: bars on a terminal only
                 leave=False,
             ):
                 pass

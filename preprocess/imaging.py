@@ -99,7 +99,7 @@ def parallel_fill(
 
     with (
         ThreadPoolExecutor(default_workers(workers)) as pool,
-        tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar,
+        tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False) as bar,
     ):
         pending = {pool.submit(fill, s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)}
         while pending:
@@ -129,7 +129,7 @@ def copy_in_chunks(
         rows: returns output rows ``a:b`` as uint8 [b - a, H, W, C].
     """
     n = len(out)
-    for a in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=not progress, leave=False):
+    for a in tqdm(range(0, n, chunk), desc=desc, unit="chunk", disable=None if progress else True, leave=False):
         b = min(a + chunk, n)
         out[a:b] = rows(a, b)
     if hasattr(out, "flush"):

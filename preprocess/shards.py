@@ -143,6 +143,9 @@ def open_shards(root: str | os.PathLike[str]) -> ShardSet:
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise FsmtlError(f"{path}: not a .npy file (no NumPy header; the file is corrupt or was replaced)")
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise FsmtlError(f"{path}: file not found") from None
@@ -206,8 +209,8 @@ def verify_shards(root: str | os.PathLike[str]) -> list[str]:
     """Re-hash every file listed in meta.json.
 
     Returns:
-        One line per problem (``"<path>: sha256 differs"``, ``"<path>: missing"``); empty if all
-        files match.
+        One line per problem (``"<path>: sha256 differs"``, ``"<path>: missing"``, or a split whose
+        arrays no longer match what meta.json says of them); empty if all is well.
     """
     shards = open_shards(root)
     problems = []
@@ -217,6 +220,12 @@ def verify_shards(root: str | os.PathLike[str]) -> list[str]:
             problems.append(f"{p}: missing")
         elif sha256_file(p) != digest:
             problems.append(f"{p}: sha256 differs from meta.json (file changed or corrupt)")
+    if not problems:  # meta.json cannot hash itself: check that it still describes the arrays
+        for name in shards.splits:
+            try:
+                load_split(shards.root, name, meta=shards.meta)
+            except FsmtlError as e:
+                problems.append(str(e))
     return problems
 
 

@@ -170,3 +170,27 @@ def test_a_reader_that_leaves_the_pipe_early_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err
 
+
+
+def test_verify_catches_a_meta_json_that_no_longer_describes_the_arrays(tmp_path, capsys):
+    import json
+
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
+    meta_path = tmp_path / "s" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["image_shape"] = [28, 28, 3]
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert cli(["verify", str(tmp_path / "s")]) == 1
+    assert "images.npy" in capsys.readouterr().out
+
+
+def test_a_file_that_is_not_npy_is_named_as_such(tmp_path):
+    import pytest
+
+    from fsmtl.errors import FsmtlError
+
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
+    (tmp_path / "s" / "test" / "images.npy").write_bytes(b"garbage")
+    with pytest.raises(FsmtlError, match="not a .npy file"):
+        load_split(tmp_path / "s", "test")

@@ -35,9 +35,17 @@ def test_plot_of_a_run_without_metrics_is_a_one_line_error(tmp_path, capsys):
 def test_load_metrics_names_the_line_that_is_not_json(tmp_path):
     run = _run(tmp_path, [{"epoch": 1}])
     with open(run / "metrics.jsonl", "a") as f:
-        f.write("{not json\n")
+        f.write('{not json\n{"epoch": 3}\n')
     with pytest.raises(FsmtlError, match=r"metrics.jsonl:2"):
         load_metrics(run)
+
+
+def test_a_last_line_cut_off_by_a_crash_is_skipped_with_a_warning(tmp_path, capsys):
+    run = _run(tmp_path, [{"epoch": 1}, {"epoch": 2}])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "train_lo')
+    assert [r["epoch"] for r in load_metrics(run)] == [1, 2]
+    assert "incomplete last line" in capsys.readouterr().err
 
 
 def test_plot_bars_writes_a_png(tmp_path):

@@ -106,7 +106,7 @@ def test_cli_reports_bad_settings_as_one_line_errors(tiny_shards: Path, tmp_path
 
 
 def test_missing_data_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(FsmtlError, match="not a directory"):
+    with pytest.raises(FsmtlError, match="--data .*nope: not found"):
         train(tiny_cfg(tmp_path / "nope", tmp_path / "r"))
 
 

@@ -206,6 +206,15 @@ def test_every_flag_has_help_in_a_group_and_lists_its_choices() -> None:
     assert "--meta-batch-size INT, --meta_batch_size INT training tasks per optimizer step" in text
 
 
+def test_the_training_docs_list_every_flag() -> None:
+    from dataclasses import fields
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    missing = [f.name for f in fields(TrainConfig) if f"`--{f.name.replace('_', '-')}`" not in text]
+    assert missing == []
+
+
 def test_torch_optimizer_is_needed_only_by_its_own_optimizers(monkeypatch):
     import sys
 
