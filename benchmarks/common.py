@@ -85,14 +85,14 @@ def hardware_info(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A plain-text table of ``rows`` (dicts), floats shown with 4 significant digits."""
+    """A plain-text table of ``rows`` (dicts): floats with 4 significant digits, from 1,000 up as whole numbers with separators."""
     if not rows:
         return "(no rows)"
     columns = list(columns or rows[0].keys())
 
     def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+        if isinstance(v, float):  # 4 significant digits, never in exponent form for large values
+            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
         return str(v)
 
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]

@@ -77,6 +77,10 @@ class PreprocessConfig:
             )
         if self.benchmark != "synthetic" and self.src is None:
             raise FsmtlError(f"--src: required for {self.benchmark} (the downloaded files)")
+        if self.benchmark == "synthetic" and self.src is not None:
+            raise FsmtlError("--src: synthetic data is generated, not read; leave --src out")
+        if self.rotations and self.benchmark != "omniglot":
+            raise FsmtlError(f"--rotations: only for omniglot, not {self.benchmark}")
         if self.size is not None and not 4 <= self.size <= 1024:
             raise FsmtlError(f"--size: expected 4..1024, got {self.size}")
         if self.channels not in (1, 3):
@@ -85,8 +89,8 @@ class PreprocessConfig:
             raise FsmtlError(f"--workers: expected >= 1, got {self.workers}")
         if self.val_alphabets < 0:
             raise FsmtlError(f"--val-alphabets: expected >= 0, got {self.val_alphabets}")
-        if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
-            raise FsmtlError(f"--ratios: expected three non-negative fractions, got {self.ratios}")
+        if len(self.ratios) != 3 or min(self.ratios) < 0 or abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise FsmtlError(f"--ratios: expected three non-negative fractions summing to 1, got {','.join(map(str, self.ratios))}")
         if len(self.classes) != 3 or min(self.classes) < 0 or self.per_class < 1:
             raise FsmtlError(
                 f"--classes/--per-class: expected 3 counts >= 0 and >= 1 image, got {self.classes} x {self.per_class}"

@@ -55,9 +55,8 @@ def _read_tar(path: Path) -> dict[str, Any]:
                     assert f is not None
                     found[base] = load_pickle_stream(f, f"{path}:{m.name}", _BATCH_WHAT)
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise FsmtlError(
-            f"{path}: not a readable tar archive ({e}); expected cifar-100-python.tar.gz"
-        ) from None
+        why = "no gzip, bzip2, xz or plain tar format fits" if isinstance(e, tarfile.ReadError) else str(e).splitlines()[0]
+        raise FsmtlError(f"{path}: not a readable tar archive ({why}); expected cifar-100-python.tar.gz") from None
     return found
 
 

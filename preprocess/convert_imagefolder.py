@@ -7,6 +7,7 @@ Classes go to splits by a user file (``--split-file``: lines ``<class>,<split>``
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,9 @@ def convert_imagefolder(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
         classes = [c for c in tree if assignment[c] == split]
         if not classes:
             continue
+        if len(classes) < 5:
+            print(f"fsmtl convert: warning: split {split!r} gets {len(classes)} class(es): too few for the "
+                  "usual 5-way tasks (set --ratios or --split-file)", file=sys.stderr)  # fmt: skip
         paths = [p for c in classes for p in tree[c]]
         labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(tree[c]) for c in classes])
         out = w.alloc_images(split, len(paths), (size, size, channels))
