@@ -23,6 +23,7 @@ _COMMANDS: dict[str, tuple[str, bool, str]] = {
     "bench": ("benchmarks.__main__", False, "throughput and cost benchmarks (pipeline, train, eval, algorithms, all)"),
     "demo": ("fsmtl.demo", False, "the main job on the embedded synthetic data: convert, train, eval, report"),
     "plot": ("fsmtl.report", False, "draw the curves of runs from their metrics.jsonl, and compare runs"),
+    "doctor": ("fsmtl.doctor", False, "what this machine gives fsmtl: devices, precision, optional back ends"),
 }
 
 

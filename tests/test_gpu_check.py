@@ -36,3 +36,18 @@ def test_gpu_check_needs_none_of_the_packages_the_gpu_machine_lacks(tmp_path, mo
     assert rc == 0, doc
     assert all("error" not in row for row in doc["steps"]["train"]["result"]["rows"])
     assert doc["steps"]["epoch"]["result"]["seconds_per_seed_epoch"] > 0
+
+
+def test_the_shell_script_runs_and_leaves_its_files_in_out(tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(script), "--device", "cpu", "--quick", "--only", "check-augment"],
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["check-augment"]["result"]["ok"]
+    assert json.loads((tmp_path / "doctor.json").read_text())["components"][0]["module"] == "torch"
+    assert "gpu_check exit code 0" in proc.stdout and (tmp_path / "gpu_check.log").stat().st_size > 0
