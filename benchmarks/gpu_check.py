@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         torch.backends.cudnn.benchmark = True
     q = a.quick
+    t_all = time.perf_counter()
     doc: dict[str, Any] = {"benchmark": "gpu_check", "hardware": hardware_info(device), "steps": {}}
     with tempfile.TemporaryDirectory(prefix="fsmtl-gpu-check-") as tmp_s:
         tmp = Path(tmp_s)
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 doc["steps"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             doc["steps"][name]["seconds"] = round(time.perf_counter() - t0, 1)
+            doc["total_seconds"] = round(time.perf_counter() - t_all, 1)
             atomic_write_json(a.json, doc)
     rows = []
     for name, st in doc["steps"].items():
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"step": name, "seconds": st["seconds"], "ok": res.get("ok", "error" not in st),
                      "error": st.get("error", "")[:60]})  # fmt: skip
     print("\n" + format_table(rows, ["step", "seconds", "ok", "error"]))
-    print(f"wrote {a.json}")
+    print(f"wrote {a.json}; for RESULTS.md: python -m benchmarks.gpu_report {a.json}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -51,3 +51,31 @@ def test_the_shell_script_runs_and_leaves_its_files_in_out(tmp_path):
     assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["check-augment"]["result"]["ok"]
     assert json.loads((tmp_path / "doctor.json").read_text())["components"][0]["module"] == "torch"
     assert "gpu_check exit code 0" in proc.stdout and (tmp_path / "gpu_check.log").stat().st_size > 0
+
+
+def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
+    from benchmarks import gpu_report
+
+    doc = {
+        "hardware": {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "date": "2026-12-01T00:00:00Z"},
+        "total_seconds": 301.0,
+        "steps": {
+            "check-augment": {"result": {"ok": True}, "seconds": 1.0},
+            "pipeline": {"result": {"rows": [
+                {"size": 84, "backend": "torch", "device": "cuda", "images_per_s": 2.5e6, "pipeline_share_of_step": 0.011},
+                {"size": 84, "backend": "reference", "device": "cpu", "images_per_s": 2.1e4}]}, "seconds": 30.0},
+            "train": {"result": {"config": {"model": "resnet12", "size": 84}, "rows": [
+                {"config": "fp32-eager", "images_per_s": 1000.0, "ms_per_step": 300.0, "speedup_vs_fp32_eager": 1.0},
+                {"config": "bf16-cl-compile", "images_per_s": 2500.0, "ms_per_step": 120.0, "speedup_vs_fp32_eager": 2.5}],
+                "data_wait": {"data_wait_frac": 0.004}, "preset_memory": {"peak_mem_mb": 2100.0}}, "seconds": 150.0},
+            "eval": {"error": "RuntimeError: boom", "seconds": 2.0},
+        },
+    }  # fmt: skip
+    path = tmp_path / "gc.json"
+    path.write_text(json.dumps(doc))
+    assert gpu_report.main([str(path)]) == 1  # the train speed-up misses its 3x target
+    text = capsys.readouterr().out
+    assert "## GPU check: NVIDIA H100 80GB HBM3" in text
+    assert "| 2,500,000 images/s (seed's pipeline, all cores: 21,000) | PASS |" in text
+    assert "| 1.10% | PASS |" in text and "| 2.50x | FAIL |" in text and "| 0.40% | PASS |" in text
+    assert "eval: RuntimeError: boom" in text

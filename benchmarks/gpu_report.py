@@ -1,0 +1,142 @@
+"""``python -m benchmarks.gpu_report gpu_check.json``: the GPU check's numbers as a Markdown section
+for benchmarks/RESULTS.md, each target with its verdict (PASS / FAIL / not measured).
+
+Written so that the session that gets a GPU spends its device minutes measuring, not transcribing:
+run it on the JSON that ``bash benchmarks/gpu_check.sh`` brought back and paste the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# the targets of the pipeline, trainer and GPU-check issues
+TARGETS = {
+    "pipeline_images_per_s": 1_000_000.0,  # torch back end, 84x84 Lee19 task batches, at least
+    "pipeline_share_of_step": 0.02,  # of a ResNet-12 training step, under
+    "train_speedup": 3.0,  # bf16 + channels_last + compile over fp32 eager, at least
+    "data_wait_frac": 0.02,  # of the training step, under
+    "total_seconds": 480.0,  # the whole check, under 8 minutes
+}
+
+
+def _result(doc: dict[str, Any], step: str) -> dict[str, Any] | None:
+    st = doc.get("steps", {}).get(step)
+    return None if st is None or "result" not in st else st["result"]
+
+
+def _verdict(value: float | None, target: float, above: bool) -> str:
+    if value is None:
+        return "not measured"
+    return "PASS" if (value >= target if above else value < target) else "FAIL"
+
+
+def summarize(doc: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers of a gpu_check JSON document (None where a step failed or did not run)."""
+    out: dict[str, Any] = {"gpu": doc.get("hardware", {}).get("gpu"), "torch": doc.get("hardware", {}).get("torch"),
+                           "date": doc.get("hardware", {}).get("date"), "errors": {}}  # fmt: skip
+    for name, st in doc.get("steps", {}).items():
+        if "error" in st:
+            out["errors"][name] = st["error"]
+    out["checks_ok"] = {s: (_result(doc, s) or {}).get("ok") for s in ("check-sampling", "check-augment", "check-heads")}
+    pipe = _result(doc, "pipeline") or {}
+    torch84 = [r for r in pipe.get("rows", []) if r.get("size") == 84 and r.get("backend") == "torch" and r.get("device") != "cpu"]
+    ref84 = [r for r in pipe.get("rows", []) if r.get("size") == 84 and r.get("backend") == "reference"]
+    out["pipeline_images_per_s"] = torch84[0]["images_per_s"] if torch84 else None
+    out["pipeline_share_of_step"] = torch84[0].get("pipeline_share_of_step") if torch84 else None
+    out["reference_images_per_s"] = ref84[0]["images_per_s"] if ref84 else None
+    train = _result(doc, "train") or {}
+    rows = {r["config"]: r for r in train.get("rows", []) if "config" in r}
+    out["train_rows"] = rows
+    out["train_shape"] = f"{train.get('config', {}).get('model', '?')}, {train.get('config', {}).get('size', '?')}x{train.get('config', {}).get('size', '?')}"
+    fast = rows.get("bf16-cl-compile") or {}
+    out["train_speedup"] = fast.get("speedup_vs_fp32_eager")
+    out["data_wait_frac"] = (train.get("data_wait") or {}).get("data_wait_frac")
+    out["preset_peak_mem_mb"] = (train.get("preset_memory") or {}).get("peak_mem_mb")
+    ev = _result(doc, "eval") or {}
+    ev_rows = ev.get("rows", [])
+    out["eval"] = {"rows": ev_rows, "agreement_pct": ev.get("prediction_agreement_pct"),
+                   "accuracy_difference_pct": ev.get("accuracy_difference_pct")}  # fmt: skip
+    out["epoch"] = _result(doc, "epoch")
+    out["total_seconds"] = doc.get("total_seconds") or sum(float(st.get("seconds", 0)) for st in doc.get("steps", {}).values())
+    return out
+
+
+def _num(v: Any, fmt: str = "{:,.0f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(s: dict[str, Any]) -> str:
+    """The RESULTS.md section."""
+    lines = [f"## GPU check: {s['gpu'] or 'unknown GPU'} (torch {s['torch']}, {s['date']})", "",
+             "Command: `bash benchmarks/gpu_check.sh` on the lent machine; this section: "
+             "`python -m benchmarks.gpu_report gpu_check.json`.", "",
+             "| target | measured | verdict |", "| --- | --- | --- |"]  # fmt: skip
+    t = TARGETS
+    lines += [
+        f"| pipeline, 84x84 Lee19 task batches >= 1,000,000 images/s | {_num(s['pipeline_images_per_s'])} images/s "
+        f"(seed's pipeline, all cores: {_num(s['reference_images_per_s'])}) | "
+        f"{_verdict(s['pipeline_images_per_s'], t['pipeline_images_per_s'], True)} |",
+        f"| pipeline < 2% of a ResNet-12 step | {_num(s['pipeline_share_of_step'] and 100 * s['pipeline_share_of_step'], '{:.2f}%')} | "
+        f"{_verdict(s['pipeline_share_of_step'], t['pipeline_share_of_step'], False)} |",
+        f"| ResNet-12 84x84: bf16 + channels_last + compile >= 3x fp32 eager | {_num(s['train_speedup'], '{:.2f}x')} | "
+        f"{_verdict(s['train_speedup'], t['train_speedup'], True)} |",
+        f"| data wait < 2% of the step | {_num(s['data_wait_frac'] and 100 * s['data_wait_frac'], '{:.2f}%')} | "
+        f"{_verdict(s['data_wait_frac'], t['data_wait_frac'], False)} |",
+        f"| the whole check < 8 minutes | {_num(s['total_seconds'], '{:.0f} s')} (Python part) | "
+        f"{_verdict(s['total_seconds'], t['total_seconds'], False)} |",
+        "",
+        "CUDA vs CPU checks: " + ", ".join(f"{k} {'ok' if v else ('FAILED' if v is False else 'not run')}" for k, v in s["checks_ok"].items()),
+        "",
+    ]  # fmt: skip
+    if s["train_rows"]:
+        lines += [f"| training step ({s['train_shape']}) | images/s | ms/step | x fp32 eager |", "| --- | --- | --- | --- |"]
+        for name, r in s["train_rows"].items():
+            lines.append(f"| {name} | {_num(r.get('images_per_s'))} | {_num(r.get('ms_per_step'), '{:.1f}')} | "
+                         f"{_num(r.get('speedup_vs_fp32_eager'), '{:.2f}')} |")  # fmt: skip
+        lines += ["", f"Peak memory of a mini-ImageNet 5-shot preset step: {_num(s['preset_peak_mem_mb'])} MiB.", ""]
+    if s["eval"]["rows"]:
+        lines += ["| test tasks, logreg C=3 | device | tasks | tasks/s | x scikit-learn |", "| --- | --- | --- | --- | --- |"]
+        for r in s["eval"]["rows"]:
+            lines.append(f"| {r['method']} | {r['device']} | {r.get('tasks')} | {_num(r.get('tasks_per_s'))} | {_num(r.get('speedup'), '{:.1f}')} |")
+        lines += ["", f"Identical predictions on {_num(s['eval']['agreement_pct'], '{:.2f}%')} of the compared queries.", ""]
+    ep = s["epoch"]
+    if ep:
+        hours = ep.get("projected_gpu_hours", {})
+        hours_t = ep.get("projected_gpu_hours_if_1600_tasks", {})
+        lines += [
+            f"mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic shards: {_num(ep.get('train_s_per_step'), '{:.4f}')} s "
+            f"a step, {_num(ep.get('images_per_s'))} images/s, data wait {_num(ep.get('data_wait_frac') and 100 * ep['data_wait_frac'], '{:.2f}%')}, "
+            f"validation {_num(ep.get('val_s'), '{:.1f}')} s for {ep.get('steps_per_epoch_measured')} timed steps.",
+            "",
+            "| reading of the seed's epoch | seconds an epoch | GPU-hours for 30 / 60 / 100 epochs | the seed's published run |",
+            "| --- | --- | --- | --- |",
+            f"| 1600 optimizer steps (fsmtl's) | {_num(ep.get('seconds_per_seed_epoch'), '{:.0f}')} | "
+            + " / ".join(_num(hours.get(f"{e}_epochs"), "{:.2f}") for e in (30, 60, 100)) + f" | {ep.get('seed_published_gpu_hours')} V100-hours |",
+            f"| 1600 tasks (the recipe's) | {_num(ep.get('seconds_per_seed_epoch_if_1600_tasks'), '{:.0f}')} | "
+            + " / ".join(_num(hours_t.get(f"{e}_epochs"), "{:.2f}") for e in (30, 60, 100)) + " | |",
+            "",
+        ]  # fmt: skip
+    if s["errors"]:
+        lines += ["Steps that failed: " + "; ".join(f"{k}: {v}" for k, v in s["errors"].items()), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("json", type=Path, help="gpu_check.json from benchmarks/gpu_check.sh")
+    a = p.parse_args(argv)
+    from fsmtl.fileio import read_json
+
+    s = summarize(read_json(a.json, "gpu_check JSON"))
+    print(markdown(s))
+    verdicts = [_verdict(s[k], v, k in ("pipeline_images_per_s", "train_speedup")) for k, v in TARGETS.items()]
+    return 0 if all(v == "PASS" for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
