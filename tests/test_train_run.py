@@ -110,19 +110,19 @@ def test_missing_data_is_a_user_error(tmp_path: Path) -> None:
         train(tiny_cfg(tmp_path / "nope", tmp_path / "r"))
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:
-    def poisoned(split, mean, std, pcfg):
+def wrapped_loader(hook):
+    """A ``loader_factory`` whose batches pass through ``hook(n, fetch)``: n counts batches from 1,
+    ``fetch()`` returns the real loader's next batch."""
+
+    def factory(split, mean, std, pcfg):
         loader = build_task_loader(split, mean, std, pcfg)
 
-        class Poison:
+        class Wrapped:
             n = 0
 
             def __next__(self):
-                batch = next(loader)
-                Poison.n += 1
-                if Poison.n == 6:  # step 5: the second step of epoch 2
-                    return batch._replace(images=batch.images * float("nan"))
-                return batch
+                Wrapped.n += 1
+                return hook(Wrapped.n, lambda: next(loader))
 
             def state_dict(self):
                 return loader.state_dict()
@@ -130,7 +130,17 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_
             def close(self):
                 loader.close()
 
-        return Poison()
+        return Wrapped()
+
+    return factory
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_shards: Path, tmp_path: Path) -> None:
+    def poison(n, fetch):  # batch 6 = step 5: the second step of epoch 2
+        batch = fetch()
+        return batch._replace(images=batch.images * float("nan")) if n == 6 else batch
+
+    poisoned = wrapped_loader(poison)
 
     run = tmp_path / "run"
     with pytest.raises(FsmtlError, match="step 5"):
@@ -143,25 +153,12 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_equals_an_uninterrupted_run(ti
     import os
     import signal
 
-    def preempted(split, mean, std, pcfg):
-        loader = build_task_loader(split, mean, std, pcfg)
+    def notice(n, fetch):
+        if n == 3:  # a scheduler's notice during step 3 of epoch 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fetch()
 
-        class Preempt:
-            n = 0
-
-            def __next__(self):
-                Preempt.n += 1
-                if Preempt.n == 3:  # a scheduler's notice during step 3 of epoch 1
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return next(loader)
-
-            def state_dict(self):
-                return loader.state_dict()
-
-            def close(self):
-                loader.close()
-
-        return Preempt()
+    preempted = wrapped_loader(notice)
 
     before = signal.getsignal(signal.SIGTERM)
     run = tmp_path / "run"
