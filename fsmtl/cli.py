@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Sequence
 
 from fsmtl.errors import EXIT_USER_ERROR, FsmtlError
@@ -36,13 +38,38 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and ``with`` cleans up (no half-written output)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run_stage_main(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
-    """Run a stage's ``main`` and map user errors to a one-line message and exit code 2."""
+    """Run a stage's ``main`` and map user errors to a one-line message and exit code 2.
+
+    SIGTERM ends the stage like Ctrl-C (exit 143, temporary output removed); ``fsmtl train`` turns
+    it into a graceful mid-epoch checkpoint instead (see train/signals.py)."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(main, argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(main: Callable[[list[str]], int | None], argv: Sequence[str]) -> int:
     try:
         rc = main(list(argv))
     except FsmtlError as e:
         print(f"fsmtl: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Terminated:
+        print("fsmtl: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("fsmtl: interrupted", file=sys.stderr)
         return 130

@@ -77,6 +77,10 @@ class PreprocessConfig:
             )
         if self.benchmark != "synthetic" and self.src is None:
             raise FsmtlError(f"--src: required for {self.benchmark} (the downloaded files)")
+        if self.src is not None:
+            src, out = Path(self.src).resolve(), Path(self.out).resolve()
+            if src == out or out in src.parents or src in out.parents:
+                raise FsmtlError(f"--out {self.out}: must lie outside --src {self.src} (and not contain it)")
         if self.benchmark == "synthetic" and self.src is not None:
             raise FsmtlError("--src: synthetic data is generated, not read; leave --src out")
         if self.rotations and self.benchmark != "omniglot":

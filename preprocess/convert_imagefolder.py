@@ -7,7 +7,9 @@ Classes go to splits by a user file (``--split-file``: lines ``<class>,<split>``
 
 from __future__ import annotations
 
+import re
 import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +24,23 @@ from preprocess.splitlists import check_class_set
 def read_split_file(path: Path) -> dict[str, str]:
     """{class: split} from a ``<class>,<split>`` (or whitespace-separated) file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is not part of the first class
     except OSError as e:
         raise FsmtlError(f"{path}: cannot read split file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise FsmtlError(f"{path}: expected UTF-8 text, byte {e.start} is not (save the split file as UTF-8)") from None
     out: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
+        line = re.sub(r"\s+#.*$", "", line).strip()  # comments: whole lines, or after whitespace ('C#' is a name)
+        if not line or line.startswith("#"):
             continue
         parts = [p.strip() for p in (line.rsplit(",", 1) if "," in line else line.rsplit(None, 1))]
         if len(parts) != 2 or parts[1] not in SPLITS:
             raise FsmtlError(f"{path}:{n}: expected '<class>,<train|val|test>', got {line!r}")
-        if parts[0] in out:
+        name = unicodedata.normalize("NFC", parts[0])  # as the folder names are matched
+        if name in out:
             raise FsmtlError(f"{path}:{n}: class {parts[0]!r} listed twice")
-        out[parts[0]] = parts[1]
+        out[name] = parts[1]
     if not out:
         raise FsmtlError(f"{path}: expected '<class>,<split>' lines, found none")
     return out
@@ -61,18 +66,39 @@ def split_by_ratios(
     return {classes[j]: SPLITS[s] for s in range(3) for j in perm[bounds[s] : bounds[s + 1]]}
 
 
+def _warn(text: str) -> None:
+    print(f"fsmtl convert: warning: {text}", file=sys.stderr)
+
+
 def _scan(src: Path) -> dict[str, list[Path]]:
-    """{class folder name: sorted image paths}."""
+    """{class name (NFC-normalised folder name): sorted image paths}.
+
+    Hidden files and folders (``.x``, macOS ``._x``) are skipped; so are class folders without
+    images, and images in sub-folders of a class folder (both with a warning). Symlinks are
+    followed; two class folders that are the same folder are refused (the images would be in two
+    classes, maybe in two splits).
+    """
     if not src.is_dir():
         raise FsmtlError(f"{src}: expected a folder with one sub-folder of images per class")
-    out = {}
+    out: dict[str, list[Path]] = {}
+    seen: dict[Path, Path] = {}
+    nested = []
     for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = [p for p in d.iterdir() if not p.name.startswith(".")]
+        files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        nested += [p for p in entries if p.is_dir()]
         if not files:
-            raise FsmtlError(f"{d}: expected images ({', '.join(IMAGE_SUFFIXES)}), found none")
-        out[d.name] = files
+            _warn(f"{d}: no images ({', '.join(IMAGE_SUFFIXES)}): not a class, skipped")
+            continue
+        real = d.resolve()
+        if real in seen:
+            raise FsmtlError(f"{d}: is the same folder as {seen[real]} (a symlink?); each class must be its own folder")
+        seen[real] = d
+        out[unicodedata.normalize("NFC", d.name)] = files
+    if nested:
+        _warn(f"{len(nested)} sub-folder(s) inside class folders (e.g. {nested[0]}) are not read: a class is one flat folder")
     if not out:
-        raise FsmtlError(f"{src}: expected class sub-folders, found none")
+        raise FsmtlError(f"{src}: expected class sub-folders holding images, found none")
     return out
 
 
@@ -92,15 +118,14 @@ def convert_imagefolder(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
         if not classes:
             continue
         if len(classes) < 5:
-            print(f"fsmtl convert: warning: split {split!r} gets {len(classes)} class(es): too few for the "
-                  "usual 5-way tasks (set --ratios or --split-file)", file=sys.stderr)  # fmt: skip
+            _warn(f"split {split!r} gets {len(classes)} class(es): too few for the usual 5-way tasks (set --ratios or --split-file)")
         paths = [p for c in classes for p in tree[c]]
         labels = np.repeat(np.arange(len(classes), dtype=np.int64), [len(tree[c]) for c in classes])
         out = w.alloc_images(split, len(paths), (size, size, channels))
         parallel_fill(
             out,
             lambda i: decode_image(
-                read_file(paths[i]), str(paths[i]), size=size, channels=channels
+                read_file(paths[i]), str(paths[i]), size=size, channels=channels, exif=True
             ),
             cfg.workers,
             f"imagefolder {split}",

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from fsmtl.errors import FsmtlError
@@ -31,6 +31,23 @@ def read_file(path: Path) -> bytes:
         raise FsmtlError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def to_8bit_opaque(img: Image.Image) -> Image.Image:
+    """16-bit and float greyscale scaled (not clipped) to 8 bits; transparency composited onto white.
+
+    PIL's own ``convert`` clips 16-bit values at 255 (a 16-bit image turns almost all white) and
+    drops alpha (a black glyph on a transparent background turns all black).
+    """
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
+            arr = arr / 257.0  # 0..65535 -> 0..255
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img
+
+
 def decode_image(
     data: bytes | np.ndarray,
     name: str,
@@ -38,6 +55,7 @@ def decode_image(
     channels: int = 3,
     invert: bool = False,
     expect_size: int | None = None,
+    exif: bool = False,
 ) -> np.ndarray:
     """Decode one encoded image (PNG, JPEG, ...) to a uint8 array.
 
@@ -48,6 +66,8 @@ def decode_image(
         channels: 3 (RGB) or 1 (grey).
         invert: return 255 - pixels (Omniglot: ink becomes the bright foreground).
         expect_size: if set, an image that is not ``expect_size`` square is an error.
+        exif: apply the EXIF orientation tag (for users' own photos; the benchmark converters keep
+            pixels as stored, as the published splits were made).
 
     Returns:
         uint8 [H, W, channels].
@@ -56,7 +76,11 @@ def decode_image(
         data = data.tobytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
+            if exif:
+                img = ImageOps.exif_transpose(img)  # phone photos: upright as they are shown
+            img = to_8bit_opaque(img).convert("RGB" if channels == 3 else "L")
+    except UnidentifiedImageError:
+        raise FsmtlError(f"{name}: not a readable image (unknown or corrupt image format)") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for corrupt input
         raise FsmtlError(f"{name}: not a readable image ({type(e).__name__}: {e})") from None
     if expect_size is not None and img.size != (expect_size, expect_size):

@@ -16,6 +16,7 @@ no train split, from the first split written).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -259,6 +260,49 @@ class _SplitRecord:
     bytes: int
 
 
+def check_replaceable(out: Path, force: bool) -> None:
+    """Refuse to overwrite ``out`` unless ``force`` and it is an empty folder or a shard directory.
+
+    ``--force`` replaces earlier output of fsmtl, never a folder of anything else (source images,
+    a home directory given by mistake).
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise FsmtlError(f"{out}: already exists (pass --force to replace a shard directory)")
+    if not out.is_dir() or out.is_symlink():
+        raise FsmtlError(f"{out}: not a directory; --force replaces only a shard directory")
+    if any(out.iterdir()):
+        try:
+            fmt = json.loads((out / "meta.json").read_text(encoding="utf-8")).get("format")
+        except (OSError, ValueError, AttributeError):
+            fmt = None
+        if fmt != FORMAT_NAME:
+            raise FsmtlError(f"{out}: holds files that are not fsmtl shards (no fsmtl meta.json); --force replaces "
+                             "only a shard directory: remove it yourself or choose another --out")  # fmt: skip
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary folders of conversions into ``out`` whose process is gone (killed)."""
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit(".tmp-", 1)[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 @dataclass
 class ShardWriter:
     """Writes a shard set into a temporary directory beside ``out``; ``commit`` renames it.
@@ -284,9 +328,9 @@ class ShardWriter:
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
-        if self.out.exists() and not self.force:
-            raise FsmtlError(f"{self.out}: already exists (pass --force to overwrite)")
+        check_replaceable(self.out, self.force)
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.out)
         self._tmp = self.out.parent / f".{self.out.name}.tmp-{os.getpid()}-{time.time_ns()}"
         self._tmp.mkdir()
 
@@ -440,8 +484,7 @@ class ShardWriter:
         }
         atomic_write_json(self.tmp_dir / "meta.json", meta)
         if self.out.exists():
-            if not self.force:
-                raise FsmtlError(f"{self.out}: already exists (pass --force to overwrite)")
+            check_replaceable(self.out, self.force)  # again: it may have changed while we converted
             shutil.rmtree(self.out)
         os.replace(self.tmp_dir, self.out)
         self._tmp = None

@@ -93,3 +93,84 @@ def test_split_file_lines_are_checked(tmp_path):
 def test_ratio_split_gives_small_splits_at_least_one_class():
     got = split_by_ratios([f"c{i}" for i in range(5)], (0.9, 0.05, 0.05), seed=0)
     assert sorted(got.values()) == ["test", "train", "train", "train", "val"]
+
+
+def _png(img) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_16bit_images_are_scaled_not_clipped_and_transparency_is_composited_on_white():
+    from PIL import Image
+
+    from preprocess.imaging import decode_image
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
+    got = decode_image(_png(Image.fromarray(ramp)), "ramp16.png", channels=1)[..., 0]
+    np.testing.assert_allclose(got.astype(float), np.rint(ramp / 257.0), atol=1)
+    glyph = np.zeros((32, 32, 4), dtype=np.uint8)  # black ink, transparent background
+    glyph[8:24, 14:18, 3] = 255
+    out = decode_image(_png(Image.fromarray(glyph, "RGBA")), "glyph.png")
+    assert out[0, 0].tolist() == [255, 255, 255] and out[16, 15].tolist() == [0, 0, 0]
+
+
+def test_exif_orientation_is_applied_for_imagefolder_only():
+    import io
+
+    from PIL import Image
+
+    from preprocess.imaging import decode_image
+
+    img = np.zeros((20, 40, 3), dtype=np.uint8)
+    img[:, :20] = 255  # left half white, stored landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG", exif=exif.tobytes())
+    assert decode_image(buf.getvalue(), "raw.png").shape == (20, 40, 3)
+    upright = decode_image(buf.getvalue(), "photo.png", exif=True)
+    assert upright.shape == (40, 20, 3) and upright[:20].mean() > 200 and upright[20:].mean() < 50
+
+
+def test_an_unknown_format_is_named_without_python_internals():
+    import pytest
+
+    from fsmtl.errors import FsmtlError
+    from preprocess.imaging import decode_image
+
+    with pytest.raises(FsmtlError, match=r"x.jpg: not a readable image \(unknown or corrupt image format\)$"):
+        decode_image(b"definitely not an image", "x.jpg")
+
+
+def test_hidden_files_empty_and_nested_folders_are_skipped_with_warnings(tree, tmp_path, capsys):
+    (tree / "class_0" / "._a.jpg").write_bytes(b"macOS resource fork, not an image")
+    (tree / "empty_class").mkdir()
+    (tree / "class_1" / "more").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tree / "class_1" / "more" / "x.jpg")
+    assert cli(["convert", "imagefolder", "--src", str(tree), "--out", str(tmp_path / "o"), "--size", "16"]) == 0
+    err = capsys.readouterr().err
+    assert "empty_class: no images" in err and "sub-folder(s) inside class folders" in err
+    shards = open_shards(tmp_path / "o")
+    assert sum(shards.meta["splits"][s]["n_classes"] for s in shards.splits) == 10
+
+
+def test_a_symlinked_duplicate_class_folder_is_refused(tree, tmp_path):
+    (tree / "class_0_again").symlink_to(tree / "class_0", target_is_directory=True)
+    with pytest.raises(FsmtlError, match="same folder as"):
+        from preprocess.convert_imagefolder import _scan
+
+        _scan(tree)
+
+
+def test_split_files_with_a_bom_other_unicode_forms_and_hashes_in_names(tmp_path):
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "café")
+    (tmp_path / "s.txt").write_bytes(("\ufeffC#,train\n" + nfd + ",val  # a note\n# comment\ndog,test\n").encode("utf-8"))
+    assert read_split_file(tmp_path / "s.txt") == {"C#": "train", unicodedata.normalize("NFC", "café"): "val", "dog": "test"}
+    (tmp_path / "latin1.txt").write_bytes("café,train\n".encode("latin-1"))
+    with pytest.raises(FsmtlError, match="expected UTF-8 text"):
+        read_split_file(tmp_path / "latin1.txt")

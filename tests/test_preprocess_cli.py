@@ -194,3 +194,47 @@ def test_a_file_that_is_not_npy_is_named_as_such(tmp_path):
     (tmp_path / "s" / "test" / "images.npy").write_bytes(b"garbage")
     with pytest.raises(FsmtlError, match="not a .npy file"):
         load_split(tmp_path / "s", "test")
+
+
+def test_force_replaces_only_a_shard_directory_and_never_the_source(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("important")
+    assert cli(["convert", "synthetic", "--out", str(precious), "--force", *SMALL]) == 2
+    assert "not fsmtl shards" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "important" and not list(tmp_path.glob(".precious.tmp-*"))
+    src = tmp_path / "images"
+    (src / "cat").mkdir(parents=True)
+    for out in (src, tmp_path, src / "shards"):  # the source itself, a folder holding it, a folder inside it
+        assert cli(["convert", "imagefolder", "--src", str(src), "--out", str(out), "--force"]) == 2
+        assert "outside --src" in capsys.readouterr().err
+    assert (src / "cat").is_dir() and (precious / "notes.txt").exists()
+
+
+def test_temporaries_of_a_killed_conversion_are_cleaned_up_by_the_next(tmp_path):
+    stale = tmp_path / ".s.tmp-999999999-1"  # no process has this pid
+    stale.mkdir()
+    (stale / "images.npy").write_bytes(b"half written")
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
+    assert not stale.exists() and open_shards(tmp_path / "s").meta["benchmark"] == "synthetic"
+
+
+def test_sigterm_during_a_conversion_leaves_nothing_behind(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "big"
+    proc = subprocess.Popen([sys.executable, "-m", "fsmtl.cli", "convert", "synthetic", "--out", str(out), "--size", "84",
+                             "--classes", "64,16,20", "--per-class", "600", "--no-progress", "--workers", "1"],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for _ in range(200):  # wait until the conversion has started writing
+        if list(tmp_path.glob(".big.tmp-*")):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143 and "terminated" in err
+    assert not out.exists() and not list(tmp_path.glob(".big.tmp-*"))
