@@ -30,8 +30,12 @@ def _open_split(run: Run, cfg: EvalConfig):
         split = load_split(data, cfg.split)
     except FsmtlError as e:
         if f"no split {cfg.split!r}" in str(e):
+            from preprocess.shards import open_shards
+
             other = "val" if cfg.split == "test" else "test"
-            raise FsmtlError(f"{e}; pass --split {other} (or --data DIR with a {cfg.split} split)") from None
+            if other in open_shards(data).splits:
+                raise FsmtlError(f"{e}; pass --split {other} (or --data DIR with a {cfg.split} split)") from None
+            raise FsmtlError(f"{e}: no classes held out from training to test on; pass --data DIR with a test split") from None
         raise
     shape = tuple(split.images.shape[1:])
     if shape != run.image_shape:
@@ -40,8 +44,9 @@ def _open_split(run: Run, cfg: EvalConfig):
 
 
 def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path) -> Path:
-    """RUN/reports/eval_<split>_<checkpoint>.json, <checkpoint> being best, last or the file's stem;
-    RUN is the run directory (also when --run names a file in RUN/checkpoints/), else the file's folder."""
+    """RUN/reports/eval_<split>_<checkpoint>[_on_<data>].json, <checkpoint> being best, last or the
+    file's stem, ``_on_<data>`` when --data names other shards; RUN is the run directory (also when
+    --run names a file in RUN/checkpoints/), else the file's folder."""
     ckpt = Path(checkpoint_path)
     if cfg.run and Path(cfg.run).is_dir():
         base = Path(cfg.run)
@@ -49,6 +54,8 @@ def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path) -> Path:
         base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     run_is_dir = bool(cfg.run) and Path(cfg.run).is_dir()
     tag = cfg.checkpoint if run_is_dir and cfg.checkpoint in ("best", "last") else ckpt.stem
+    if cfg.data:  # other data than the run's own: its own report, not over the run's
+        tag += f"_on_{Path(cfg.data).resolve().name}"
     return base / "reports" / f"eval_{cfg.split}_{tag}.json"
 
 
@@ -75,7 +82,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         results[str(shots)] = res
     return {
         "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": str(run.path),
-        "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(data), "split": cfg.split,
+        "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(Path(data).resolve()), "split": cfg.split,
         "device": str(run.device), "precision": str(run.amp_dtype or "fp32").replace("torch.", ""),
         "config": {**asdict(cfg), "shots": list(cfg.shots), "heads": list(cfg.heads)}, "results": results,
     }  # fmt: skip

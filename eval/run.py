@@ -123,6 +123,8 @@ class Run:
         """
         from eval.protocol import embed_images
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise FsmtlError(f"embed: batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(images, (Tensor, np.ndarray)):
             raise FsmtlError(f"embed: expected a uint8 numpy array or tensor, got {type(images).__name__}")
         dtype_ok = images.dtype == (torch.uint8 if isinstance(images, Tensor) else np.uint8)

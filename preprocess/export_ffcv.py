@@ -9,6 +9,7 @@ address the .beton directly.
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
 from types import ModuleType
 from typing import Iterator
@@ -72,13 +73,14 @@ class _Rows:
         return np.ascontiguousarray(self.images[i]), int(self.labels[i])
 
 
-def export_split_ffcv(split: SplitData, path: Path, workers: int = 1) -> None:
+def export_split_ffcv(split: SplitData, path: Path, workers: int = 1, progress: bool = True) -> None:
     """Write ``split`` to the FFCV file ``path``.
 
     Args:
         split: images uint8 [N, H, W, C], labels int64 [N].
         path: the .beton to write (its directory must exist).
         workers: FFCV writer processes (1 keeps it deterministic and light).
+        progress: FFCV's own progress bar (it has no switch: off means its stderr is swallowed).
 
     Raises:
         FsmtlError: if FFCV is not installed.
@@ -95,7 +97,9 @@ def export_split_ffcv(split: SplitData, path: Path, workers: int = 1) -> None:
             num_workers=workers,
             page_size=_PAGE_SIZE,
         )
-        writer.from_indexed_dataset(_Rows(split), chunksize=256)
+        quiet = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+        with quiet:
+            writer.from_indexed_dataset(_Rows(split), chunksize=256)
 
 
 # Importing this module imports FFCV (thread counts preserved), so where FFCV is missing the

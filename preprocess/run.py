@@ -70,16 +70,24 @@ def _split_from_tmp(w: ShardWriter, split: str) -> SplitData:
     return SplitData(split, images, labels, offsets, doc["classes"], doc.get("categories"))
 
 
-def export_formats(w: ShardWriter, exporters: dict[str, ModuleType]) -> None:
+def export_formats(w: ShardWriter, exporters: dict[str, ModuleType], progress: bool = True) -> None:
     """Write each extra format of every split into the writer's directory (hashed into meta)."""
     for split in [s for s in SPLITS if s in w.split_summary()]:
         data = _split_from_tmp(w, split)
         if "ffcv" in exporters:
-            exporters["ffcv"].export_split_ffcv(data, w.add_file(f"{split}/data.beton"))
+            exporters["ffcv"].export_split_ffcv(data, w.add_file(f"{split}/data.beton"), progress=progress)
         if "dali" in exporters:
             written = exporters["dali"].export_split_dali(data, w.tmp_dir / split / "dali")
             for p in written:
                 w.add_file(Path(p).resolve().relative_to(w.tmp_dir.resolve()).as_posix())
+
+
+# the options each converter reads beyond src/out/size/workers/formats (recorded in meta.json)
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "omniglot": ("rotations", "val_alphabets"),
+    "imagefolder": ("channels", "seed", "split_file", "ratios"),
+    "synthetic": ("channels", "seed", "classes", "per_class", "difficulty"),
+}
 
 
 def convert(cfg: PreprocessConfig) -> dict[str, Any]:
@@ -94,13 +102,13 @@ def convert(cfg: PreprocessConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     exporters = load_exporters(cfg.formats)
     convert_fn = _converter(cfg.benchmark)
-    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
-    options.pop("progress")
-    options.pop("force")
+    relevant = {"benchmark", "out", "src", "formats", "size", "workers", *_OPTIONS.get(cfg.benchmark, ())}
+    options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k in relevant}
+    options["size"] = cfg.out_size  # the size written, also when the benchmark's default was used
     extra = {"formats": list(cfg.formats), "converter_options": options}
     with ShardWriter(cfg.out, cfg.benchmark, force=cfg.force, extra_meta=extra) as w:
         w.sources = convert_fn(cfg, w)
-        export_formats(w, exporters)
+        export_formats(w, exporters, cfg.progress)
         summary = w.split_summary()
         out = w.commit()
     return {

@@ -140,3 +140,20 @@ def test_adapt_rejects_unknown_heads_and_options():
         adapt(support, labels, query, head="knn")
     with pytest.raises(FsmtlError, match="unknown option"):
         adapt(support, labels, query, head="logreg", lam=1.0)
+
+
+@pytest.mark.parametrize("head,options", [("logreg", {"C": 0.0}), ("logreg", {"C": -1.0}), ("ridge", {"lam": -1.0}),
+                                          ("svm", {"iters": 0}), ("logreg", {"max_iter": 2.5})])
+def test_adapt_rejects_options_out_of_range(head, options):
+    support, labels, query = _tasks(n_tasks=1, seed=11)
+    with pytest.raises(FsmtlError, match=f"head {head}: {next(iter(options))} must be"):
+        adapt(support, labels, query, head=head, **options)
+    with pytest.raises(FsmtlError, match="ways must be an int"):
+        adapt(support, labels, query, head=head, ways=5.0)
+
+
+def test_every_feature_head_accepts_features_that_require_grad():
+    support, labels, query = _tasks(n_tasks=2, seed=12)
+    s, q = support.clone().requires_grad_(True), query.clone().requires_grad_(True)
+    for head in ("logreg", "proto", "proto_euclidean", "ridge", "svm"):
+        assert torch.equal(adapt(s, labels, q, head=head), adapt(support, labels, query, head=head)), head

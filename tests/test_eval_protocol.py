@@ -166,7 +166,8 @@ def test_cli_writes_the_default_report_and_honours_data_override(run_dir, tiny_s
     rc = fsmtl_main(["eval", "--run", str(run_dir), "--data", str(tiny_shards), "--tasks", "3", "--shots", "1",
                      "--queries", "2", "--split", "val", "--device", "cpu"])  # fmt: skip
     assert rc == 0
-    assert (run_dir / "reports" / "eval_val_best.json").is_file()
+    report = run_dir / "reports" / f"eval_val_best_on_{tiny_shards.name}.json"  # not over the run's own report
+    assert json.loads(report.read_text())["data"] == str(tiny_shards.resolve())
 
 
 def test_cli_bad_input_is_one_line_and_exit_code_2(run_dir, tmp_path, capsys):

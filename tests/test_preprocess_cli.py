@@ -94,7 +94,7 @@ def test_missing_backend_library_names_the_extra_to_install(tmp_path, capsys, mo
 
 def test_extra_formats_are_written_per_split_and_hashed_into_meta(tmp_path, monkeypatch):
     # stand-ins with the exporters' signatures (the real ones are tested by the pipelines' tests)
-    def export_split_ffcv(split, path):
+    def export_split_ffcv(split, path, progress=True):
         path.write_bytes(np.asarray(split.images).tobytes()[:64])
 
     def export_split_dali(split, out_dir):

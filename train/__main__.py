@@ -9,6 +9,7 @@ with its stored config; only flags given explicitly change it (e.g. a larger ``-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import typing
 from dataclasses import fields
@@ -111,7 +112,8 @@ def main(argv: list[str]) -> int:
 
     set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")  # the run's first line shows them
     summary = train(cfg)
-    print(f"fsmtl train: done: {summary}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(f"fsmtl train: done: {summary}")
     return 0
 
 

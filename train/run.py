@@ -144,9 +144,14 @@ def _resume(run: Run) -> None:
         run.tools.scaler.load_state_dict(c["scaler"])
     ranks = c["rng"]["ranks"]
     mine = ranks[run.dist.rank] if run.dist.rank < len(ranks) else None
-    if mine is None:
-        run.log.message(f"resume: checkpoint has {len(ranks)} rank(s), run has {run.dist.world_size}; new ranks start fresh")
-    else:
+    if len(ranks) != run.dist.world_size:  # said by rank 0, the one that logs
+        run.log.message(
+            f"resume: the checkpoint was written by {len(ranks)} rank(s), this run has {run.dist.world_size}: "
+            f"a step now takes {run.dist.world_size} x {run.cfg.meta_batch_size} tasks (was {len(ranks)} x), "
+            + ("ranks beyond the checkpoint's start their task streams fresh; " if run.dist.world_size > len(ranks) else "")
+            + "the run continues, but not as an uninterrupted one would"
+        )
+    if mine is not None:
         run.loader.load_state_dict(mine["loader"])
         ck.restore_rng(mine, run.device)
     run.progress = Progress(int(c["epoch"]), int(c["step"]), float(c["best_val_acc"]), int(c["epochs_since_best"]),
@@ -298,9 +303,10 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
             return reason
 
 
-def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest) -> str | None:
+def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, world_size: int = 1) -> str | None:
     """How to continue a run that a budget or a signal ended (None after early stopping)."""
-    base = f"fsmtl train --resume {cfg.out}"
+    launcher = f"torchrun --nproc_per_node {world_size} -m train" if world_size > 1 else "fsmtl train"
+    base = f"{launcher} --resume {cfg.out}"
     if reason.startswith("max_epochs"):
         return f"{base} --max-epochs N (N > {cfg.max_epochs})"
     if reason.startswith("max_steps"):
@@ -347,12 +353,17 @@ def fit(run: Run) -> dict[str, Any]:
             + (f", cudnn.benchmark {torch.backends.cudnn.benchmark}, tf32 {torch.backends.cuda.matmul.allow_tf32}"
                if run.device.type == "cuda" else "")
         )
-        with StopRequest() as stop:
+        if run.data.val is None:
+            run.log.message(f"fsmtl train: {cfg.data} has no 'val' split: no validation, so no early stopping and no "
+                            "plateau steps; best.pt is simply the latest epoch")  # fmt: skip
+        elif cfg.trainval:
+            run.log.message("fsmtl train: --trainval: the val classes are also trained on, so validation is optimistic")
+        with StopRequest(announce=run.dist.is_main) as stop:
             reason = _run_epochs(run, deadline, stop)
         best = _best(run.progress)
         told = "no validation yet" if best is None else f"best val acc {100 * best:.2f}%"
         run.log.message(f"fsmtl train: stopped ({reason}); {told}")
-        hint = _resume_hint(cfg, reason, stop)
+        hint = _resume_hint(cfg, reason, stop, run.dist.world_size)
         if hint:
             run.log.message(f"fsmtl train: continue with: {hint}")
         return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,

@@ -19,7 +19,8 @@ class StopRequest:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        self.announce = announce  # under torchrun only rank 0 says it
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -31,8 +32,9 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_name = signal.Signals(signum).name
-        print(f"\nfsmtl train: {self.signal_name} received: stopping at the next sync with a checkpoint "
-              "(Ctrl-C again aborts without one)", file=sys.stderr, flush=True)  # fmt: skip
+        if self.announce:
+            print(f"\nfsmtl train: {self.signal_name} received: stopping at the next sync with a checkpoint "
+                  "(Ctrl-C again aborts without one)", file=sys.stderr, flush=True)  # fmt: skip
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

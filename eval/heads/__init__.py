@@ -23,6 +23,8 @@ from fsmtl.errors import FsmtlError
 
 def _logreg(s: Tensor, y: Tensor, q: Tensor, ways: int, C: float = 3.0, tol: float = 1e-6,
             max_iter: int = 100, normalize: bool = True) -> Tensor:
+    # a convex fit, not differentiated through (its solver writes in place): features may carry grad
+    s, q = s.detach(), q.detach()
     return logreg_logits(fit_logreg(s, y, ways, C=C, tol=tol, max_iter=max_iter, normalize=normalize), q)
 
 
@@ -69,6 +71,19 @@ def head_options(head: str) -> dict[str, Any]:
     return {p.name: p.default for p in params}
 
 
+_POSITIVE = ("C", "lam", "tol")  # real options that must be > 0
+_COUNTS = ("max_iter", "iters")  # integer options that must be >= 1
+
+
+def check_options(head: str, options: dict[str, Any]) -> None:
+    """Raise FsmtlError for a head option out of range (C <= 0, lam <= 0, iters < 1, ...)."""
+    for name, value in options.items():
+        if name in _POSITIVE and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+            raise FsmtlError(f"head {head}: {name} must be a finite number > 0, got {value!r}")
+        if name in _COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise FsmtlError(f"head {head}: {name} must be an integer >= 1, got {value!r}")
+
+
 def _lookup(head: str) -> Callable[..., Tensor]:
     heads = feature_heads()
     if head not in heads:
@@ -87,6 +102,9 @@ def adapt_scores(
     unknown = set(options) - set(known)
     if unknown:
         raise FsmtlError(f"head {head}: unknown option(s) {sorted(unknown)}; it takes {sorted(known)}")
+    check_options(head, options)
+    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int)):
+        raise FsmtlError(f"adapt: ways must be an int, got {ways!r}")
     b = as_task_batch(support_features, support_labels, query_features, ways)
     scores = fn(b.support, b.labels, b.query, b.ways, **options)
     if not bool(torch.isfinite(scores).all()):
