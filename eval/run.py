@@ -125,15 +125,7 @@ class Run:
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise FsmtlError(f"embed: batch_size must be an integer >= 1, got {batch_size!r}")
-        if not isinstance(images, (Tensor, np.ndarray)):
-            raise FsmtlError(f"embed: expected a uint8 numpy array or tensor, got {type(images).__name__}")
-        dtype_ok = images.dtype == (torch.uint8 if isinstance(images, Tensor) else np.uint8)
-        if not dtype_ok or images.ndim != 4:
-            raise FsmtlError(f"embed: expected uint8 images [N,H,W,C], got {images.dtype} {list(images.shape)}")
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise FsmtlError(
-                f"embed: this run takes images {list(self.image_shape)} (H,W,C), got {list(images.shape[1:])}"
-            )
+        self._check_images(images, "embed")
         out = []
         for i in range(0, images.shape[0], batch_size):
             chunk = images[i : i + batch_size]
@@ -143,6 +135,60 @@ class Run:
         if not out:
             raise FsmtlError("embed: no images given (N = 0)")
         return torch.cat(out)
+
+    def _check_images(self, images: Any, what: str) -> None:
+        if not isinstance(images, (Tensor, np.ndarray)):
+            raise FsmtlError(f"{what}: expected a uint8 numpy array or tensor, got {type(images).__name__}")
+        dtype_ok = images.dtype == (torch.uint8 if isinstance(images, Tensor) else np.uint8)
+        if not dtype_ok or images.ndim != 4:
+            raise FsmtlError(f"{what}: expected uint8 images [N,H,W,C], got {images.dtype} {list(images.shape)}")
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise FsmtlError(f"{what}: this run takes images {list(self.image_shape)} (H,W,C), got {list(images.shape[1:])}")
+
+    def predict(
+        self, support_images: np.ndarray | Tensor, support_labels: np.ndarray | Tensor,
+        query_images: np.ndarray | Tensor, head: str = "logreg", **options: Any,
+    ) -> Tensor:
+        """One task from images: fit ``head`` on the support images, predict the queries.
+
+        Args:
+            support_images, query_images: uint8 [S, H, W, C] and [Q, H, W, C] in the run's shape.
+            support_labels: integers [S] in 0..ways-1, every class present.
+            head: a feature head of :func:`eval.adapt` (embeds with the frozen backbone, then fits),
+                or "finetune" (the seed's tune-all: Adam on the whole network and a centroid-initialised
+                head for ``steps`` (10) at ``lr`` (1e-3) on the support set; the weights are restored).
+            options: the head's options (``C=3.0`` for logreg; ``steps``, ``lr`` for finetune).
+
+        Returns:
+            int64 [Q] predicted labels on ``self.device``.
+        """
+        from eval.heads import adapt
+        from eval.heads.checks import as_task_batch
+        from eval.heads.finetune import FinetuneConfig, finetune_predict
+        from pipelines.transforms import normalize_batch
+
+        if head != "finetune":
+            return adapt(self.embed(support_images), torch.as_tensor(support_labels).to(self.device),
+                         self.embed(query_images), head=head, **options)  # fmt: skip
+        for images, what in ((support_images, "predict support"), (query_images, "predict query")):
+            self._check_images(images, what)
+        try:
+            cfg = FinetuneConfig(**options)
+        except TypeError as e:
+            raise FsmtlError(f"head finetune: {e}") from None
+        if cfg.steps < 1 or not cfg.lr > 0:
+            raise FsmtlError(f"head finetune: expected steps >= 1 and lr > 0, got {cfg.steps}, {cfg.lr}")
+
+        def on_device(x: np.ndarray | Tensor) -> Tensor:
+            return (x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))).to(self.device)
+
+        s, q = on_device(support_images), on_device(query_images)
+        labels = torch.as_tensor(support_labels).to(self.device)
+        dummy = torch.zeros(s.shape[0], 1, device=self.device)
+        b = as_task_batch(dummy, labels, torch.zeros(q.shape[0], 1, device=self.device))  # label checks only
+        xs = normalize_batch(s, self.mean, self.std)
+        xq = normalize_batch(q, self.mean, self.std)
+        return finetune_predict(self.model, xs, b.labels[0], xq, b.ways, cfg, self.amp_dtype)
 
 
 def load_run(

@@ -213,3 +213,23 @@ def test_evaluate_backbone_rejects_unknown_heads_before_embedding(run_dir, tiny_
     run = load_run(run_dir)
     with pytest.raises(FsmtlError, match="heads: expected some of"):
         evaluate_backbone(run.model, load_split(tiny_shards, "test"), run.mean, run.std, heads=["knn"])
+
+
+def test_run_predict_takes_images_for_feature_heads_and_for_finetune(run_dir, tiny_shards):
+    run = load_run(run_dir)
+    test = load_split(tiny_shards, "test")
+    offs = test.class_offsets
+    rows = [int(offs[c]) + i for c in range(3) for i in range(4)]
+    images = np.asarray(test.images)[rows]
+    is_support = np.tile(np.arange(4) < 2, 3)
+    support, query = images[is_support], images[~is_support]
+    labels = np.repeat(np.arange(3), 2)
+    pred = run.predict(support, labels, query, head="logreg")
+    ref = adapt(run.embed(support), torch.as_tensor(labels), run.embed(query), head="logreg")
+    assert torch.equal(pred, ref) and pred.shape == (6,)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    tuned = run.predict(support, labels, query, head="finetune", steps=2)
+    assert tuned.shape == (6,) and int(tuned.min()) >= 0 and int(tuned.max()) <= 2
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    with pytest.raises(FsmtlError, match="head finetune"):
+        run.predict(support, labels, query, head="finetune", momentum=0.9)
