@@ -84,8 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--ratios",
         type=_floats,
-        default=d.ratios,
-        help="imagefolder: class fractions train,val,test (default 0.64,0.16,0.2)",
+        default=None,
+        help=f"imagefolder: class fractions train,val,test (default {','.join(map(str, d.ratios))}; not with --split-file)",
     )
     c.add_argument(
         "--classes",
@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     """Build the stage's config from parsed ``convert`` arguments."""
+    if args.ratios is not None and args.split_file is not None:
+        raise FsmtlError("--ratios and --split-file: give one (the split file assigns every class itself)")
+    defaults = PreprocessConfig("synthetic", Path("."))
     return PreprocessConfig(
         benchmark=args.benchmark,
         out=args.out,
@@ -125,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         rotations=args.rotations,
         val_alphabets=args.val_alphabets,
         split_file=args.split_file,
-        ratios=args.ratios,  # type: ignore[arg-type]
+        ratios=args.ratios if args.ratios is not None else defaults.ratios,  # type: ignore[arg-type]
         classes=args.classes,  # type: ignore[arg-type]
         per_class=args.per_class,
         difficulty=args.difficulty,
