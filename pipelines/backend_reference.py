@@ -75,8 +75,18 @@ class _PlanSampler:
             yield plan.rows.tolist()
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore Ctrl-C and SIGTERM (a terminal, torchrun or Slurm
+    signals the whole process group); the trainer stops them after its checkpoint, and they exit
+    with it. A worker killed by the signal would crash the run before it could save anything."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _SeedPythonRandom:
-    """Seeds Python's ``random`` in each worker (learn2learn samples with it)."""
+    """Seeds Python's ``random`` in each worker (learn2learn samples with it); ignores stop signals."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -84,6 +94,7 @@ class _SeedPythonRandom:
     def __call__(self, worker_id: int) -> None:
         import random
 
+        ignore_stop_signals(worker_id)
         random.seed(self.seed + worker_id)
 
 
@@ -136,6 +147,7 @@ class ReferenceBackend:
             generator=torch.Generator().manual_seed(seed),
             persistent_workers=False,
             prefetch_factor=2 if self.workers > 0 else None,
+            worker_init_fn=ignore_stop_signals,
         )
         it = iter(loader)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,21 @@ FORMATS: tuple[str, ...] = ("npy", "ffcv", "dali")
 # output side length when --size is not given
 DEFAULT_SIZE = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
 FALLBACK_SIZE = 84
+
+
+def _within(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b`` or lies inside it; compared as files (``samefile``), so symlinks and
+    case-insensitive file systems do not hide an overlap. Parts of ``a`` that do not exist yet are
+    skipped."""
+    if not b.exists():
+        return False
+    for p in (a.absolute(), *a.absolute().parents):
+        try:
+            if p.exists() and os.path.samefile(p, b):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @dataclass(frozen=True)
@@ -77,10 +93,8 @@ class PreprocessConfig:
             )
         if self.benchmark != "synthetic" and self.src is None:
             raise FsmtlError(f"--src: required for {self.benchmark} (the downloaded files)")
-        if self.src is not None:
-            src, out = Path(self.src).resolve(), Path(self.out).resolve()
-            if src == out or out in src.parents or src in out.parents:
-                raise FsmtlError(f"--out {self.out}: must lie outside --src {self.src} (and not contain it)")
+        if self.src is not None and (_within(Path(self.out), Path(self.src)) or _within(Path(self.src), Path(self.out))):
+            raise FsmtlError(f"--out {self.out}: must lie outside --src {self.src} (and not contain it)")
         if self.benchmark == "synthetic" and self.src is not None:
             raise FsmtlError("--src: synthetic data is generated, not read; leave --src out")
         if self.rotations and self.benchmark != "omniglot":

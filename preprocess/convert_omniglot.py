@@ -13,14 +13,13 @@ new classes (``<Alphabet>/<character>/rot90`` ...).
 from __future__ import annotations
 
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from fsmtl.errors import FsmtlError
 from preprocess.config import PreprocessConfig
-from preprocess.imaging import decode_image, default_workers, parallel_fill, read_file
+from preprocess.imaging import cancelling_pool, decode_image, default_workers, parallel_fill, read_file
 from preprocess.shards import ShardWriter
 
 _ROTATIONS = (90, 180, 270)
@@ -115,7 +114,7 @@ def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
     """Write Omniglot's train (+val) and/or test splits; return the sources read."""
     assert cfg.src is not None
     sources = find_sources(Path(cfg.src))
-    with ThreadPoolExecutor(min(len(sources), default_workers(cfg.workers))) as pool:
+    with cancelling_pool(min(len(sources), default_workers(cfg.workers))) as pool:
         read = list(pool.map(lambda ks: _read_source(*ks), sources))
     items: dict[str, list[tuple[str, str, bytes]]] = {"background": [], "evaluation": []}
     seen: set[tuple[str, str]] = set()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from tqdm import tqdm
 
 from fsmtl.errors import FsmtlError
 from preprocess.config import PreprocessConfig
-from preprocess.imaging import default_workers
+from preprocess.imaging import cancelling_pool, default_workers
 from preprocess.shards import SPLITS, ShardWriter
 from preprocess.synthetic import SyntheticConfig, class_names, generate_class
 
@@ -44,7 +43,7 @@ def convert_synthetic(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
             out[k * scfg.per_class : (k + 1) * scfg.per_class] = generate_class(scfg, split, k)
 
         # numpy releases the GIL in the heavy array ops, so classes render in parallel
-        with ThreadPoolExecutor(default_workers(cfg.workers)) as pool:
+        with cancelling_pool(default_workers(cfg.workers)) as pool:
             done = pool.map(fill, range(n_classes))
             for _ in tqdm(
                 done,

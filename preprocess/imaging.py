@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -95,6 +96,19 @@ def decode_image(
     return arr.reshape(arr.shape[0], arr.shape[1], channels)
 
 
+@contextlib.contextmanager
+def cancelling_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A thread pool that, when its block raises (an error, Ctrl-C, SIGTERM), drops the queued work
+    and waits only for what is already running (a plain ``with`` would finish every queued task)."""
+    pool = ThreadPoolExecutor(workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def parallel_fill(
     out: np.ndarray,
     load: Callable[[int], np.ndarray],
@@ -122,7 +136,7 @@ def parallel_fill(
         return stop - start
 
     with (
-        ThreadPoolExecutor(default_workers(workers)) as pool,
+        cancelling_pool(default_workers(workers)) as pool,
         tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False) as bar,
     ):
         pending = {pool.submit(fill, s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)}
@@ -130,8 +144,6 @@ def parallel_fill(
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for f in done:
                 if f.exception() is not None:
-                    for p in pending:
-                        p.cancel()
                     raise f.exception()  # type: ignore[misc]
                 bar.update(f.result())
 

@@ -174,3 +174,26 @@ def test_split_files_with_a_bom_other_unicode_forms_and_hashes_in_names(tmp_path
     (tmp_path / "latin1.txt").write_bytes("café,train\n".encode("latin-1"))
     with pytest.raises(FsmtlError, match="expected UTF-8 text"):
         read_split_file(tmp_path / "latin1.txt")
+
+
+def test_a_failing_fill_does_not_decode_the_rest_of_the_split():
+    import threading
+    import time
+
+    from preprocess.imaging import parallel_fill
+
+    calls = []
+    lock = threading.Lock()
+
+    def load(i):
+        with lock:
+            calls.append(i)
+        if i == 0:
+            raise FsmtlError("img 0: corrupt")
+        time.sleep(0.001)
+        return np.zeros((2, 2, 1), dtype=np.uint8)
+
+    out = np.zeros((20000, 2, 2, 1), dtype=np.uint8)
+    with pytest.raises(FsmtlError, match="img 0"):
+        parallel_fill(out, load, workers=2, desc="t", progress=False)
+    assert len(calls) < 5000  # the queued chunks were dropped, not decoded

@@ -212,11 +212,29 @@ def test_force_replaces_only_a_shard_directory_and_never_the_source(tmp_path, ca
 
 
 def test_temporaries_of_a_killed_conversion_are_cleaned_up_by_the_next(tmp_path):
-    stale = tmp_path / ".s.tmp-999999999-1"  # no process has this pid
-    stale.mkdir()
-    (stale / "images.npy").write_bytes(b"half written")
+    from preprocess.shards import _host
+
+    stale = tmp_path / f".s.tmp-{_host()}-999999999-1"  # no process on this host has this pid
+    other_host = tmp_path / ".s.tmp-some_other_node-999999999-1"  # maybe alive over there: kept
+    for d in (stale, other_host):
+        d.mkdir()
+        (d / "images.npy").write_bytes(b"half written")
     assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
-    assert not stale.exists() and open_shards(tmp_path / "s").meta["benchmark"] == "synthetic"
+    assert not stale.exists() and other_host.exists()
+    assert open_shards(tmp_path / "s").meta["benchmark"] == "synthetic"
+
+
+def test_force_keeps_a_shard_directory_that_holds_a_users_file_or_the_working_directory(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s"
+    assert cli(["convert", "synthetic", "--out", str(out), *SMALL]) == 0
+    (out / "mynotes.txt").write_text("mine")
+    assert cli(["convert", "synthetic", "--out", str(out), "--force", *SMALL]) == 2
+    assert "mynotes.txt: not written by fsmtl convert" in capsys.readouterr().err
+    (out / "mynotes.txt").unlink()
+    monkeypatch.chdir(out)
+    assert cli(["convert", "synthetic", "--out", ".", "--force", *SMALL]) == 2
+    assert "current directory" in capsys.readouterr().err
+    assert open_shards(out).meta["benchmark"] == "synthetic"
 
 
 def test_sigterm_during_a_conversion_leaves_nothing_behind(tmp_path):

@@ -259,3 +259,11 @@ def test_view_based_optimizers_train_without_channels_last(name: str, tiny_shard
     summary = train(tiny_cfg(tiny_shards, tmp_path / "run", optimizer=name, max_epochs=1, epoch_length=2))
     assert summary["step"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["channels_last"] is False
+
+
+def test_a_run_stopped_by_a_signal_exits_like_one(tiny_shards: Path, tmp_path: Path, monkeypatch) -> None:
+    import train.run as run_module
+
+    for sig, code in (("SIGTERM", 143), ("SIGINT", 130), (None, 0)):
+        monkeypatch.setattr(run_module, "train", lambda cfg, s=sig: {"reason": "x", "signal": s})
+        assert main(["--data", str(tiny_shards), "--out", str(tmp_path / "r")]) == code

@@ -114,7 +114,9 @@ def main(argv: list[str]) -> int:
     summary = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(f"fsmtl train: done: {summary}")
-    return 0
+    # a run stopped by a signal checkpointed cleanly, but it did not finish: say so to the caller
+    # (a job script's retry loop, fsmtl demo, bench algorithms), as a killed process would
+    return {"SIGTERM": 143, "SIGINT": 130}.get(summary.get("signal") or "", 0)
 
 
 if __name__ == "__main__":

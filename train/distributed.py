@@ -70,6 +70,15 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def any_rank_flags(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
+    """Each flag OR-ed over the ranks, all in one all-reduce (every rank must call it)."""
+    if not info.enabled:
+        return list(flags)
+    t = torch.tensor([1 if f else 0 for f in flags], dtype=torch.int32, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj`` (small, e.g. a loader's generator state), in rank order."""
     if not info.enabled:

@@ -96,12 +96,21 @@ def combine_stats(first: dict[str, Any] | None, then: EpochStats) -> EpochStats:
                       float(first["data_seconds"]) + then.data_seconds, then.nonfinite_step, then.stopped)  # fmt: skip
 
 
+def _alone(flags: list[bool]) -> list[bool]:
+    return flags
+
+
 def train_epoch(
     tools: StepTools, loader: Iterator[Any], start_step: int, n_steps: int, log_every: int,
     should_stop: Callable[[], bool], on_log: Callable[[int, float], None],
+    agree: Callable[[list[bool]], list[bool]] = _alone,
 ) -> EpochStats:
     """Run up to ``n_steps`` steps. The host reads device values only every ``log_every`` steps
-    (running loss, the first non-finite step) and then also asks ``should_stop()``."""
+    (running loss, the first non-finite step) and then also asks ``should_stop()``.
+
+    ``agree(flags) -> flags`` ORs boolean flags over the ranks of a distributed run (one
+    all-reduce); every rank calls it at the same steps, so a NaN or a stop request seen by one rank
+    ends the epoch on all of them at the same step (none is left waiting in a collective)."""
     d = tools.device
     sums = torch.zeros(2, dtype=torch.float32, device=d)
     first_bad = torch.full((), -1, dtype=torch.int64, device=d)
@@ -117,10 +126,11 @@ def train_epoch(
         done = i + 1
         if done % log_every == 0 or done == n_steps:
             bad, running = int(first_bad), sums[0].item() / done  # the one host sync
-            if bad >= 0:
+            any_bad, stop = agree([bad >= 0, done < n_steps and should_stop()])
+            if any_bad:  # -1: another rank's loss went bad
                 return EpochStats(float("nan"), float("nan"), done, time.perf_counter() - t_start, data_s, bad, True)
             on_log(done, running)
-            if done < n_steps and should_stop():
+            if stop:
                 break
     mean = (sums / max(done, 1)).tolist()
     stopped = done < n_steps

@@ -17,7 +17,7 @@ from train import checkpoint as ck
 from train.algorithms import StepShape, get_algorithm
 from train.config import TrainConfig
 from train.distributed import (
-    DistInfo, any_rank, broadcast_float, dist_info_from_env, gather_objects, init_distributed,
+    DistInfo, any_rank, any_rank_flags, broadcast_float, dist_info_from_env, gather_objects, init_distributed,
 )
 from train.loop import StepTools, TrainNet, combine_stats, train_epoch
 from train.mtl import init_heads
@@ -278,15 +278,19 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
             bar.update(first + done - bar.n)
             bar.set_postfix(loss=f"{loss:.4f}")
 
-        def out_of_time() -> bool:  # every rank calls this at the same steps: the collective is safe
-            late = deadline is not None and time.monotonic() >= deadline
-            return any_rank(late or stop.requested, run.dist, run.device)
+        def out_of_time() -> bool:  # this rank's view; train_epoch agrees it over the ranks
+            stop.announce_once()
+            return (deadline is not None and time.monotonic() >= deadline) or stop.requested
 
-        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log)
+        def agree(flags: list[bool]) -> list[bool]:
+            return any_rank_flags(flags, run.dist, run.device)
+
+        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log, agree)
         bar.close()
         if stats.nonfinite_step is not None:
+            where = f"step {stats.nonfinite_step}" if stats.nonfinite_step >= 0 else f"another rank, by step {p.step + stats.steps}"
             raise FsmtlError(
-                f"step {stats.nonfinite_step}: the training loss became NaN/inf; stopped without writing "
+                f"{where}: the training loss became NaN/inf; stopped without writing "
                 f"a checkpoint (the last good one is {ck.checkpoint_dir(cfg.out) / 'last.pt'}, if any)"
             )
         p.step += stats.steps
@@ -305,7 +309,7 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
 
 def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, world_size: int = 1) -> str | None:
     """How to continue a run that a budget or a signal ended (None after early stopping)."""
-    launcher = f"torchrun --nproc_per_node {world_size} -m train" if world_size > 1 else "fsmtl train"
+    launcher = "<the same torchrun command> -m train" if world_size > 1 else "fsmtl train"
     base = f"{launcher} --resume {cfg.out}"
     if reason.startswith("max_epochs"):
         return f"{base} --max-epochs N (N > {cfg.max_epochs})"
@@ -367,7 +371,7 @@ def fit(run: Run) -> dict[str, Any]:
         if hint:
             run.log.message(f"fsmtl train: continue with: {hint}")
         return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,
-                "best_val_acc": best, "out": cfg.out}
+                "best_val_acc": best, "out": cfg.out, "signal": stop.signal_name}
     finally:
         run.loader.close()
         run.log.finish()

@@ -21,6 +21,7 @@ class StopRequest:
 
     def __init__(self, announce: bool = True) -> None:
         self.announce = announce  # under torchrun only rank 0 says it
+        self._announced = False
         self.signal_name: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -31,9 +32,13 @@ class StopRequest:
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        if self.announce:
-            print(f"\nfsmtl train: {self.signal_name} received: stopping at the next sync with a checkpoint "
+        self.signal_name = signal.Signals(signum).name  # only a flag here: printing could re-enter stderr
+
+    def announce_once(self) -> None:
+        """Say, once, that a stop was requested (called from the loop, not the handler)."""
+        if self.requested and self.announce and not self._announced:
+            self._announced = True
+            print(f"\nfsmtl train: {self.signal_name} received: stopping at this sync with a checkpoint "
                   "(Ctrl-C again aborts without one)", file=sys.stderr, flush=True)  # fmt: skip
 
     def __enter__(self) -> "StopRequest":
