@@ -267,3 +267,11 @@ def test_a_run_stopped_by_a_signal_exits_like_one(tiny_shards: Path, tmp_path: P
     for sig, code in (("SIGTERM", 143), ("SIGINT", 130), (None, 0)):
         monkeypatch.setattr(run_module, "train", lambda cfg, s=sig: {"reason": "x", "signal": s})
         assert main(["--data", str(tiny_shards), "--out", str(tmp_path / "r")]) == code
+
+
+def test_resume_refuses_to_change_the_optimizer_or_its_schedule(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=2))
+    assert run_stage_main(main, ["--resume", str(run), "--lr", "0.01", "--max-epochs", "2"]) == 2
+    assert "--lr 0.001 -> 0.01" in capsys.readouterr().err
+    assert run_stage_main(main, ["--resume", str(run), "--lr", "0.001", "--max-epochs", "2", "--no-progress"]) == 0

@@ -223,3 +223,20 @@ def test_torch_optimizer_is_needed_only_by_its_own_optimizers(monkeypatch):
     assert isinstance(build_optimizer(params, TrainConfig(optimizer="radam"), torch.device("cpu")), torch.optim.RAdam)
     with pytest.raises(FsmtlError, match="torch-optimizer"):
         build_optimizer(params, TrainConfig(optimizer="sgdp"), torch.device("cpu"))
+
+
+def test_a_checkpoint_of_the_old_cosine_scheduler_still_resumes() -> None:
+    from train.optim import sync_scheduler_lr, upgrade_scheduler_state
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=4)
+    for _ in range(2):
+        opt.step()
+        old.step()
+    q = torch.nn.Parameter(torch.zeros(1))
+    opt2 = torch.optim.SGD([q], lr=1.0)
+    new = build_scheduler(opt2, TrainConfig(scheduler="cosine", max_epochs=4))
+    new.load_state_dict(upgrade_scheduler_state(old.state_dict(), new))
+    sync_scheduler_lr(new)
+    assert new.last_epoch == 2 and opt2.param_groups[0]["lr"] == pytest.approx(0.5)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fsmtl.errors import FsmtlError
 from train.config import TrainConfig
 from train.presets import PRESETS, preset_overrides
 
@@ -78,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# settings the checkpoint's optimizer/scheduler state embodies: a resume that changed them would
+# silently keep the old ones (the restored state wins), so it is refused instead
+FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "plateau_factor",
+                   "plateau_patience", "step_size", "step_gamma", "seed", "meta_batch_size", "train_ways",
+                   "train_shots", "train_queries", "algorithm", "norm_train_features")  # fmt: skip
+
+
 def config_from_args(argv: list[str]) -> TrainConfig:
     """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
     given = vars(build_parser().parse_args(argv))
@@ -87,6 +95,11 @@ def config_from_args(argv: list[str]) -> TrainConfig:
         run = Path(given["resume"])
         stored = load_checkpoint(checkpoint_dir(run) / "last.pt")["config"]
         base = TrainConfig.from_dict(stored).to_dict()
+        changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != base.get(k)]
+        if changed:
+            flags = ", ".join(f"--{k.replace('_', '-')} {base.get(k)} -> {given[k]}" for k in changed)
+            raise FsmtlError(f"--resume {run}: {flags}: the optimizer and its schedule continue from the checkpoint "
+                             "and cannot change mid-run; start a new run (--out) to change them")  # fmt: skip
         if "preset" in given:
             base.update(preset_overrides(given.pop("preset")))
         cfg = TrainConfig(**{**base, **given, "resume": str(run), "out": str(run)})

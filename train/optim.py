@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -86,6 +86,18 @@ def cosine_factor(length: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(epoch, length) / length))
 
     return factor
+
+
+def upgrade_scheduler_state(state: dict[str, Any], scheduler) -> dict[str, Any]:
+    """A checkpoint's scheduler state, made loadable by ``scheduler``: runs saved before cosine
+    became a LambdaLR hold CosineAnnealingLR state (``T_max``, no ``lr_lambdas``); its epoch count
+    and base learning rates carry over, and :func:`sync_scheduler_lr` recomputes the lr."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR) and "T_max" in state and "lr_lambdas" not in state:
+        return {"lr_lambdas": [None] * len(scheduler.lr_lambdas), "base_lrs": state["base_lrs"],
+                "last_epoch": state["last_epoch"], "_last_lr": state.get("_last_lr", state["base_lrs"]),
+                "verbose": state.get("verbose", False), "_step_count": state.get("_step_count", 1),
+                "_get_lr_called_within_step": False}  # fmt: skip
+    return state
 
 
 def sync_scheduler_lr(scheduler) -> None:

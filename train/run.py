@@ -21,7 +21,7 @@ from train.distributed import (
 )
 from train.loop import StepTools, TrainNet, combine_stats, train_epoch
 from train.mtl import init_heads
-from train.optim import build_optimizer, build_scheduler, scheduler_step, sync_scheduler_lr
+from train.optim import build_optimizer, build_scheduler, scheduler_step, sync_scheduler_lr, upgrade_scheduler_state
 from train.runlog import RunLog, peak_memory_mb
 from train.signals import StopRequest
 from train.setup import (
@@ -137,7 +137,7 @@ def _resume(run: Run) -> None:
         with torch.no_grad():
             run.net.heads.copy_(c["heads"].to(run.device))
         run.tools.optimizer.load_state_dict(c["optimizer"])
-        run.scheduler.load_state_dict(c["scheduler"])
+        run.scheduler.load_state_dict(upgrade_scheduler_state(c["scheduler"], run.scheduler))
     except (RuntimeError, ValueError, KeyError) as e:
         raise FsmtlError(f"{path}: does not fit this run's model/optimizer ({str(e).splitlines()[0]})") from None
     if run.tools.scaler is not None and c["scaler"]:
