@@ -17,9 +17,10 @@ mkdir -p "$out_dir"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 py=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true; } | tee "$out_dir/nvidia_smi.txt"
-"$py" -m fsmtl.doctor --json "$out_dir/doctor.json" || true   # devices and which optional parts import
+timeout 60 "$py" -m fsmtl.doctor --json "$out_dir/doctor.json" || true   # devices and which optional parts import
 # 460 s hard limit for the Python part: the whole script stays under 8 minutes.
 timeout 460 "$py" -m benchmarks.gpu_check --json "$out_dir/gpu_check.json" "$@" 2>&1 | tee "$out_dir/gpu_check.log"
 rc=${PIPESTATUS[0]}
-echo "gpu_check exit code $rc; JSON at $out_dir/gpu_check.json"
+echo "$SECONDS" > "$out_dir/gpu_check_total_s.txt"   # the whole script, nvidia-smi and doctor included
+echo "gpu_check exit code $rc after $SECONDS s; JSON at $out_dir/gpu_check.json"
 exit "$rc"

@@ -61,7 +61,8 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     out["eval"] = {"rows": ev_rows, "agreement_pct": ev.get("prediction_agreement_pct"),
                    "accuracy_difference_pct": ev.get("accuracy_difference_pct")}  # fmt: skip
     out["epoch"] = _result(doc, "epoch")
-    out["total_seconds"] = doc.get("total_seconds") or sum(float(st.get("seconds", 0)) for st in doc.get("steps", {}).values())
+    out["total_seconds"] = doc.get("script_seconds")  # the whole script (gpu_check.sh writes it beside the JSON)
+    out["python_seconds"] = doc.get("total_seconds") or sum(float(st.get("seconds", 0)) for st in doc.get("steps", {}).values())
     return out
 
 
@@ -86,8 +87,8 @@ def markdown(s: dict[str, Any]) -> str:
         f"{_verdict(s['train_speedup'], t['train_speedup'], True)} |",
         f"| data wait < 2% of the step | {_num(s['data_wait_frac'] and 100 * s['data_wait_frac'], '{:.2f}%')} | "
         f"{_verdict(s['data_wait_frac'], t['data_wait_frac'], False)} |",
-        f"| the whole check < 8 minutes | {_num(s['total_seconds'], '{:.0f} s')} (Python part) | "
-        f"{_verdict(s['total_seconds'], t['total_seconds'], False)} |",
+        f"| the whole check < 8 minutes | {_num(s['total_seconds'], '{:.0f} s')} (script; Python part "
+        f"{_num(s['python_seconds'], '{:.0f} s')}) | {_verdict(s['total_seconds'], t['total_seconds'], False)} |",
         "",
         "CUDA vs CPU checks: " + ", ".join(f"{k} {'ok' if v else ('FAILED' if v is False else 'not run')}" for k, v in s["checks_ok"].items()),
         "",
@@ -132,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     from fsmtl.fileio import read_json
 
-    s = summarize(read_json(a.json, "gpu_check JSON"))
+    doc = read_json(a.json, "gpu_check JSON")
+    total = a.json.parent / "gpu_check_total_s.txt"  # written by gpu_check.sh
+    if total.is_file():
+        doc["script_seconds"] = float(total.read_text().strip() or "nan")
+    s = summarize(doc)
     print(markdown(s))
     verdicts = [_verdict(s[k], v, k in ("pipeline_images_per_s", "train_speedup")) for k, v in TARGETS.items()]
     return 0 if all(v == "PASS" for v in verdicts) else 1

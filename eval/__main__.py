@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.json:  # a report path that cannot be written fails now, not after the evaluation
         _check_writable(Path(cfg.json))
     doc = run_eval(cfg)
-    out = Path(cfg.json) if cfg.json else default_report_path(cfg, doc["checkpoint"])
+    out = Path(cfg.json) if cfg.json else default_report_path(cfg, doc["checkpoint"], doc.get("run_data"))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)  # before printing: a closed stdout (`| head`) cannot lose the report
     print(results_table(doc))

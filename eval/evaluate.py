@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -43,10 +45,11 @@ def _open_split(run: Run, cfg: EvalConfig):
     return data, split
 
 
-def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path) -> Path:
-    """RUN/reports/eval_<split>_<checkpoint>[_on_<data>].json, <checkpoint> being best, last or the
-    file's stem, ``_on_<data>`` when --data names other shards; RUN is the run directory (also when
-    --run names a file in RUN/checkpoints/), else the file's folder."""
+def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path, run_data: str | None = None) -> Path:
+    """RUN/reports/eval_<split>_<checkpoint>[_on_<data>-<hash>].json, <checkpoint> being best, last
+    or the file's stem, ``_on_<data>-<hash>`` when --data names shards other than the run's own
+    (``run_data``); RUN is the run directory (also when --run names a file in RUN/checkpoints/),
+    else the file's folder."""
     ckpt = Path(checkpoint_path)
     if cfg.run and Path(cfg.run).is_dir():
         base = Path(cfg.run)
@@ -54,8 +57,9 @@ def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path) -> Path:
         base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     run_is_dir = bool(cfg.run) and Path(cfg.run).is_dir()
     tag = cfg.checkpoint if run_is_dir and cfg.checkpoint in ("best", "last") else ckpt.stem
-    if cfg.data:  # other data than the run's own: its own report, not over the run's
-        tag += f"_on_{Path(cfg.data).resolve().name}"
+    if cfg.data and Path(cfg.data).resolve() != Path(run_data or "").resolve():  # other data: its own report
+        other = Path(cfg.data).resolve()
+        tag += f"_on_{other.name}-{hashlib.sha1(str(other).encode()).hexdigest()[:6]}"
     return base / "reports" / f"eval_{cfg.split}_{tag}.json"
 
 
@@ -82,7 +86,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         results[str(shots)] = res
     return {
         "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": str(run.path),
-        "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(Path(data).resolve()), "split": cfg.split,
+        "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(Path(data).resolve()), "run_data": run.config.get("data"), "split": cfg.split,
         "device": str(run.device), "precision": str(run.amp_dtype or "fp32").replace("torch.", ""),
         "config": {**asdict(cfg), "shots": list(cfg.shots), "heads": list(cfg.heads)}, "results": results,
     }  # fmt: skip

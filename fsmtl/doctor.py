@@ -91,7 +91,7 @@ def devices() -> dict[str, Any]:
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
             out["gpus"].append({"index": i, "name": p.name, "memory_gb": round(p.total_memory / 1e9, 1),
-                                "capability": f"{p.major}.{p.minor}", "bf16": torch.cuda.is_bf16_supported()})  # fmt: skip
+                                "capability": f"{p.major}.{p.minor}", "bf16": p.major >= 8})  # bf16 from Ampere (8.0) on  # fmt: skip
     return out
 
 

@@ -83,7 +83,9 @@ def _scan(src: Path) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     seen: dict[Path, Path] = {}
     nested = []
-    for d in sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    folders = [p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    # sorted by the normalised name: the same classes, labels and seeded split on every file system
+    for d in sorted(folders, key=lambda p: unicodedata.normalize("NFC", p.name)):
         entries = [p for p in d.iterdir() if not p.name.startswith(".")]
         files = sorted(p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         nested += [p for p in entries if p.is_dir()]
@@ -94,7 +96,10 @@ def _scan(src: Path) -> dict[str, list[Path]]:
         if real in seen:
             raise FsmtlError(f"{d}: is the same folder as {seen[real]} (a symlink?); each class must be its own folder")
         seen[real] = d
-        out[unicodedata.normalize("NFC", d.name)] = files
+        name = unicodedata.normalize("NFC", d.name)
+        if name in out:
+            raise FsmtlError(f"{d}: names the same class as another folder once Unicode forms are unified; rename one")
+        out[name] = files
     if nested:
         _warn(f"{len(nested)} sub-folder(s) inside class folders (e.g. {nested[0]}) are not read: a class is one flat folder")
     if not out:

@@ -40,10 +40,13 @@ def to_8bit_opaque(img: Image.Image) -> Image.Image:
     """
     if img.mode.startswith("I;16") or img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        if img.mode.startswith("I;16") or arr.max(initial=0) > 255:
-            arr = arr / 257.0  # 0..65535 -> 0..255
+        top = arr.max(initial=0)
+        if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+            arr = arr / 257.0  # 16-bit 0..65535 -> 0..255 (PIL reports no bit depth for "I": by value)
+        elif img.mode == "F" and top <= 1.0:
+            arr = arr * 255.0  # float images in [0, 1]
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L")
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:  # alpha, or a tRNS colour key
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
     return img

@@ -166,8 +166,16 @@ def test_cli_writes_the_default_report_and_honours_data_override(run_dir, tiny_s
     rc = fsmtl_main(["eval", "--run", str(run_dir), "--data", str(tiny_shards), "--tasks", "3", "--shots", "1",
                      "--queries", "2", "--split", "val", "--device", "cpu"])  # fmt: skip
     assert rc == 0
-    report = run_dir / "reports" / f"eval_val_best_on_{tiny_shards.name}.json"  # not over the run's own report
+    report = run_dir / "reports" / "eval_val_best.json"  # --data is the run's own data: the usual report
     assert json.loads(report.read_text())["data"] == str(tiny_shards.resolve())
+    import shutil
+
+    other = tmp_path / "copy"
+    shutil.copytree(tiny_shards, other)
+    assert fsmtl_main(["eval", "--run", str(run_dir), "--data", str(other), "--tasks", "3", "--shots", "1",
+                       "--queries", "2", "--split", "val", "--device", "cpu"]) == 0  # fmt: skip
+    (mine,) = (run_dir / "reports").glob("eval_val_best_on_copy-*.json")  # its own file, not over the run's
+    assert json.loads(mine.read_text())["data"] == str(other.resolve())
 
 
 def test_cli_bad_input_is_one_line_and_exit_code_2(run_dir, tmp_path, capsys):
@@ -233,3 +241,16 @@ def test_run_predict_takes_images_for_feature_heads_and_for_finetune(run_dir, ti
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     with pytest.raises(FsmtlError, match="head finetune"):
         run.predict(support, labels, query, head="finetune", momentum=0.9)
+
+
+def test_finetune_works_under_no_grad_and_inference_mode(run_dir, tiny_shards):
+    run = load_run(run_dir)
+    test = load_split(tiny_shards, "test")
+    rows = [int(test.class_offsets[c]) + i for c in range(2) for i in range(3)]
+    images = np.asarray(test.images)[rows]
+    support, query, labels = images[[0, 1, 3, 4]], images[[2, 5]], np.array([0, 0, 1, 1])
+    with torch.no_grad():
+        a = run.predict(support, labels, query, head="finetune", steps=1)
+    with torch.inference_mode():
+        b = run.predict(support, labels, query, head="finetune", steps=1)
+    assert torch.equal(a, b) and a.shape == (2,)

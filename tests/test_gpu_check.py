@@ -51,6 +51,7 @@ def test_the_shell_script_runs_and_leaves_its_files_in_out(tmp_path):
     assert json.loads((tmp_path / "gpu_check.json").read_text())["steps"]["check-augment"]["result"]["ok"]
     assert json.loads((tmp_path / "doctor.json").read_text())["components"][0]["module"] == "torch"
     assert "gpu_check exit code 0" in proc.stdout and (tmp_path / "gpu_check.log").stat().st_size > 0
+    assert float((tmp_path / "gpu_check_total_s.txt").read_text()) >= 0
 
 
 def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
@@ -59,6 +60,7 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
     doc = {
         "hardware": {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "date": "2026-12-01T00:00:00Z"},
         "total_seconds": 301.0,
+        "script_seconds": 330.0,
         "steps": {
             "check-augment": {"result": {"ok": True}, "seconds": 1.0},
             "pipeline": {"result": {"rows": [
@@ -79,3 +81,4 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
     assert "| 2,500,000 images/s (seed's pipeline, all cores: 21,000) | PASS |" in text
     assert "| 1.10% | PASS |" in text and "| 2.50x | FAIL |" in text and "| 0.40% | PASS |" in text
     assert "eval: RuntimeError: boom" in text
+    assert "| 330 s (script; Python part 301 s) | PASS |" in text

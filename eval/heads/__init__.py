@@ -8,6 +8,7 @@ The ``finetune`` head needs the network, not features, so it lives in ``eval.hea
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -78,9 +79,10 @@ _COUNTS = ("max_iter", "iters")  # integer options that must be >= 1
 def check_options(head: str, options: dict[str, Any]) -> None:
     """Raise FsmtlError for a head option out of range (C <= 0, lam <= 0, iters < 1, ...)."""
     for name, value in options.items():
-        if name in _POSITIVE and not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < float("inf")):
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars too
+        if name in _POSITIVE and not (real and 0 < value < float("inf")):
             raise FsmtlError(f"head {head}: {name} must be a finite number > 0, got {value!r}")
-        if name in _COUNTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if name in _COUNTS and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
             raise FsmtlError(f"head {head}: {name} must be an integer >= 1, got {value!r}")
 
 
@@ -103,8 +105,9 @@ def adapt_scores(
     if unknown:
         raise FsmtlError(f"head {head}: unknown option(s) {sorted(unknown)}; it takes {sorted(known)}")
     check_options(head, options)
-    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, int)):
+    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, numbers.Integral)):
         raise FsmtlError(f"adapt: ways must be an int, got {ways!r}")
+    ways = None if ways is None else int(ways)
     b = as_task_batch(support_features, support_labels, query_features, ways)
     scores = fn(b.support, b.labels, b.query, b.ways, **options)
     if not bool(torch.isfinite(scores).all()):

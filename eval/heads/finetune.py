@@ -33,6 +33,8 @@ def _features(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None) -
     return F.normalize(feats.float(), dim=-1)
 
 
+@torch.inference_mode(False)
+@torch.enable_grad()  # it trains: works also when called under no_grad() or inference_mode()
 def finetune_predict(
     model: nn.Module,
     support_images: Tensor,
@@ -53,6 +55,8 @@ def finetune_predict(
     Returns:
         int64 [Q] predicted labels.
     """
+    # clones made here are normal tensors even if the caller made them under inference_mode()
+    support_images, query_images, support_labels = support_images.clone(), query_images.clone(), support_labels.clone()
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     was_training = model.training
     grad_flags = [p.requires_grad for p in model.parameters()]
