@@ -159,13 +159,18 @@ def main(argv: list[str]) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-pipeline-") as tmp:
         roots = args.data or synthetic_roots(Path(tmp), tuple(int(v) for v in args.sizes.split(",")))
-        for root in roots:
-            for name in names:
-                rows.append(measure(name, root, cfg, args))
-                r = rows[-1]
-                print(f"{r['size']}px {name}: {r['images_per_s']:,.0f} images/s, {r['ms_per_batch']:.2f} ms/batch", flush=True)
-            if gpu and gpu != "cpu" and "torch" in names:
-                rows.append(measure("torch", root, replace(cfg, device=gpu), args))
+        jobs = [(root, name, cfg) for root in roots for name in names]
+        if gpu and gpu != "cpu" and "torch" in names:
+            jobs += [(root, "torch", replace(cfg, device=gpu)) for root in roots]
+        # the back ends that fork DataLoader workers go first: forking after numba's TBB threads have
+        # started (the torch back end's CPU kernel) is unsafe for the children, and numba warns of it
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] != "reference")
+        done: dict[int, dict[str, Any]] = {}
+        for i in order:
+            root, name, jcfg = jobs[i]
+            r = done[i] = measure(name, root, jcfg, args)
+            print(f"{r['size']}px {name} ({r['device']}): {r['images_per_s']:,.0f} images/s, {r['ms_per_batch']:.2f} ms/batch", flush=True)
+        rows = [done[i] for i in range(len(jobs))]
     add_speedups(rows)
     print(format_table(rows, [c for c in _COLUMNS if any(c in r for r in rows)]))
     hw = hardware_info(gpu or "cpu")
