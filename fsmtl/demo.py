@@ -153,7 +153,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     seconds["train"] = time.perf_counter() - t
     t = _step("3/5 evaluation on fixed test tasks")
     ev_path = run / "eval.json"
-    _call(eval_main, ["--run", str(train_dir), "--shots", "1", "5", "--tasks", str(cfg.tasks),
+    # best.pt exists once an epoch was validated; a budget that ended the first epoch early leaves last.pt
+    ckpt = "best" if (train_dir / "checkpoints" / "best.pt").is_file() else "last"
+    _call(eval_main, ["--run", str(train_dir), "--checkpoint", ckpt, "--shots", "1", "5", "--tasks", str(cfg.tasks),
                       "--head", *cfg.heads, "--device", cfg.device, "--json", str(ev_path)], "evaluation")  # fmt: skip
     ev = json.loads(ev_path.read_text())
     seconds["eval"] = time.perf_counter() - t

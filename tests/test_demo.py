@@ -28,3 +28,12 @@ def test_demo_refuses_to_reuse_data_of_another_shape(tmp_path):
             "--tasks", "10", "--no-bench", "--device", "cpu"]
     assert cli(args) == 0
     assert cli([*args, "--size", "28"]) == 2
+
+
+def test_demo_times_the_back_ends_in_a_fresh_process(tiny_shards, tmp_path):
+    from fsmtl.demo import _bench
+
+    doc = _bench(tiny_shards, tmp_path)
+    assert doc is not None
+    assert {"torch", "reference"} <= {r["backend"] for r in doc["rows"]}
+    assert all(r["images_per_s"] > 0 for r in doc["rows"])
