@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         shown = "" if f.name in ("preset", "resume", "data") else f" (default: {'none' if default is None else default})"
         group = groups[group_key]
         if hint is bool:
-            group.add_argument(*names, action=argparse.BooleanOptionalAction, help=text + shown)
+            group.add_argument(names[0], action=argparse.BooleanOptionalAction, help=text + shown)
+            if len(names) > 1:  # the seed's spelling: a plain switch (no odd --no-x_y twin)
+                group.add_argument(names[1], dest=f.name, action="store_true", default=argparse.SUPPRESS,
+                                   help=argparse.SUPPRESS)  # fmt: skip
         else:
             args = typing.get_args(hint)
             kind = next((a for a in args if a is not type(None)), hint) if args else hint
