@@ -3,7 +3,7 @@
 Rows (same model, batch and optimizer; the step is :func:`train.loop.train_step` on a fixed batch,
 so only the model's arithmetic is timed):
 
-- ``fp32-eager``: float32, NCHW, no compile (the seed's setting);
+- ``fp32-eager``: float32 with TF32 off, NCHW, no compile (the seed's setting, on its V100);
 - ``bf16-cl``: bf16 autocast + channels_last;
 - ``bf16-cl-compile``: the same under ``torch.compile`` (skip with ``--no-compile``).
 
@@ -19,10 +19,11 @@ no compile) because one ResNet-12 step at 84x84 takes seconds on 2 cores.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterator, NamedTuple
 
 import torch
 
@@ -166,6 +167,17 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
     return a
 
 
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    """TF32 for CUDA matmuls and cuDNN convolutions on or off inside the block; restored after."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 def main(argv: list[str] | None = None) -> int:
     from train.setup import resolve_device, resolve_precision
 
@@ -173,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(list(argv or []), cuda)
     device = resolve_device(a.device)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as fsmtl train sets it; TF32 flags stay at torch's defaults
+        torch.backends.cudnn.benchmark = True  # as fsmtl train sets it; TF32 is set per row (tf32())
     amp = resolve_precision("bf16", device)
     memory = preset_memory(device, amp) if a.memory else None  # first: on CPU, RSS peak is lifetime
     plan = [("fp32-eager", None, False, False), ("bf16-cl", amp, True, False)]
@@ -181,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
         plan.append(("bf16-cl-compile", amp, True, True))
     rows = []
     for name, dt, cl, comp in plan:
-        try:
-            rows.append(time_config(name, a, device, dt, cl, comp))
-        except Exception as e:  # noqa: BLE001 - e.g. no compiler for inductor: report, keep the others
-            rows.append({"config": name, "error": f"{type(e).__name__}: {e}"[:200]})
+        # fp32-eager is true float32, as the seed ran it on its V100 (no TF32 there); the bf16 rows
+        # keep TF32 on for their few float32 matmuls, as fsmtl train sets it on CUDA
+        with tf32(dt is not None and device.type == "cuda"):
+            try:
+                rows.append({**time_config(name, a, device, dt, cl, comp), "tf32": torch.backends.cudnn.allow_tf32})
+            except Exception as e:  # noqa: BLE001 - e.g. no compiler for inductor: report, keep the others
+                rows.append({"config": name, "error": f"{type(e).__name__}: {e}"[:200]})
         print(f"  {name}: {rows[-1]}", flush=True)
     base = rows[0].get("images_per_s")
     for r in rows:

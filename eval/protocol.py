@@ -129,7 +129,7 @@ def evaluate_backbone(
         split: a ``preprocess.shards.SplitData`` (images uint8 [N,H,W,C], class_offsets).
         mean, std: the run's per-channel normalisation (0..1 scale).
         ways, shots, queries, n_tasks: the episode shape; ``seed`` fixes the episodes.
-        heads: names from ``eval.heads.HEAD_NAMES`` ("finetune" tunes a copy of the weights per task).
+        heads: names from ``eval.heads.HEAD_NAMES`` ("finetune" tunes the model per task and restores its weights).
         dtype: autocast dtype of the forward pass (float32: none; bfloat16 for a bf16-trained run).
         batch_tasks: tasks whose images are embedded together (unique images once per batch).
 

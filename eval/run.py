@@ -45,7 +45,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        raise FsmtlError(f"{path}: not a readable fsmtl checkpoint ({type(e).__name__}: {e})") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise FsmtlError(f"{path}: not a readable fsmtl checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise FsmtlError(f"{path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")

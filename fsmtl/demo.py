@@ -4,7 +4,7 @@ Steps (each through the same code as its own command):
 
 1. ``fsmtl convert synthetic`` into ``RUN/data`` (reused when it is already there and verifies);
 2. ``fsmtl train --preset demo`` into ``RUN/train`` (on a GPU: ResNet-12 and a longer budget);
-3. ``fsmtl eval`` of the best checkpoint, 1-shot and 5-shot, with the logreg head and the other
+3. ``fsmtl eval`` of the best checkpoint (last.pt if no epoch was validated), 1-shot and 5-shot, with the logreg head and the other
    feature heads for comparison;
 4. ``fsmtl bench pipeline`` on the same shards, for every installed back end;
 5. ``RUN/report.md`` with the numbers and PNG plots, and a one-screen summary.
@@ -28,7 +28,7 @@ from fsmtl.report import load_metrics, plot_bars, plot_curves
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """What the demo runs; the defaults fit a 2-core CPU in about 10 minutes."""
+    """What the demo runs; the defaults take about 4 minutes on a 2-core CPU (installation aside)."""
 
     out: str = "runs/demo"
     image_size: int = 32

@@ -62,9 +62,15 @@ def ffcv_file(split: SplitData, cache: ExportCache) -> Path:
         from preprocess.export_ffcv import export_split_ffcv
 
         export_split_ffcv(split, path)
-    n = Reader(str(path)).num_samples
+    reader = Reader(str(path))
+    n = reader.num_samples
     if n != len(split.images):
         raise FsmtlError(f"{path}: expected {len(split.images)} samples (the split's images), got {n}; re-run fsmtl convert --format ffcv")
+    field = reader.handlers.get("image")
+    shape = tuple(int(v) for v in getattr(field, "shape", ()))
+    if shape != tuple(split.images.shape[1:]) or getattr(field, "dtype", None) != np.uint8:
+        raise FsmtlError(f"{path}: expected uint8 images {tuple(split.images.shape[1:])}, got "
+                         f"{getattr(field, 'dtype', None)} {shape}; re-run fsmtl convert --format ffcv")  # fmt: skip
     return path
 
 

@@ -140,3 +140,20 @@ def test_reference_back_end_builds_tasks_with_learn2learn_where_installed(tiny_s
     with TaskLoader(backend, cfg) as loader:
         b = next(loader)
     check_structure(b, split, cfg, mean, std)
+
+
+def test_an_ffcv_export_of_another_image_shape_is_rejected(exported: Path, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    optional_import("ffcv")
+    from preprocess.export_ffcv import export_split_ffcv
+
+    root = tmp_path / "stale"
+    shutil.copytree(exported, root)
+    split, mean, std = _open(root)
+    n = len(split.images)
+    fake = SimpleNamespace(images=np.zeros((n, 16, 16, 3), np.uint8), labels=np.zeros(n, np.int64))
+    (root / "train" / "data.beton").unlink()
+    export_split_ffcv(fake, root / "train" / "data.beton", progress=False)  # same count, wrong shape
+    with pytest.raises(FsmtlError, match=r"expected uint8 images \(32, 32, 3\)"):
+        build_task_loader(split, mean, std, replace(CFG, backend="ffcv"))

@@ -104,7 +104,8 @@ def config_from_args(argv: list[str]) -> TrainConfig:
             raise FsmtlError(f"--resume {run}: {flags}: the optimizer and its schedule continue from the checkpoint "
                              "and cannot change mid-run; start a new run (--out) to change them")  # fmt: skip
         if "preset" in given:
-            base.update(preset_overrides(given.pop("preset")))
+            raise FsmtlError(f"--resume {run} --preset: a resumed run keeps its own settings; pass the flags "
+                             "that may change (budgets, --wandb, ...) instead")  # fmt: skip
         cfg = TrainConfig(**{**base, **given, "resume": str(run), "out": str(run)})
     else:
         base = preset_overrides(given.pop("preset")) if given.get("preset") else {}

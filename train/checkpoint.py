@@ -76,7 +76,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's problem to hear about
-        raise FsmtlError(f"{path}: not a readable checkpoint: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise FsmtlError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FsmtlError(f"{path}: expected format {FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}")
     if ckpt.get("version") != VERSION:

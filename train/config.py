@@ -1,4 +1,4 @@
-"""``TrainConfig``: the one source of the trainer's defaults (the seed's, see seed-recipe.md)."""
+"""``TrainConfig``: the one source of the trainer's defaults (the seed's published settings; docs/training.md lists them)."""
 
 from __future__ import annotations
 
@@ -54,13 +54,13 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "max_steps": ("schedule", "stop after this many optimizer steps"),
     "max_minutes": ("schedule", "stop once this much wall time has passed in this invocation (the unfinished epoch is checkpointed; --resume finishes it)"),
     "augment": ("data", "training augmentation: {choices} (lee = MetaOptNet's crop, colour jitter, flip)"),
-    "jitter": ("data", "colour jitter inside lee (off for greyscale data such as Omniglot)"),
+    "jitter": ("data", "colour jitter inside lee (the omniglot preset turns it off; --no-jitter for other greyscale data)"),
     "pipeline": ("data", "batch back end: {choices} (reference = the seed's per-image PIL way, for comparison)"),
     "workers": ("data", "worker processes of the dali/ffcv/reference back ends; none = one per CPU core"),
     "seed": ("data", "seed of weights, task sampling and augmentation; the same seed gives the same run"),
     "precision": ("speed", "{choices}; auto = bf16 autocast where the device supports it, else fp32; fp16 uses a grad scaler (CUDA)"),
     "channels_last": ("speed", "NHWC memory format (faster convolutions with bf16/fp16)"),
-    "compile": ("speed", "torch.compile the backbone (a minute of warm-up, then faster steps)"),
+    "compile": ("speed", "torch.compile the training step's module: backbone, heads and loss (a minute of warm-up, then faster steps)"),
     "device": ("speed", "auto (cuda if available, else cpu), cpu, cuda or cuda:N"),
     "wandb": ("logging", "weights & biases mode: {choices} (offline needs no account)"),
     "log_every": ("logging", "steps between host syncs for the running loss and the progress bar"),

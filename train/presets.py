@@ -13,7 +13,7 @@ from fsmtl.errors import FsmtlError
 
 _NORM = {"norm_train_features": True}
 
-# The seed's published commands (seed-recipe.md, "The eight published commands").
+# The seed's eight published commands (the flags its README gives beyond the defaults).
 PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "mini-imagenet-1shot": {**_NORM, "test_shots": 1},
     "mini-imagenet-5shot": {**_NORM, "meta_batch_size": 2, "test_shots": 5},
