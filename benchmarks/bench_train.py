@@ -167,6 +167,17 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
     return a
 
 
+def _config(a: argparse.Namespace) -> dict[str, Any]:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+
+
+def _speedups(rows: list[dict[str, Any]]) -> None:
+    base = rows[0].get("images_per_s") if rows else None
+    for r in rows:
+        if base and "images_per_s" in r:
+            r["speedup_vs_fp32_eager"] = r["images_per_s"] / base
+
+
 @contextlib.contextmanager
 def tf32(enabled: bool) -> Iterator[None]:
     """TF32 for CUDA matmuls and cuDNN convolutions on or off inside the block; restored after."""
@@ -200,19 +211,18 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({**time_config(name, a, device, dt, cl, comp), "tf32": torch.backends.cudnn.allow_tf32})
             except Exception as e:  # noqa: BLE001 - e.g. no compiler for inductor: report, keep the others
                 rows.append({"config": name, "error": f"{type(e).__name__}: {e}"[:200]})
+        _speedups(rows)
+        # after every row, so that a run cut short (gpu_check.sh's time limit) keeps the rows it has
+        write_results(a.json, "train", _config(a), rows, device, partial=True,
+                      preset_memory=memory, amp_dtype=str(amp))  # fmt: skip
         print(f"  {name}: {rows[-1]}", flush=True)
-    base = rows[0].get("images_per_s")
-    for r in rows:
-        if base and "images_per_s" in r:
-            r["speedup_vs_fp32_eager"] = r["images_per_s"] / base
     wait = data_wait(a, device, amp) if a.data else None
     print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "batch_images", "first_call_s"]))
     if wait:
         print(f"data wait (real torch loader, bf16 + channels_last, synchronised steps): {100 * wait['data_wait_frac']:.2f}% of wall time")
     if memory:
         print(f"peak memory, {memory['preset']} step ({memory['measure']}): {memory['peak_mem_mb']:.0f} MiB")
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    write_results(a.json, "train", config, rows, device, data_wait=wait, preset_memory=memory,
+    write_results(a.json, "train", _config(a), rows, device, data_wait=wait, preset_memory=memory,
                   amp_dtype=str(amp), tf32={"matmul": torch.backends.cuda.matmul.allow_tf32,
                                             "cudnn": torch.backends.cudnn.allow_tf32})
     return 0

@@ -10,10 +10,12 @@ Steps:
   2. check-augment: Lee19 with the same parameters on CPU and CUDA agrees (max abs error);
   3. check-heads: logreg/proto/ridge/svm predictions on CUDA agree with CPU float64;
   4. pipeline: torch back end images/s at 84 and 32 px (and reference at 84 px), share of a ResNet-12 step;
-  5. train: ResNet-12 84x84 images/s, fp32 eager vs bf16 + channels_last (+ compile); data wait;
-  6. eval: 2,000 tasks of 5-way 5-shot batched logreg, tasks/s, against sklearn on a sample;
-  7. epoch: seconds per epoch of the mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic
-     shards, and the GPU-hours projected for the seed's schedule.
+  5. eval: 2,000 tasks of 5-way 5-shot batched logreg, tasks/s, against sklearn on a sample;
+  6. epoch: seconds per epoch of the mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic
+     shards, and the GPU-hours projected for the seed's schedule;
+  7. train: ResNet-12 84x84 images/s, fp32 eager vs bf16 + channels_last (+ compile); data wait.
+     Last, because torch.compile's warm-up is the least predictable cost: should the time limit
+     cut it, every other step is already in the JSON.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import tempfile
 import time
 import traceback
@@ -92,6 +95,17 @@ def check_heads(device: torch.device, quick: bool) -> dict[str, Any]:
     return out
 
 
+class TimeUp(BaseException):  # not an Exception: the benchmarks' own "except Exception" must not swallow it
+    """SIGTERM from gpu_check.sh's ``timeout``: end the step in progress, keep what it wrote."""
+
+
+def _time_up(signum: int, frame: object) -> None:
+    raise TimeUp
+
+
+_BENCH_OF = {"pipeline": "bench_pipeline", "eval": "bench_eval", "train": "bench_train"}  # step -> JSON name
+
+
 def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
     """Run ``benchmarks.<module>.main(argv + --json)`` and return its JSON document."""
     import importlib
@@ -158,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         torch.backends.cudnn.benchmark = True
     q = a.quick
+    signal.signal(signal.SIGTERM, _time_up)  # `timeout` sends SIGTERM: save the JSON rather than die
     t_all = time.perf_counter()
     doc: dict[str, Any] = {"benchmark": "gpu_check", "hardware": hardware_info(device), "steps": {}}
     with tempfile.TemporaryDirectory(prefix="fsmtl-gpu-check-") as tmp_s:
@@ -170,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             ("pipeline", lambda: run_bench("bench_pipeline", [*pipe_args, "--sizes", "32" if q else "84,32",
                                                                "--backends", "torch,reference",
                                                                "--step-model", "" if q else "resnet12"], tmp)),
-            ("train", lambda: run_bench("bench_train", ["--model", "conv4" if q else "resnet12", "--size", "32" if q else "84",
-                                                        "--device", str(device), *(["--no-compile", "--no-memory"] if q else [])], tmp)),
             ("eval", lambda: run_bench("bench_eval", ["--device", str(device), "--tasks", "40" if q else "2000",
                                                       "--sklearn-tasks", "20" if q else "200"], tmp)),
             ("epoch", lambda: epoch_time(device, tmp, q, 4 if q else a.epoch_steps)),
+            ("train", lambda: run_bench("bench_train", ["--model", "conv4" if q else "resnet12", "--size", "32" if q else "84",
+                                                        "--device", str(device), *(["--no-compile", "--no-memory"] if q else [])], tmp)),
         ]  # fmt: skip
         only = {s for s in a.only.split(",") if s}
         for name, fn in steps:
@@ -182,14 +197,23 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"\n=== gpu_check: {name} ===", flush=True)
             t0 = time.perf_counter()
+            out_of_time = False
             try:
                 doc["steps"][name] = {"result": fn()}
+            except TimeUp:  # gpu_check.sh's limit: keep what this step had written so far, then stop
+                out_of_time = True
+                doc["steps"][name] = {"error": "TimeUp: the time limit ended this step"}
+                partial = tmp / f"{_BENCH_OF.get(name, '')}.json"
+                if name in _BENCH_OF and partial.is_file():
+                    doc["steps"][name]["partial_result"] = json.loads(partial.read_text())
             except Exception as e:  # noqa: BLE001 - record the failure, go on with the next step
                 traceback.print_exc()
                 doc["steps"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}
             doc["steps"][name]["seconds"] = round(time.perf_counter() - t0, 1)
             doc["total_seconds"] = round(time.perf_counter() - t_all, 1)
             atomic_write_json(a.json, doc)
+            if out_of_time:
+                break
     rows = []
     for name, st in doc["steps"].items():
         res = st.get("result", {})

@@ -25,7 +25,9 @@ TARGETS = {
 
 def _result(doc: dict[str, Any], step: str) -> dict[str, Any] | None:
     st = doc.get("steps", {}).get(step)
-    return None if st is None or "result" not in st else st["result"]
+    if st is None:
+        return None
+    return st.get("result", st.get("partial_result"))  # partial: what a step cut by the time limit wrote
 
 
 def _verdict(value: float | None, target: float, above: bool) -> str:

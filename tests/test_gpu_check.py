@@ -82,3 +82,28 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
     assert "| 1.10% | PASS |" in text and "| 2.50x | FAIL |" in text and "| 0.40% | PASS |" in text
     assert "eval: RuntimeError: boom" in text
     assert "| 330 s (script; Python part 301 s) | PASS |" in text
+
+
+def test_a_step_cut_by_the_time_limit_keeps_what_it_wrote(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import benchmarks.bench_train as bench_train
+
+    real = bench_train.time_config
+
+    def slow_second_row(name, *args, **kwargs):
+        if name == "bf16-cl":  # gpu_check.sh's `timeout` fires during the second row
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench_train, "time_config", slow_second_row)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "gc.json"
+    try:
+        rc = gpu_check.main(["--device", "cpu", "--quick", "--only", "train,check-augment", "--json", str(out)])
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    doc = json.loads(out.read_text())
+    assert rc == 1 and "TimeUp" in doc["steps"]["train"]["error"]
+    assert [r["config"] for r in doc["steps"]["train"]["partial_result"]["rows"]] == ["fp32-eager"]
