@@ -86,9 +86,15 @@ def _step_ms(model_name: str, batch: Any, device: torch.device, warmup: int, run
     return 1e3 * median(time_runs(step, device, warmup, runs))
 
 
+def open_shards_size(root: Path) -> int:
+    from preprocess.shards import open_shards
+
+    return int(open_shards(root).image_shape[0])
+
+
 def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
     """One row: the back end ``name`` on ``root``'s train split."""
-    from benchmarks.common import median, time_runs
+    from benchmarks.common import median, time_windows
     from preprocess.shards import open_shards
 
     shards = open_shards(root)
@@ -96,7 +102,8 @@ def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[s
     loader = _loader(name, split, shards.mean, shards.std, cfg)
     k = args.batches
     try:
-        secs = time_runs(lambda: [next(loader) for _ in range(k)], cfg.device, args.warmup, args.runs)
+        # back-to-back windows: a loader's prefetch cannot fill up between timed runs
+        secs = time_windows(lambda: [next(loader) for _ in range(k)], cfg.device, args.warmup, args.runs)
         row = {
             "size": shards.image_shape[0],
             "backend": name,
@@ -120,9 +127,9 @@ def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[s
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Speed-up of each row over ``reference`` and ``seed-literal`` at the same size (CPU)."""
     for size in {r["size"] for r in rows}:
-        base = {r["backend"]: r["images_per_s"] for r in rows if r["size"] == size and r["device"] == "cpu"}
+        base = {r["backend"]: r["images_per_s"] for r in rows if r["size"] == size and r["device"] == "cpu" and r.get("images_per_s")}
         for r in rows:
-            if r["size"] != size:
+            if r["size"] != size or not r.get("images_per_s"):
                 continue
             for ref in TARGETS:
                 if ref in base:
@@ -168,7 +175,16 @@ def main(argv: list[str]) -> int:
         done: dict[int, dict[str, Any]] = {}
         for i in order:
             root, name, jcfg = jobs[i]
-            r = done[i] = measure(name, root, jcfg, args)
+            try:
+                r = done[i] = measure(name, root, jcfg, args)
+            except FsmtlError:
+                raise  # a bad request (a back end not installed, ...): the user's to fix
+            except Exception as e:  # noqa: BLE001 - one broken back end must not lose the other rows
+                size = open_shards_size(root)
+                done[i] = {"size": size, "backend": name, "device": jcfg.device, "images_per_s": None,
+                           "error": f"{type(e).__name__}: {str(e).strip()[:200]}"}  # fmt: skip
+                print(f"{size}px {name} ({jcfg.device}): FAILED {done[i]['error']}", flush=True)
+                continue
             print(f"{r['size']}px {name} ({r['device']}): {r['images_per_s']:,.0f} images/s, {r['ms_per_batch']:.2f} ms/batch", flush=True)
         rows = [done[i] for i in range(len(jobs))]
     add_speedups(rows)
@@ -201,4 +217,4 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-_COLUMNS = ["size", "backend", "device", "workers", "tasks_from", "images_per_s", "ms_per_batch", "x_vs_reference", "x_vs_seed-literal", "step_ms", "pipeline_share_of_step"]
+_COLUMNS = ["size", "backend", "device", "workers", "tasks_from", "images_per_s", "ms_per_batch", "x_vs_reference", "x_vs_seed-literal", "step_ms", "pipeline_share_of_step", "error"]

@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = [("fp32-eager", None, False, False), ("bf16-cl", amp, True, False)]
     if a.compile:
         plan.append(("bf16-cl-compile", amp, True, True))
+    # the data wait first: cheap, and a time limit during the compile row must not cost it
+    wait = data_wait(a, device, amp) if a.data else None
     rows = []
     for name, dt, cl, comp in plan:
         # fp32-eager is true float32, as the seed ran it on its V100 (no TF32 there); the bf16 rows
@@ -213,10 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"config": name, "error": f"{type(e).__name__}: {e}"[:200]})
         _speedups(rows)
         # after every row, so that a run cut short (gpu_check.sh's time limit) keeps the rows it has
-        write_results(a.json, "train", _config(a), rows, device, partial=True,
+        write_results(a.json, "train", _config(a), rows, device, partial=True, data_wait=wait,
                       preset_memory=memory, amp_dtype=str(amp))  # fmt: skip
         print(f"  {name}: {rows[-1]}", flush=True)
-    wait = data_wait(a, device, amp) if a.data else None
     print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "batch_images", "first_call_s"]))
     if wait:
         print(f"data wait (real torch loader, bf16 + channels_last, synchronised steps): {100 * wait['data_wait_frac']:.2f}% of wall time")

@@ -42,6 +42,29 @@ def time_runs(
     return out
 
 
+def time_windows(
+    fn: Callable[[], Any], device: torch.device | str = "cpu", warmup: int = 2, runs: int = 5
+) -> list[float]:
+    """Seconds of ``runs`` back-to-back windows of one ``fn`` call each, after ``warmup`` calls.
+
+    For producers with a prefetch buffer (loaders): the windows follow one another without a gap
+    (each ends with a synchronize), so no window gets batches made for free while the timer was
+    stopped, as separately timed calls would.
+    """
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    out = []
+    t_prev = time.perf_counter()
+    for _ in range(runs):
+        fn()
+        synchronize(device)
+        t = time.perf_counter()
+        out.append(t - t_prev)
+        t_prev = t
+    return out
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 

@@ -131,8 +131,13 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict
             "--wandb", "disabled", "--no-progress", "--test-queries", "15" if quick else "30"]  # fmt: skip
     if quick:
         args += ["--model", "conv4"]
+    if device.type == "cuda":  # this step's peak, not the earlier steps' (the counter is per process)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     rc = train_main(args)
+    if rc == 143:  # the time limit's SIGTERM, taken by the trainer's own graceful stop
+        raise TimeUp
     if rc:
         raise RuntimeError(f"train exited with {rc}")
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -240,3 +240,13 @@ def test_a_checkpoint_of_the_old_cosine_scheduler_still_resumes() -> None:
     new.load_state_dict(upgrade_scheduler_state(old.state_dict(), new))
     sync_scheduler_lr(new)
     assert new.last_epoch == 2 and opt2.param_groups[0]["lr"] == pytest.approx(0.5)
+
+
+def test_task_logits_are_float32_under_bf16_autocast() -> None:
+    from train.mtl import task_logits
+
+    feats, _, _, classes = _batch(2, 5, 4, 16, 8)
+    heads = torch.randn(16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = task_logits(feats.reshape(2, 20, 8).bfloat16(), heads, classes)
+    assert out.dtype == torch.float32 and out.shape == (2, 20, 5)

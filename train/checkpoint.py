@@ -45,8 +45,8 @@ def capture_rng(device: torch.device) -> dict[str, Any]:
         },
         "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
     }  # fmt: skip
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this rank's own GPU only: a resume may see fewer GPUs
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     return rng
 
 
@@ -58,7 +58,12 @@ def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
     p = rng["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     if device.type == "cuda" and "cuda" in rng:
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        state = rng["cuda"]
+        if isinstance(state, (list, tuple)):  # older checkpoints: every visible GPU's state
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            state = state[index] if index < len(state) else None
+        if state is not None:
+            torch.cuda.set_rng_state(state, device)
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

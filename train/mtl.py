@@ -40,7 +40,10 @@ def task_logits(features: Tensor, heads: Tensor, classes: Tensor) -> Tensor:
         float [T, N, ways]: ``features[t] @ heads[classes[t]].T``.
     """
     task_heads = heads[classes]  # [T, ways, D]
-    return torch.bmm(features, task_heads.transpose(1, 2).to(features.dtype))
+    # float32 logits also under bf16/fp16 autocast (bmm would run in low precision): they are few
+    # (T x N x ways), and the cross-entropy compares them closely
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.bmm(features.float(), task_heads.transpose(1, 2).float())
 
 
 def task_classes(global_class: Tensor, n_tasks: int, ways: int) -> Tensor:
