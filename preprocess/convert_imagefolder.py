@@ -100,6 +100,18 @@ def _scan(src: Path) -> dict[str, list[Path]]:
         if name in out:
             raise FsmtlError(f"{d}: names the same class as another folder once Unicode forms are unified; rename one")
         out[name] = files
+    owners: dict[Path, str] = {}
+    shared = []
+    for name, files in out.items():
+        for f in files:
+            real = f.resolve()
+            if real in owners and owners[real] != name:
+                shared.append((f, owners[real]))
+            owners.setdefault(real, name)
+    if shared:
+        f, other = shared[0]
+        _warn(f"{len(shared)} image(s) are the same file in two classes (symlinks), e.g. {f} is also in "
+              f"{other!r}: such an image can land in two splits")  # fmt: skip
     if nested:
         _warn(f"{len(nested)} sub-folder(s) inside class folders (e.g. {nested[0]}) are not read: a class is one flat folder")
     if not out:

@@ -197,3 +197,11 @@ def test_a_failing_fill_does_not_decode_the_rest_of_the_split():
     with pytest.raises(FsmtlError, match="img 0"):
         parallel_fill(out, load, workers=2, desc="t", progress=False)
     assert len(calls) < 5000  # the queued chunks were dropped, not decoded
+
+
+def test_an_image_symlinked_into_two_classes_is_warned_about(tree, tmp_path, capsys):
+    (tree / "class_1" / "borrowed.jpg").symlink_to(tree / "class_0" / "a.jpg")
+    from preprocess.convert_imagefolder import _scan
+
+    _scan(tree)
+    assert "same file in two classes" in capsys.readouterr().err

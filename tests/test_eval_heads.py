@@ -157,3 +157,11 @@ def test_every_feature_head_accepts_features_that_require_grad():
     s, q = support.clone().requires_grad_(True), query.clone().requires_grad_(True)
     for head in ("logreg", "proto", "proto_euclidean", "ridge", "svm"):
         assert torch.equal(adapt(s, labels, q, head=head), adapt(support, labels, query, head=head)), head
+
+
+def test_fit_logreg_names_what_it_takes_when_given_numpy():
+    from eval.heads import fit_logreg
+
+    support, labels, _ = _tasks(n_tasks=1, seed=13)
+    with pytest.raises(FsmtlError, match="expected torch tensors"):
+        fit_logreg(support.numpy(), labels.numpy(), 5)

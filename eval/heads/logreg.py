@@ -232,6 +232,9 @@ def fit_logreg(
         LogregFit with coef float [T, ways, D] (float64 for float64 input, else float32) and
         intercept float64 [T, ways].
     """
+    if not isinstance(support, Tensor) or not isinstance(labels, Tensor):
+        raise FsmtlError("fit_logreg: expected torch tensors (support float [T,S,D], labels int64 [T,S]); "
+                         "eval.adapt also takes numpy arrays")  # fmt: skip
     gdt = _gram_dtype(support)
     x = support.to(gdt)
     k = (x @ x.transpose(1, 2)).to(torch.float64)  # the one pass over the support features
