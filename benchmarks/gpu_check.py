@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import tempfile
 import time
@@ -96,14 +95,15 @@ def check_heads(device: torch.device, quick: bool) -> dict[str, Any]:
 
 
 class TimeUp(BaseException):  # not an Exception: the benchmarks' own "except Exception" must not swallow it
-    """SIGTERM from gpu_check.sh's ``timeout``: end the step in progress, keep what it wrote."""
+    """SIGTERM from gpu_check.sh's ``timeout``: end the step in progress, keep what it wrote.
+
+    ``partial`` holds the JSON the interrupted benchmark had written so far (None if nothing)."""
+
+    partial: dict[str, Any] | None = None
 
 
 def _time_up(signum: int, frame: object) -> None:
     raise TimeUp
-
-
-_BENCH_OF = {"pipeline": "bench_pipeline", "eval": "bench_eval", "train": "bench_train"}  # step -> JSON name
 
 
 def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
@@ -111,7 +111,11 @@ def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
     import importlib
 
     path = tmp / f"{module}.json"
-    rc = importlib.import_module(f"benchmarks.{module}").main([*argv, "--json", str(path)])
+    try:
+        rc = importlib.import_module(f"benchmarks.{module}").main([*argv, "--json", str(path)])
+    except TimeUp as e:
+        e.partial = json.loads(path.read_text()) if path.is_file() else None  # rows written so far
+        raise
     if rc:
         raise RuntimeError(f"{module} exited with {rc}")
     return json.loads(path.read_text())
@@ -205,12 +209,11 @@ def main(argv: list[str] | None = None) -> int:
             out_of_time = False
             try:
                 doc["steps"][name] = {"result": fn()}
-            except TimeUp:  # gpu_check.sh's limit: keep what this step had written so far, then stop
+            except TimeUp as e:  # gpu_check.sh's limit: keep what this step had written so far, then stop
                 out_of_time = True
                 doc["steps"][name] = {"error": "TimeUp: the time limit ended this step"}
-                partial = tmp / f"{_BENCH_OF.get(name, '')}.json"
-                if name in _BENCH_OF and partial.is_file():
-                    doc["steps"][name]["partial_result"] = json.loads(partial.read_text())
+                if e.partial is not None:
+                    doc["steps"][name]["partial_result"] = e.partial
             except Exception as e:  # noqa: BLE001 - record the failure, go on with the next step
                 traceback.print_exc()
                 doc["steps"][name] = {"error": f"{type(e).__name__}: {e}"[:500]}

@@ -8,7 +8,6 @@ run it on the JSON that ``bash benchmarks/gpu_check.sh`` brought back and paste 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
