@@ -3,11 +3,12 @@
 Every back end makes the same batches: ``--tasks`` tasks (default 6) of 5 ways x 10 images
 (shots 5 + queries 5), at every image size of the data (default: synthetic shards at 84x84x3 and
 32x32x3 written to a temporary directory, with FFCV and DALI exports made by our exporters).
-Rows: ``torch`` (the default back end; on CPU its numba kernel), ``torch-ops`` (the same back end
-forced onto torch CPU ops, the measurement behind choosing numba), ``dali``, ``ffcv``,
+Rows: ``torch`` (the default back end: on CPU its numba kernel, on CUDA its fused Triton kernel),
+``torch-ops`` (the same back end forced onto torch ops, the measurement behind choosing those
+kernels; the ``kernel`` column names what ran), ``dali``, ``ffcv``,
 ``reference`` (the seed's per-image PIL + torchvision pipeline in a DataLoader with one worker
 per core) and ``seed-literal`` (the same, tasks built and augmented in the main process). With
-CUDA available, ``torch`` also runs on the GPU, and ``--step-model`` times one training step of
+CUDA available, ``torch`` (and ``torch-ops``) also run on the GPU, and ``--step-model`` times one training step of
 that model on the same batch for the "share of a training step" figure.
 Timing: ``--warmup`` untimed calls, then the median of ``--runs`` timed calls of
 ``--batches`` batches each, synchronised.
@@ -113,6 +114,8 @@ def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[s
             "ms_per_batch": 1e3 * median(secs) / k,
             "runs_s": secs,
         }
+        if hasattr(loader.backend, "kernel"):
+            row["kernel"] = loader.backend.kernel
         if name in ("reference", "seed-literal"):
             row["tasks_from"] = "learn2learn" if getattr(loader.backend, "use_learn2learn", False) else "fsmtl sampler"
         if args.step_model and cfg.device != "cpu":
@@ -167,8 +170,8 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-pipeline-") as tmp:
         roots = args.data or synthetic_roots(Path(tmp), tuple(int(v) for v in args.sizes.split(",")))
         jobs = [(root, name, cfg) for root in roots for name in names]
-        if gpu and gpu != "cpu" and "torch" in names:
-            jobs += [(root, "torch", replace(cfg, device=gpu)) for root in roots]
+        if gpu and gpu != "cpu":
+            jobs += [(root, name, replace(cfg, device=gpu)) for root in roots for name in ("torch", "torch-ops") if name in names]
         # the back ends that fork DataLoader workers go first: forking after numba's TBB threads have
         # started (the torch back end's CPU kernel) is unsafe for the children, and numba warns of it
         order = sorted(range(len(jobs)), key=lambda i: jobs[i][1] != "reference")
@@ -209,7 +212,7 @@ def _versions() -> dict[str, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for dist in ("ffcv", "nvidia-dali-cuda130", "learn2learn", "pillow", "torchvision", "numba"):
+    for dist in ("ffcv", "nvidia-dali-cuda130", "learn2learn", "pillow", "torchvision", "numba", "triton"):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:
@@ -217,4 +220,4 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-_COLUMNS = ["size", "backend", "device", "workers", "tasks_from", "images_per_s", "ms_per_batch", "x_vs_reference", "x_vs_seed-literal", "step_ms", "pipeline_share_of_step", "error"]
+_COLUMNS = ["size", "backend", "kernel", "device", "workers", "tasks_from", "images_per_s", "ms_per_batch", "x_vs_reference", "x_vs_seed-literal", "step_ms", "pipeline_share_of_step", "error"]

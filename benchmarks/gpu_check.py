@@ -7,9 +7,11 @@ CUDA, ``--device cpu --quick`` runs the same steps at toy sizes (that is how it 
 
 Steps:
   1. check-sampling: the torch loader gives identical indices/labels and equal images on CPU and CUDA;
-  2. check-augment: Lee19 with the same parameters on CPU and CUDA agrees (max abs error);
+  2. check-augment: Lee19 with the same parameters on CPU and CUDA agrees (max abs error), for
+     the torch ops and the fused Triton kernel (float32 and bfloat16);
   3. check-heads: logreg/proto/ridge/svm predictions on CUDA agree with CPU float64;
-  4. pipeline: torch back end images/s at 84 and 32 px (and reference at 84 px), share of a ResNet-12 step;
+  4. pipeline: torch back end images/s at 84 and 32 px, with its Triton kernel and forced onto
+     torch ops, on CUDA and CPU (and reference on CPU), share of a ResNet-12 step;
   5. eval: 2,000 tasks of 5-way 5-shot batched logreg, tasks/s, against sklearn on a sample;
   6. epoch: seconds per epoch of the mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic
      shards, and the GPU-hours projected for the seed's schedule;
@@ -54,6 +56,7 @@ def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, An
         cfg = PipelineConfig(device=dev, seed=3, tasks_per_batch=4, prefetch=False)
         with build_task_loader(split, shards.mean, shards.std, cfg) as loader:
             batches[dev] = [next(loader) for _ in range(2)]
+            out[f"kernel_{dev}"] = getattr(loader.backend, "kernel", None)
     a, b = batches["cpu"], batches[str(device)]
     out["labels_equal"] = all(torch.equal(x.global_class.cpu(), y.global_class.cpu()) and torch.equal(x.label.cpu(), y.label.cpu()) for x, y in zip(a, b))
     out["images_max_abs_diff"] = max(float((x.images.float().cpu() - y.images.float().cpu()).abs().max()) for x, y in zip(a, b))
@@ -62,8 +65,9 @@ def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, An
 
 
 def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
-    """Lee19 on CPU and ``device`` with the same drawn parameters: max abs error after normalising."""
-    from pipelines.augment import apply_lee, draw_lee_params
+    """Lee19 on CPU and ``device`` with the same drawn parameters: max abs error after normalising,
+    for the torch ops and for the fused Triton kernel (the CUDA default), float32 and bfloat16."""
+    from pipelines.augment import apply_lee, augment_rows, draw_lee_params
 
     g = torch.Generator().manual_seed(0)
     n, size = (64, 84) if not quick else (8, 32)
@@ -74,7 +78,22 @@ def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
     dev_params = type(params)(*(p.to(device) if torch.is_tensor(p) else p for p in params))
     got = apply_lee(images.to(device), dev_params, mean, std, torch.float32)
     err = float((got.cpu() - ref).abs().max())
-    return {"images": n, "size": size, "max_abs_diff": err, "ok": err < 1e-3}
+    out: dict[str, Any] = {"images": n, "size": size, "max_abs_diff": err, "ok": err < 1e-3}
+    if device.type != "cuda":
+        return out
+    try:  # the kernel the CUDA pipeline uses by default (rows in order: same as ``ref``)
+        from pipelines.triton_aug import augment_rows_triton
+
+        rows = torch.arange(n)
+        tri = augment_rows_triton(images.to(device), rows, params, mean, std, torch.float32)
+        tri16 = augment_rows_triton(images.to(device), rows, params, mean, std, torch.bfloat16)
+        ref16 = augment_rows(images, rows, params, mean, std, torch.bfloat16)
+        out["triton_max_abs_diff"] = float((tri.cpu() - ref).abs().max())
+        out["triton_bf16_max_abs_diff"] = float((tri16.cpu().float() - ref16.float()).abs().max())
+        out["ok"] = out["ok"] and out["triton_max_abs_diff"] < 1e-3 and out["triton_bf16_max_abs_diff"] < 5e-2
+    except Exception as e:  # noqa: BLE001 - reported; the pipeline then uses the torch ops
+        out["triton"] = f"{type(e).__name__}: {str(e)[:300]}"
+    return out
 
 
 def check_heads(device: torch.device, quick: bool) -> dict[str, Any]:
@@ -192,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             ("check-augment", lambda: check_augment(device, q)),
             ("check-heads", lambda: check_heads(device, q)),
             ("pipeline", lambda: run_bench("bench_pipeline", [*pipe_args, "--sizes", "32" if q else "84,32",
-                                                               "--backends", "torch,reference",
+                                                               "--backends", "torch,torch-ops,reference",
                                                                "--step-model", "" if q else "resnet12"], tmp)),
             ("eval", lambda: run_bench("bench_eval", ["--device", str(device), "--tasks", "40" if q else "2000",
                                                       "--sklearn-tasks", "20" if q else "200"], tmp)),

@@ -49,6 +49,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     out["pipeline_images_per_s"] = torch84[0]["images_per_s"] if torch84 else None
     out["pipeline_share_of_step"] = torch84[0].get("pipeline_share_of_step") if torch84 else None
     out["reference_images_per_s"] = ref84[0]["images_per_s"] if ref84 else None
+    out["pipeline_rows"] = [r for r in pipe.get("rows", []) if r.get("images_per_s")]
     train = _result(doc, "train") or {}
     rows = {r["config"]: r for r in train.get("rows", []) if "config" in r}
     out["train_rows"] = rows
@@ -94,6 +95,14 @@ def markdown(s: dict[str, Any]) -> str:
         "CUDA vs CPU checks: " + ", ".join(f"{k} {'ok' if v else ('FAILED' if v is False else 'not run')}" for k, v in s["checks_ok"].items()),
         "",
     ]  # fmt: skip
+    if s.get("pipeline_rows"):
+        lines += ["| pipeline (5-way x 10-image tasks) | kernel | device | images/s | ms/batch | share of a step |",
+                  "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in s["pipeline_rows"]:
+            share = r.get("pipeline_share_of_step")
+            lines.append(f"| {r['size']}px {r['backend']} | {r.get('kernel', '-')} | {r['device']} | {_num(r['images_per_s'])} | "
+                         f"{_num(r.get('ms_per_batch'), '{:.3f}')} | {_num(share and 100 * share, '{:.2f}%')} |")  # fmt: skip
+        lines.append("")
     if s["train_rows"]:
         lines += [f"| training step ({s['train_shape']}) | images/s | ms/step | x fp32 eager |", "| --- | --- | --- | --- |"]
         for name, r in s["train_rows"].items():

@@ -37,6 +37,7 @@ COMPONENTS: tuple[Component, ...] = (
     Component("numpy", "numpy", "everything", "pip install numpy", required=True),
     Component("tqdm", "tqdm", "progress bars", "pip install tqdm", required=True),
     Component("numba", "numba", "the fused CPU augmentation kernel (else slower torch CPU ops)", "pip install numba"),
+    Component("triton", "triton", "the fused CUDA augmentation kernel (else slower torch ops on the GPU)", "pip install triton (comes with torch's CUDA wheels on Linux)"),
     Component("PIL", "pillow", "image decoding in convert; the reference pipeline", "pip install pillow"),
     Component("torchvision", "torchvision", "the reference (seed) pipeline back end", "pip install torchvision"),
     Component("sklearn", "scikit-learn", "bench eval's scikit-learn baseline", "pip install scikit-learn"),

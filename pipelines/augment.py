@@ -120,7 +120,7 @@ def crop_flip_gather(data: Tensor, rows: Tensor, params: LeeParams) -> Tensor:
 
 def grayscale(x: Tensor) -> Tensor:
     """float [B, H, W, 3] -> float [B, H, W, 1] with torchvision's luma weights."""
-    wts = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype, device=x.device)
+    wts = torch.tensor(GRAY_WEIGHTS, dtype=x.dtype).to(x.device, non_blocking=True)  # no stream sync
     return (x * wts).sum(dim=3, keepdim=True)
 
 
@@ -150,6 +150,37 @@ def color_jitter(x: Tensor, factors: Tensor, order: Tensor) -> Tensor:
         target = torch.where(is_sat, gray, mean * is_con)
         x = (f * x + (1.0 - f) * target).clamp_(0.0, 1.0)
     return x
+
+
+def jitter_slots(params: LeeParams, channels: int) -> tuple[Tensor, Tensor]:
+    """The colour jitter as three op slots per image, for fused kernels (CPU, vectorised).
+
+    Slot ``k`` maps a pixel ``v`` to ``clamp(f v + a gray(v) + t)``: brightness is ``(f, 0)``,
+    saturation ``(f, 1 - f)``, contrast ``(f, 0)`` with ``t = (1 - f) mean(gray)`` of the image as
+    it enters that slot (the kernel computes it), the identity ``(1, 0)``; ``t`` is 0 elsewhere.
+    Saturation of a one-channel image is the identity, as in torchvision.
+
+    Args:
+        params: :class:`LeeParams` for B images (``factors``/``order`` None: no jitter).
+        channels: 1 or 3.
+
+    Returns:
+        coef float32 [B, 3, 2]: (f, a) per slot in the order the ops run; and the contrast slot
+        int64 [B] in 0..2 (3: no contrast).
+    """
+    b = params.top.shape[0]
+    coef = torch.zeros(b, 3, 2)
+    coef[:, :, 0] = 1.0
+    if params.factors is None or params.order is None:
+        return coef, torch.full((b,), 3, dtype=torch.int64)
+    f = params.factors.gather(1, params.order).float()  # [B, 3]: each slot's factor
+    is_sat = params.order == SATURATION
+    if channels == 1:
+        f = torch.where(is_sat, torch.ones_like(f), f)
+    coef[:, :, 0] = f
+    coef[:, :, 1] = torch.where(is_sat, 1.0 - f, torch.zeros_like(f))
+    slot = (params.order == CONTRAST).to(torch.int64).argmax(dim=1)
+    return coef, slot
 
 
 def augment_rows(

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.augment import augment_rows
+from fsmtl.errors import FsmtlError
+from pipelines.augment import LeeParams, augment_rows, draw_lee_params
 from pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, plan_batch
 from pipelines.transforms import normalize_batch
 from preprocess.shards import SplitData
@@ -35,6 +36,54 @@ def _numba_available() -> bool:
     except Exception:  # noqa: BLE001 - numba missing or broken: fall back to torch ops
         return False
     return True
+
+
+def _triton_error() -> str | None:
+    """None when the fused Triton kernel imports, else why not."""
+    try:
+        import pipelines.triton_aug  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - triton missing or broken: the torch ops serve instead
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def choose_device_kernel(want: str, on_cuda: bool, problem: Callable[[], str | None]) -> str:
+    """The device path's kernel, "triton" or "torch ops", for ``PipelineConfig.device_kernel`` ``want``.
+
+    "auto" takes Triton on CUDA when ``problem()`` (import, then a self-check against the torch
+    ops) finds none, else warns and takes the torch ops; on the CPU twin the torch ops (Triton
+    runs there only when asked, under ``TRITON_INTERPRET=1``). "triton" raises if it has a problem.
+    """
+    if want == "torch" or (want == "auto" and not on_cuda):
+        return "torch ops"
+    why = problem()
+    if why is None:
+        return "triton"
+    if want == "triton":
+        raise FsmtlError(f"pipeline device_kernel 'triton': unusable here ({why}); use 'torch' or 'auto'")
+    log.warning("pipeline: the fused Triton kernel is unusable here (%s); using torch ops (slower)", why)
+    return "torch ops"
+
+
+def cat_plans(plans: list[BatchPlan]) -> BatchPlan:
+    """Several batches' plans as one (rows, labels and parameters concatenated in order)."""
+    if len(plans) == 1:
+        return plans[0]
+    ps = [p.params for p in plans]
+    params = None
+    if ps[0] is not None:
+        cols = [None if ps[0][i] is None else torch.cat([q[i] for q in ps]) for i in range(5)]  # type: ignore[index]
+        params = LeeParams(*cols, ps[0].pad)  # type: ignore[arg-type]
+    fields = [torch.cat([getattr(p, f) for p in plans]) for f in ("rows", "task", "label", "global_class")]
+    return BatchPlan(*fields, params)
+
+
+def _upload(t: Tensor, device: torch.device) -> Tensor:
+    """A small CPU tensor on ``device``; to CUDA through pinned memory, so the copy is asynchronous
+    (a copy from pageable memory would make the host wait for the stream)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _load(images: np.ndarray, device: torch.device | None, chunk: int = 4096) -> Tensor:
@@ -75,7 +124,13 @@ class BufferPool:
 
 
 class TorchBackend:
-    """Makes batches from a resident split with torch ops (CUDA) or the numba kernel (CPU)."""
+    """Makes batches from a resident split: the fused Triton kernel or torch ops on CUDA, the
+    numba kernel (or torch ops) on the CPU.
+
+    On the device path ``cfg.group_images`` images (whole batches) are planned, uploaded and
+    augmented by one set of launches, then handed out batch by batch: the per-launch host costs
+    (planning aside) are paid once per group.
+    """
 
     def __init__(
         self,
@@ -107,21 +162,56 @@ class TorchBackend:
             self.data = torch.from_numpy(self.np_data) if self.resident else None
         self.use_numba = not self.device_path and cpu_kernel != "torch" and _numba_available()
         self.pool = BufferPool()
+        self.group = max(1, cfg.group_images // cfg.batch_images) if self.device_path else 1
+        self.kernel = self._pick_kernel(cpu_kernel) if self.device_path else ("numba" if self.use_numba else "torch ops")
+        log.info("pipeline torch back end on %s: %s kernel, %d batch(es) per launch", self.device, self.kernel, self.group)
+
+    def _pick_kernel(self, cpu_kernel: str) -> str:
+        want = "torch" if cpu_kernel == "torch" or self.cfg.augment != "lee" else self.cfg.device_kernel
+        return choose_device_kernel(want, self.device.type == "cuda", self._triton_problem)
+
+    def _triton_problem(self) -> str | None:
+        return _triton_error() or self._triton_self_check()
+
+    def _triton_self_check(self) -> str | None:
+        """Run the Triton kernel on a few rows of the split against the torch ops; None if equal."""
+        from pipelines.triton_aug import augment_rows_triton
+
+        n = min(16, int(self.offsets[-1]))
+        g = torch.Generator().manual_seed(12345)  # its own generator: the loader's stays untouched
+        rows = torch.randint(0, int(self.offsets[-1]), (n,), generator=g)
+        params = draw_lee_params(n, g, self.pad, jitter=self.cfg.jitter, flip=self.cfg.flip)
+        data = self.data if self.resident else self.data[rows].to(self.device)
+        dev_rows = rows.to(self.device) if self.resident else torch.arange(n, device=self.device)
+        try:
+            for dtype, tol in ((torch.float32, 1e-4), (self.cfg.out_dtype, 2e-2)):
+                ref = augment_rows(data, dev_rows, params.to(self.device), self.mean, self.std, torch.float32)
+                got = augment_rows_triton(data, rows if self.resident else torch.arange(n), params, self.mean, self.std, dtype)
+                err = float(((got.float() - ref).abs() / (1.0 + ref.abs())).max())
+                if not err <= tol:
+                    return f"differs from the torch ops by {err:.3g} in {dtype}"
+        except Exception as e:  # noqa: BLE001 - a compiler or driver failure: fall back
+            return f"{type(e).__name__}: {str(e)[:300]}"
+        return None
 
     def stream(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
         while True:
-            plan = plan_batch(self.offsets, self.cfg, self.pad, generator)
-            state = generator.get_state()
+            plans, states = [], []
+            for _ in range(self.group):  # the generator's state after each plan: exact resume per batch
+                plans.append(plan_batch(self.offsets, self.cfg, self.pad, generator))
+                states.append(generator.get_state())
+            event = None
             if self.side is not None:
                 with torch.cuda.stream(self.side):
-                    batch = self.make_device(plan)
+                    batches = self.make_device_group(plans)
                     event = torch.cuda.Event()
                     event.record(self.side)
-                yield batch, state, event
             elif self.device_path:
-                yield self.make_device(plan), state, None
+                batches = self.make_device_group(plans)
             else:
-                yield self.make_cpu(plan), state, None
+                batches = [self.make_cpu(p) for p in plans]
+            for batch, state in zip(batches, states):
+                yield batch, state, event
 
     def _finish(self, x: Tensor) -> Tensor:
         if not self.cfg.channels_last:
@@ -145,21 +235,45 @@ class TorchBackend:
         return TaskBatch(x, plan.task, plan.label, plan.global_class)
 
     def make_device(self, plan: BatchPlan) -> TaskBatch:
-        """Realise a plan with torch ops on ``cfg.device`` (on CUDA, call under the side stream)."""
-        dev = self.device
+        """Realise one plan on ``cfg.device`` (on CUDA, call under the side stream)."""
+        return self.make_device_group([plan])[0]
+
+    def make_device_group(self, plans: list[BatchPlan]) -> list[TaskBatch]:
+        """Realise consecutive plans with one upload and one set of launches on ``cfg.device``.
+
+        Returns one :class:`TaskBatch` per plan; their tensors are views of the group's."""
+        dev, plan = self.device, cat_plans(plans)
+        n = plan.rows.numel()
+        rows = plan.rows
         if self.resident:
-            data, rows = self.data, plan.rows.to(dev, non_blocking=True)
-        else:
-            pin = self.device.type == "cuda"
-            staged = torch.empty((plan.rows.numel(), *self.data.shape[1:]), dtype=torch.uint8, pin_memory=pin)
+            data = self.data
+        else:  # past the memory budget: the group's rows gathered on the host, one async copy
+            staged = torch.empty((n, *self.data.shape[1:]), dtype=torch.uint8, pin_memory=dev.type == "cuda")
             torch.index_select(self.data, 0, plan.rows, out=staged)
             data = staged.to(dev, non_blocking=True)
-            rows = torch.arange(plan.rows.numel(), device=dev)
+            rows = torch.arange(n)
+        # one host-to-device copy of every integer the group needs (pinned, so asynchronous); the
+        # kernel's five rows (row, top, left, flip, contrast slot) first, in pack_plan's layout
+        coef, head = None, rows[None]
+        if plan.params is not None and self.kernel == "triton":
+            from pipelines.triton_aug import pack_plan
+
+            head, coef = pack_plan(rows, plan.params, data.shape[3])
+        ints = _upload(torch.cat([head, torch.stack([plan.task, plan.label, plan.global_class])]), dev)
+        rows_d, (task, label, global_class) = ints[0], ints[-3:]
         if plan.params is None:
-            x = normalize_batch(data[rows], self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
+            x = normalize_batch(data[rows_d], self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
+        elif coef is not None:
+            from pipelines.triton_aug import augment_packed
+
+            x = augment_packed(
+                data, ints, _upload(coef, dev), self.pad, plan.params.factors is not None,
+                self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last,
+            )  # fmt: skip
         else:
-            x = augment_rows(data, rows, plan.params.to(dev), self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
-        return TaskBatch(x, plan.task.to(dev), plan.label.to(dev), plan.global_class.to(dev))
+            x = augment_rows(data, rows_d, plan.params.to(dev), self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
+        b = self.cfg.batch_images
+        return [TaskBatch(*(t[i * b : (i + 1) * b] for t in (x, task, label, global_class))) for i in range(len(plans))]
 
     @staticmethod
     def batch_augmenter(mean: list[float], std: list[float], cfg: PipelineConfig) -> Callable[[Tensor, BatchPlan], TaskBatch]:

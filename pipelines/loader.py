@@ -49,6 +49,10 @@ class PipelineConfig:
     device: str = "cpu"
     memory_budget_gb: float | None = None  # split larger than this stays in pinned host memory
     prefetch: bool = True
+    # the torch back end's device path (CUDA): "auto" = the fused Triton kernel where it imports
+    # and passes a self-check against the torch ops, else the torch ops; "triton"; "torch"
+    device_kernel: str = "auto"
+    group_images: int = 2048  # device path: whole batches planned and augmented per launch, ~this many images
 
     @property
     def per_class(self) -> int:
@@ -214,6 +218,10 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
     """
     if cfg.backend not in BACKENDS:
         raise FsmtlError(f"pipeline backend: expected one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if cfg.device_kernel not in ("auto", "triton", "torch"):
+        raise FsmtlError(f"pipeline device_kernel: expected 'auto', 'triton' or 'torch', got {cfg.device_kernel!r}")
+    if cfg.group_images < 1:
+        raise FsmtlError(f"pipeline group_images: expected >= 1, got {cfg.group_images}")
     if cfg.augment not in ("lee", "none"):
         raise FsmtlError(f"pipeline augment: expected 'lee' or 'none', got {cfg.augment!r}")
     for name in ("ways", "shots", "tasks_per_batch"):

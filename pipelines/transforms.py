@@ -37,9 +37,11 @@ def normalize_batch(
 def normalize_nhwc(
     x: Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype, channels_last: bool
 ) -> Tensor:
-    """float [B, H, W, C] in [0, 1] -> ``dtype`` [B, C, H, W], ``(x - mean) / std``."""
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device)
-    s = torch.tensor(std, dtype=torch.float32, device=x.device)
+    """float [B, H, W, C] in [0, 1] -> ``dtype`` [B, C, H, W], ``(x - mean) / std``.
+
+    The constants go to the device without blocking: a blocking copy would make the host wait
+    for the device's stream (a synchronisation per batch)."""
+    m, s = torch.tensor([list(mean), list(std)], dtype=torch.float32).to(x.device, non_blocking=True)
     y = ((x - m) / s).permute(0, 3, 1, 2)
     if not channels_last:
         y = y.contiguous()

@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Tests never need a GPU: Triton kernels (the CUDA augmentation) run in Triton's CPU interpreter.
+# Read when a kernel is defined, so it must be set before pipelines.triton_aug is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 
 from preprocess.synthetic import SyntheticConfig, write_synthetic_shards

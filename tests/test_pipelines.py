@@ -136,6 +136,8 @@ def test_concat_splits_offsets_the_labels_of_later_splits(tiny_shards: Path) -> 
         ({"augment": "heavy"}, "augment"),
         ({"padding": 40}, "padding"),
         ({"device": "cuda:0"}, "CUDA"),
+        ({"device_kernel": "cuda"}, "device_kernel"),
+        ({"group_images": 0}, "group_images"),
     ],
 )
 def test_bad_requests_raise_fsmtl_error_before_any_work(tiny_shards: Path, change: dict, message: str) -> None:
