@@ -250,3 +250,12 @@ def test_task_logits_are_float32_under_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = task_logits(feats.reshape(2, 20, 8).bfloat16(), heads, classes)
     assert out.dtype == torch.float32 and out.shape == (2, 20, 5)
+
+
+def test_the_last_line_of_a_run_names_its_result_and_the_eval_command() -> None:
+    from train.__main__ import done_line
+
+    line = done_line({"reason": "x", "epoch": 3, "step": 60, "best_val_acc": 0.4567, "out": "runs/a", "signal": None})
+    assert "best val acc 45.67%" in line and "epoch 3, step 60" in line
+    assert line.endswith("evaluate with: fsmtl eval --run runs/a")
+    assert "no validation" in done_line({"epoch": 1, "step": 2, "best_val_acc": None, "out": "r"})

@@ -123,6 +123,15 @@ def set_backend_flags(device_is_cuda: bool) -> dict[str, Any]:
     return flags
 
 
+def done_line(summary: dict[str, Any]) -> str:
+    """The run's last line: where it is, what it reached, and the next command."""
+    best = summary.get("best_val_acc")
+    reached = "no validation" if best is None else f"best val acc {100 * best:.2f}%"
+    out = summary["out"]
+    return (f"fsmtl train: done: {out} (epoch {summary['epoch']}, step {summary['step']}, {reached}); "
+            f"checkpoints in {os.path.join(out, 'checkpoints')}; evaluate with: fsmtl eval --run {out}")  # fmt: skip
+
+
 def main(argv: list[str]) -> int:
     cfg = config_from_args(argv)
     from train.run import train
@@ -130,7 +139,7 @@ def main(argv: list[str]) -> int:
     set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")  # the run's first line shows them
     summary = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        print(f"fsmtl train: done: {summary}")
+        print(done_line(summary))
     # a run stopped by a signal checkpointed cleanly, but it did not finish: say so to the caller
     # (a job script's retry loop, fsmtl demo, bench algorithms), as a killed process would
     return {"SIGTERM": 143, "SIGINT": 130}.get(summary.get("signal") or "", 0)
