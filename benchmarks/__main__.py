@@ -11,6 +11,7 @@ _BENCHES = {
     "train": "benchmarks.bench_train",
     "eval": "benchmarks.bench_eval",
     "algorithms": "benchmarks.bench_algorithms",
+    "traffic": "benchmarks.bench_traffic",
     "all": "benchmarks.bench_all",
 }
 _HELP = {
@@ -19,7 +20,8 @@ _HELP = {
     "train": "ResNet-12 training step: fp32 eager vs bf16 + channels_last (+ compile), data wait, peak memory",
     "eval": "2,000 test tasks: batched logistic regression vs scikit-learn per task",
     "algorithms": "MTL vs ProtoNet / MetaOptNet / ANIL / MAML: step cost and time to accuracy",
-    "all": "every benchmark above at CPU-sized defaults, one JSON",
+    "traffic": "the CUDA pipeline path's ops per batch and memory traffic per image, counted on the CPU",
+    "all": "every benchmark above but traffic, at CPU-sized defaults, one JSON",
 }
 
 

@@ -28,3 +28,15 @@ def test_bench_pipeline_writes_rows_with_speedups_and_hardware(tiny_shards: Path
 def test_bench_pipeline_rejects_an_unknown_back_end() -> None:
     with pytest.raises(FsmtlError, match="--backends"):
         bench_pipeline.main(["--backends", "torch,warp"])
+
+
+def test_bench_traffic_counts_fewer_device_ops_per_batch_when_batches_are_grouped(tmp_path: Path) -> None:
+    from benchmarks.bench_traffic import main as traffic_main
+
+    out = tmp_path / "traffic.json"
+    assert traffic_main(["--sizes", "16", "--tasks", "2", "--batches", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    one, grouped = sorted(rows, key=lambda r: r["batches_per_launch"])
+    assert one["batches_per_launch"] == 1 and grouped["batches_per_launch"] == 2048 // 100
+    assert grouped["device_ops_per_batch"] < one["device_ops_per_batch"] / 2
+    assert one["aten_mb_per_image"] > one["kernel_bytes_per_image"] / 1e6  # the torch ops move more than the kernel
