@@ -101,7 +101,10 @@ def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[s
     shards = open_shards(root)
     split = shards.split("train")
     loader = _loader(name, split, shards.mean, shards.std, cfg)
-    k = args.batches
+    # whole batch groups per window (the CUDA path makes several batches per launch): a window
+    # that held more groups than another would be charged for batches it did not hand out
+    group = int(getattr(loader.backend, "group", 1))
+    k = -(-args.batches // group) * group
     try:
         # back-to-back windows: a loader's prefetch cannot fill up between timed runs
         secs = time_windows(lambda: [next(loader) for _ in range(k)], cfg.device, args.warmup, args.runs)
@@ -113,6 +116,7 @@ def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace) -> dict[s
             "images_per_s": cfg.batch_images * k / median(secs),
             "ms_per_batch": 1e3 * median(secs) / k,
             "runs_s": secs,
+            "batches_per_window": k,
         }
         if hasattr(loader.backend, "kernel"):
             row["kernel"] = loader.backend.kernel

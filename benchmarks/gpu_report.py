@@ -42,6 +42,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     for name, st in doc.get("steps", {}).items():
         if "error" in st:
             out["errors"][name] = st["error"]
+    out["triton_error"] = (_result(doc, "check-augment") or {}).get("triton")
     out["checks_ok"] = {s: (_result(doc, s) or {}).get("ok") for s in ("check-sampling", "check-augment", "check-heads")}
     pipe = _result(doc, "pipeline") or {}
     torch84 = [r for r in pipe.get("rows", []) if r.get("size") == 84 and r.get("backend") == "torch" and r.get("device") != "cpu"]
@@ -93,6 +94,7 @@ def markdown(s: dict[str, Any]) -> str:
         f"{_num(s['python_seconds'], '{:.0f} s')}) | {_verdict(s['total_seconds'], t['total_seconds'], False)} |",
         "",
         "CUDA vs CPU checks: " + ", ".join(f"{k} {'ok' if v else ('FAILED' if v is False else 'not run')}" for k, v in s["checks_ok"].items()),
+        *([f"The fused Triton kernel failed on the GPU: {s['triton_error']}"] if s.get("triton_error") else []),
         "",
     ]  # fmt: skip
     if s.get("pipeline_rows"):

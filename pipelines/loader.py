@@ -172,8 +172,8 @@ class TaskLoader:
             self._pending = self._pool.submit(next, self._it)  # type: ignore[union-attr]
         else:
             batch, state, event = next(self._it)
-        if event is not None:  # made on a side stream: order the consumer after it
-            stream = torch.cuda.current_stream()
+        if event is not None:  # made on a side stream: order the consumer (the device's current stream) after it
+            stream = torch.cuda.current_stream(batch.images.device)
             stream.wait_event(event)
             for t in batch:
                 t.record_stream(stream)

@@ -16,6 +16,7 @@ The jitter is given per image as three op slots ``(f, a)`` plus the slot of cont
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -64,7 +65,9 @@ def _pixels(src, p, y0, x0, flip, H, W, C: tl.constexpr):  # type: ignore[no-unt
     return v0, v1, v2
 
 
-@triton.jit
+# B (images in the launch) is not specialised on, so the kernel compiled by the start-up self-check
+# (a few images) is the one every batch group runs.
+@triton.jit(do_not_specialize=["B"])
 def _lee_kernel(  # type: ignore[no-untyped-def]
     data, ints, coef, out, B, H, W, PAD,
     m0, m1, m2, s0, s1, s2,
@@ -169,7 +172,10 @@ def augment_packed(
         m = [float(v) for v in mean] + [0.0] * (3 - c)
         s = [float(v) for v in std] + [1.0] * (3 - c)
         block = min(1024, triton.next_power_of_2(h * w))
-        _lee_kernel[(b,)](data, ints, coef, out, b, h, w, int(pad), *m, *s, C=c, BLOCK=block, JITTER=bool(jitter))
+        # Triton launches on the current device: make it data's (a run on cuda:1 without set_device)
+        on = torch.cuda.device(data.device) if data.device.type == "cuda" else contextlib.nullcontext()
+        with on:
+            _lee_kernel[(b,)](data, ints, coef, out, b, h, w, int(pad), *m, *s, C=c, BLOCK=block, JITTER=bool(jitter))
     y = out.permute(0, 3, 1, 2)
     return y if channels_last else y.contiguous()
 

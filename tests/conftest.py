@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 # Tests never need a GPU: Triton kernels (the CUDA augmentation) run in Triton's CPU interpreter.
-# Read when a kernel is defined, so it must be set before pipelines.triton_aug is imported.
+# Read when a kernel is defined, so it must be set before pipelines.triton_aug is imported. (It is
+# inherited by subprocesses; on a GPU machine, time the real kernels with gpu_check.sh, not pytest.)
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest

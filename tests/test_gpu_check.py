@@ -62,9 +62,10 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
         "total_seconds": 301.0,
         "script_seconds": 330.0,
         "steps": {
-            "check-augment": {"result": {"ok": True}, "seconds": 1.0},
+            "check-augment": {"result": {"ok": False, "triton": "CompilationError: at 12:4"}, "seconds": 1.0},
             "pipeline": {"result": {"rows": [
-                {"size": 84, "backend": "torch", "device": "cuda", "images_per_s": 2.5e6, "pipeline_share_of_step": 0.011},
+                {"size": 84, "backend": "torch", "kernel": "triton", "device": "cuda", "images_per_s": 2.5e6,
+                 "ms_per_batch": 0.12, "pipeline_share_of_step": 0.011},
                 {"size": 84, "backend": "reference", "device": "cpu", "images_per_s": 2.1e4}]}, "seconds": 30.0},
             "train": {"result": {"config": {"model": "resnet12", "size": 84}, "rows": [
                 {"config": "fp32-eager", "images_per_s": 1000.0, "ms_per_step": 300.0, "speedup_vs_fp32_eager": 1.0},
@@ -82,6 +83,8 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
     assert "| 1.10% | PASS |" in text and "| 2.50x | FAIL |" in text and "| 0.40% | PASS |" in text
     assert "eval: RuntimeError: boom" in text
     assert "| 330 s (script; Python part 301 s) | PASS |" in text
+    assert "check-augment FAILED" in text and "The fused Triton kernel failed on the GPU: CompilationError" in text
+    assert "| 84px torch | triton | cuda | 2,500,000 | 0.120 | 1.10% |" in text  # every pipeline row, with its kernel
 
 
 def test_a_step_cut_by_the_time_limit_keeps_what_it_wrote(tmp_path, monkeypatch):

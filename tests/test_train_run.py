@@ -265,7 +265,8 @@ def test_a_run_stopped_by_a_signal_exits_like_one(tiny_shards: Path, tmp_path: P
     import train.run as run_module
 
     for sig, code in (("SIGTERM", 143), ("SIGINT", 130), (None, 0)):
-        monkeypatch.setattr(run_module, "train", lambda cfg, s=sig: {"reason": "x", "signal": s})
+        summary = {"reason": "x", "epoch": 1, "step": 2, "best_val_acc": None, "out": str(tmp_path / "r"), "signal": sig}
+        monkeypatch.setattr(run_module, "train", lambda cfg, s=summary: s)
         assert main(["--data", str(tiny_shards), "--out", str(tmp_path / "r")]) == code
 
 
