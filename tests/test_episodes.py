@@ -1,0 +1,55 @@
+"""Episode sampling: distinct classes and images, uniform draws, a defined order for tied keys."""
+
+from __future__ import annotations
+
+import torch
+
+from pipelines.episodes import remap_labels, sample_episode_indices, smallest_keys
+
+
+def test_smallest_keys_equal_a_stable_argsort_even_with_tied_keys() -> None:
+    g = torch.Generator().manual_seed(0)
+    for n, k in ((600, 10), (20, 20), (7, 3)):
+        keys = torch.randint(0, 8, (50, n), generator=g).float() / 8  # many ties on purpose
+        keys[:, -2:] = 2.0  # masked positions, as sample_within_classes marks them
+        assert torch.equal(smallest_keys(keys, k), keys.argsort(dim=1, stable=True)[:, :k])
+    wide = torch.rand(2, (1 << 16) + 5, generator=g)  # past the float64 tie-break's range: sorts
+    assert torch.equal(smallest_keys(wide, 4), wide.argsort(dim=1, stable=True)[:, :4])
+
+
+def test_episodes_have_distinct_classes_and_distinct_images_of_their_class() -> None:
+    offsets = torch.tensor([0, 5, 12, 20, 26, 40])  # five classes of 5, 7, 8, 6, 14 images
+    rows, classes = sample_episode_indices(offsets, 200, 3, 5, torch.Generator().manual_seed(1))
+    assert rows.shape == (200, 3, 5) and classes.shape == (200, 3)
+    for t in range(200):
+        assert len(set(classes[t].tolist())) == 3
+        for w in range(3):
+            c = int(classes[t, w])
+            r = rows[t, w]
+            assert len(set(r.tolist())) == 5 and bool(((r >= offsets[c]) & (r < offsets[c + 1])).all())
+
+
+def test_classes_and_images_are_drawn_uniformly() -> None:
+    offsets = torch.tensor([0, 600, 1200, 1800, 2400, 3000, 3600, 4200, 4800])  # 8 classes of 600
+    rows, classes = sample_episode_indices(offsets, 4000, 5, 10, torch.Generator().manual_seed(2))
+    per_class = torch.bincount(classes.flatten(), minlength=8).double()
+    expected = 4000 * 5 / 8
+    assert ((per_class - expected).abs() / expected).max() < 0.03
+    within = torch.bincount((rows - offsets[classes].unsqueeze(2)).flatten(), minlength=600).double()
+    expected_img = 4000 * 5 * 10 / 600  # ~333 draws per image position
+    assert ((within - expected_img).abs() / expected_img).max() < 0.25  # > 4 standard deviations
+    first = torch.bincount(classes[:, 0], minlength=8).double()  # the way order is random too
+    assert ((first - 500) / 500).abs().max() < 0.15
+
+
+def test_the_same_generator_state_gives_the_same_episodes() -> None:
+    offsets = torch.tensor([0, 30, 60, 90, 120])
+    a = sample_episode_indices(offsets, 4, 3, 6, torch.Generator().manual_seed(9))
+    b = sample_episode_indices(offsets, 4, 3, 6, torch.Generator().manual_seed(9))
+    c = sample_episode_indices(offsets, 4, 3, 6, torch.Generator().manual_seed(10))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.equal(a[0], c[0])
+
+
+def test_remap_labels_numbers_classes_in_order_of_first_appearance() -> None:
+    local, ids = remap_labels(torch.tensor([7, 3, 7, 9, 3]))
+    assert local.tolist() == [0, 1, 0, 2, 1] and ids.tolist() == [7, 3, 9]
