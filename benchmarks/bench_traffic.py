@@ -45,8 +45,8 @@ class OpCounter(TorchDispatchMode):
         return out
 
 
-def count(size: int, tasks: int, kernel: str, group_images: int, batches: int) -> dict[str, Any]:
-    """One row: the device path on ``size`` px synthetic data, ``batches`` batches counted."""
+def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, Any]:
+    """One row: the device path's torch ops on ``size`` px synthetic data, ``batches`` launches counted."""
     from pipelines.backend_torch import TorchBackend
     from pipelines.loader import PipelineConfig, plan_batch
     from preprocess.shards import SplitData
@@ -54,7 +54,7 @@ def count(size: int, tasks: int, kernel: str, group_images: int, batches: int) -
     n_cls, per = 16, 20
     images = np.random.default_rng(0).integers(0, 256, (n_cls * per, size, size, 3), dtype=np.uint8)
     split = SplitData("train", images, np.repeat(np.arange(n_cls), per), np.arange(0, n_cls * per + 1, per), [str(i) for i in range(n_cls)])
-    cfg = PipelineConfig(tasks_per_batch=tasks, out_dtype=torch.bfloat16, device_kernel=kernel, group_images=group_images)
+    cfg = PipelineConfig(tasks_per_batch=tasks, out_dtype=torch.bfloat16, device_kernel="torch", group_images=group_images)
     pad = 8 if size >= 64 else 4
     backend = TorchBackend(split, [0.5] * 3, [0.25] * 3, cfg, pad, cpu_kernel="device")
     g = torch.Generator().manual_seed(0)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=positive_int, default=2, help="launches counted per row")
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args(argv)
-    rows = [count(int(size), a.tasks, "torch", group, a.batches) for size in a.sizes.split(",") for group in (1, 2048)]
+    rows = [count(int(size), a.tasks, group, a.batches) for size in a.sizes.split(",") for group in (1, 2048)]
     cols = ["size", "kernel", "batches_per_launch", "device_ops_per_batch", "full_size_ops_per_batch",
             "aten_mb_per_image", "kernel_bytes_per_image", "planning_ops_per_batch"]  # fmt: skip
     print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
