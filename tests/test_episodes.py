@@ -4,17 +4,38 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.episodes import remap_labels, sample_episode_indices, smallest_keys
+from pipelines.episodes import (
+    remap_labels,
+    sample_episode_indices,
+    smallest_keys,
+    smallest_keys_sorting,
+)
 
 
 def test_smallest_keys_equal_a_stable_argsort_even_with_tied_keys() -> None:
     g = torch.Generator().manual_seed(0)
-    for n, k in ((600, 10), (20, 20), (7, 3)):
+    for n, k in ((600, 10), (20, 20), (7, 3), (7, 1), (300, 64), (300, 65), (90, 80)):
         keys = torch.randint(0, 8, (50, n), generator=g).float() / 8  # many ties on purpose
-        keys[:, -2:] = 2.0  # masked positions, as sample_within_classes marks them
-        assert torch.equal(smallest_keys(keys, k), keys.argsort(dim=1, stable=True)[:, :k])
+        keys[:, -2:] = 2.0  # larger than every key, as past a class's size
+        expected = keys.argsort(dim=1, stable=True)[:, :k]
+        assert torch.equal(smallest_keys(keys, k), expected)  # the numba path for k <= 64
+        assert torch.equal(smallest_keys_sorting(keys, k), expected)
+        fresh = torch.rand(50, n, generator=g)
+        assert torch.equal(smallest_keys(fresh, k), fresh.argsort(dim=1, stable=True)[:, :k])
     wide = torch.rand(2, (1 << 16) + 5, generator=g)  # past the float64 tie-break's range: sorts
+    assert torch.equal(smallest_keys_sorting(wide, 4), wide.argsort(dim=1, stable=True)[:, :4])
     assert torch.equal(smallest_keys(wide, 4), wide.argsort(dim=1, stable=True)[:, :4])
+
+
+def test_smallest_keys_ignore_keys_past_each_rows_length() -> None:
+    g = torch.Generator().manual_seed(3)
+    keys = torch.rand(40, 50, generator=g)
+    lengths = torch.randint(12, 51, (40,), generator=g)
+    masked = keys.masked_fill(torch.arange(50) >= lengths.unsqueeze(1), 2.0)
+    expected = masked.argsort(dim=1, stable=True)[:, :12]
+    assert torch.equal(smallest_keys(keys, 12, lengths), expected)
+    assert torch.equal(smallest_keys(keys.double(), 12, lengths), expected)  # the sorting path
+    assert bool((expected < lengths.unsqueeze(1)).all())
 
 
 def test_episodes_have_distinct_classes_and_distinct_images_of_their_class() -> None:
