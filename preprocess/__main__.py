@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import BENCHMARKS, FORMATS, PreprocessConfig
+from preprocess.config import BENCHMARKS, FORMATS, NORMALIZATIONS, PreprocessConfig
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         default=d.difficulty,
         help=f"synthetic: nuisance variation, 0 = clean (default {d.difficulty})",
     )
+    c.add_argument(
+        "--normalization",
+        choices=NORMALIZATIONS,
+        default=d.normalization,
+        help="the mean/std training and evaluation normalise with (meta.json): seed = the seed's constants "
+        "(mini/tiered-ImageNet: Lee19's; CIFAR-FS/FC100: CIFAR-100's), data = the train split's statistics; "
+        f"auto = seed where there are some, else data (default {d.normalization})",
+    )
     c.add_argument("--no-progress", action="store_true", help="hide progress bars")
     v = sub.add_parser(
         "verify", help="re-hash a shard directory against its meta.json",
@@ -132,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         classes=args.classes,  # type: ignore[arg-type]
         per_class=args.per_class,
         difficulty=args.difficulty,
+        normalization=args.normalization,
         progress=not args.no_progress,
     )
 

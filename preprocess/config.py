@@ -18,6 +18,18 @@ BENCHMARKS: tuple[str, ...] = (
     "synthetic",
 )
 FORMATS: tuple[str, ...] = ("npy", "ffcv", "dali")
+NORMALIZATIONS: tuple[str, ...] = ("auto", "seed", "data")
+# The per-channel mean and std (0..1 scale) the seed normalises each benchmark with: Lee19's
+# (MetaOptNet's) constants, which it uses for mini- and tiered-ImageNet alike, and CIFAR-100's
+# for CIFAR-FS and FC100 (the seed's benchmarks/*_benchmark.py). They go into meta.json, where
+# training and evaluation read them; "data" uses the train split's own statistics instead.
+SEED_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mini-imagenet": ((120.39586422 / 255, 115.59361427 / 255, 104.54012653 / 255),
+                      (70.68188272 / 255, 68.27635443 / 255, 72.54505529 / 255)),
+    "cifar-fs": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}  # fmt: skip
+SEED_NORMALIZATION["tiered-imagenet"] = SEED_NORMALIZATION["mini-imagenet"]
+SEED_NORMALIZATION["fc100"] = SEED_NORMALIZATION["cifar-fs"]
 # output side length when --size is not given
 DEFAULT_SIZE = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
 FALLBACK_SIZE = 84
@@ -60,6 +72,9 @@ class PreprocessConfig:
         classes: synthetic: classes per split (train, val, test).
         per_class: synthetic: images per class.
         difficulty: synthetic: scale of nuisance variation (0 = clean prototypes).
+        normalization: the mean/std written to meta.json: "seed" (the seed's constants for
+            mini-/tiered-ImageNet, CIFAR-FS and FC100), "data" (the train split's statistics), or
+            "auto" (seed where the benchmark has them, else data).
         progress: show progress bars.
     """
 
@@ -79,6 +94,7 @@ class PreprocessConfig:
     classes: tuple[int, int, int] = (64, 16, 20)
     per_class: int = 600
     difficulty: float = 1.0
+    normalization: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -109,10 +125,20 @@ class PreprocessConfig:
             raise FsmtlError(f"--val-alphabets: expected >= 0, got {self.val_alphabets}")
         if len(self.ratios) != 3 or min(self.ratios) < 0 or abs(sum(self.ratios) - 1.0) > 1e-6:
             raise FsmtlError(f"--ratios: expected three non-negative fractions summing to 1, got {','.join(map(str, self.ratios))}")
+        if self.normalization not in NORMALIZATIONS:
+            raise FsmtlError(f"--normalization: expected one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
+        if self.normalization == "seed" and self.benchmark not in SEED_NORMALIZATION:
+            raise FsmtlError(f"--normalization seed: the seed has constants for {', '.join(SEED_NORMALIZATION)} only, "
+                             f"not {self.benchmark}; use data")  # fmt: skip
         if len(self.classes) != 3 or min(self.classes) < 0 or self.per_class < 1:
             raise FsmtlError(
                 f"--classes/--per-class: expected 3 counts >= 0 and >= 1 image, got {self.classes} x {self.per_class}"
             )
+
+    @property
+    def norm_constants(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+        """(mean, std) to write to meta.json, or None for the train split's own statistics."""
+        return None if self.normalization == "data" else SEED_NORMALIZATION.get(self.benchmark)
 
     @property
     def out_size(self) -> int:

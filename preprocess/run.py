@@ -102,11 +102,11 @@ def convert(cfg: PreprocessConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     exporters = load_exporters(cfg.formats)
     convert_fn = _converter(cfg.benchmark)
-    relevant = {"benchmark", "out", "src", "formats", "size", "workers", *_OPTIONS.get(cfg.benchmark, ())}
+    relevant = {"benchmark", "out", "src", "formats", "size", "workers", "normalization", *_OPTIONS.get(cfg.benchmark, ())}
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k in relevant}
     options["size"] = cfg.out_size  # the size written, also when the benchmark's default was used
     extra = {"formats": list(cfg.formats), "converter_options": options}
-    with ShardWriter(cfg.out, cfg.benchmark, force=cfg.force, extra_meta=extra) as w:
+    with ShardWriter(cfg.out, cfg.benchmark, force=cfg.force, extra_meta=extra, normalization=cfg.norm_constants) as w:
         w.sources = convert_fn(cfg, w)
         export_formats(w, exporters, cfg.progress)
         summary = w.split_summary()
@@ -140,8 +140,9 @@ def describe_shards(meta: dict[str, Any]) -> str:
     mean/std, and per split the images, classes and the smallest/largest class."""
     h, w, c = meta["image_shape"]
     stats = " ".join(f"{v:.4f}" for v in meta["mean"]), " ".join(f"{v:.4f}" for v in meta["std"])
+    source = {"seed": "the seed's", "data": "train"}.get(meta.get("normalization", "data"), "train")
     lines = [f"{meta['benchmark']}, {h}x{w}x{c} uint8, formats {','.join(meta.get('formats', ['npy']))}; "
-             f"train mean [{stats[0]}] std [{stats[1]}]"]  # fmt: skip
+             f"normalised with {source} mean [{stats[0]}] std [{stats[1]}]"]  # fmt: skip
     rows = [("split", "images", "classes", "per class")]
     for name, sp in meta["splits"].items():
         sizes = np.diff(np.asarray(sp["class_offsets"], dtype=np.int64))

@@ -10,8 +10,10 @@ Layout of one converted benchmark::
 
 Labels are sorted, so class ``c`` of a split owns the contiguous rows
 ``class_offsets[c]:class_offsets[c+1]`` (stored in meta.json): no scan is needed to find a class.
-Mean and std are per channel, on the 0..1 scale, computed from the train split (or, when there is
-no train split, from the first split written).
+Mean and std are per channel, on the 0..1 scale: the constants the writer is given (the seed's
+for its four benchmarks), else computed from the train split (or, when there is no train split,
+from the first split written). ``normalization`` says which; ``data_mean``/``data_std`` always hold
+the computed statistics.
 """
 
 from __future__ import annotations
@@ -347,6 +349,7 @@ class ShardWriter:
     sources: Sequence[str | os.PathLike[str]] = ()
     force: bool = False
     extra_meta: dict[str, Any] = field(default_factory=dict)
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None  # fixed (mean, std), else the data's
     _tmp: Path | None = field(default=None, init=False)
     _splits: dict[str, _SplitRecord] = field(default_factory=dict, init=False)
     _shape: tuple[int, int, int] | None = field(default=None, init=False)
@@ -478,6 +481,12 @@ class ShardWriter:
         if not self._splits:
             raise FsmtlError(f"{self.out}: nothing to write (no split had data)")
         assert self._shape is not None and self._stats is not None
+        mean, std, kind = self._stats[0], self._stats[1], "data"
+        if self.normalization is not None:
+            mean, std, kind = [float(v) for v in self.normalization[0]], [float(v) for v in self.normalization[1]], "seed"
+            if not (len(mean) == len(std) == self._shape[2]) or min(std) <= 0:
+                raise FsmtlError(f"{self.out}: normalisation constants for {len(mean)} channels (std > 0) "
+                                 f"expected for {self._shape[2]}-channel images")  # fmt: skip
         files: dict[str, str] = {}
         rels = [f"{s}/{name}" for s in self._splits for name in ("images.npy", "labels.npy", "classes.json")]
         for rel in rels + self._extra_files:
@@ -494,8 +503,11 @@ class ShardWriter:
             "version": FORMAT_VERSION,
             "benchmark": self.benchmark,
             "image_shape": list(self._shape),
-            "mean": self._stats[0],
-            "std": self._stats[1],
+            "mean": mean,
+            "std": std,
+            "normalization": kind,
+            "data_mean": self._stats[0],
+            "data_std": self._stats[1],
             "splits": {
                 s: {
                     "n_images": r.n_images,

@@ -159,3 +159,27 @@ def test_a_corrupt_tar_gz_exits_2(cifar_dir, tmp_path, capsys):
     out = tmp_path / "out" / "fs"
     out.parent.mkdir()
     _assert_failed_cleanly(_convert("cifar-fs", tgz, out), capsys, tmp_path, out, str(tgz))
+
+
+def test_cifar_shards_normalise_with_the_seeds_constants_unless_asked_for_the_datas(cifar_dir, tmp_path):
+    import json
+
+    from preprocess.shards import channel_stats
+
+    assert _convert("fc100", cifar_dir, tmp_path / "seed") == 0
+    meta = json.loads((tmp_path / "seed" / "meta.json").read_text())
+    assert meta["normalization"] == "seed"
+    assert meta["mean"] == [0.5071, 0.4867, 0.4408] and meta["std"] == [0.2675, 0.2565, 0.2761]
+    measured = channel_stats(open_shards(tmp_path / "seed").split("train").images)
+    np.testing.assert_allclose(meta["data_mean"], measured[0]) and np.testing.assert_allclose(meta["data_std"], measured[1])
+    assert _convert("fc100", cifar_dir, tmp_path / "data", "--normalization", "data") == 0
+    shards = open_shards(tmp_path / "data")
+    assert shards.meta["normalization"] == "data"
+    np.testing.assert_allclose(shards.mean, measured[0]) and np.testing.assert_allclose(shards.std, measured[1])
+
+
+def test_seed_normalization_is_refused_for_a_benchmark_the_seed_has_no_constants_for(tmp_path, capsys):
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), "--normalization", "seed",
+                "--classes", "2,2,2", "--per-class", "2", "--no-progress"]) == 2
+    assert "the seed has constants for mini-imagenet" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -56,6 +56,9 @@ def test_cache_pickles_convert_with_rows_grouped_by_class_in_split_list_order(tm
     )
     shards = open_shards(tmp_path / "o")
     assert shards.image_shape == (84, 84, 3)
+    # the seed's Lee19 normalisation (its mini_imagenet_benchmark.py), not this tiny sample's statistics
+    np.testing.assert_allclose(shards.mean, np.array([120.39586422, 115.59361427, 104.54012653]) / 255)
+    np.testing.assert_allclose(shards.std, np.array([70.68188272, 68.27635443, 72.54505529]) / 255)
     for split in ("train", "val", "test"):
         s = shards.split(split)
         images, class_dict = written[split]

@@ -75,6 +75,9 @@ def test_tiered_pngs_decode_into_classes_in_split_list_order_with_their_categori
         == 0
     )
     shards = open_shards(tmp_path / "o")
+    # the seed's Lee19 normalisation (mini-ImageNet's, which it uses for tiered too), not this tiny sample's statistics
+    np.testing.assert_allclose(shards.mean, np.array([120.39586422, 115.59361427, 104.54012653]) / 255)
+    np.testing.assert_allclose(shards.std, np.array([70.68188272, 68.27635443, 72.54505529]) / 255)
     for split in ("train", "val", "test"):
         s = shards.split(split)
         assert s.classes == LISTS[split]
