@@ -190,10 +190,10 @@ def time_to_accuracy(names: list[str], a: argparse.Namespace, sec_per_step: dict
     data = tta_data(a, root)
     curves = {}
     for name in names:
-        epoch_length = max(1, min(1000, round(a.val_every / max(sec_per_step[name], 1e-6))))
+        steps = max(1, min(1000, round(a.val_every / max(sec_per_step[name], 1e-6))))
         out = root / f"tta-{name}"
-        print(f"  training {name} for {a.minutes} min (epoch length {epoch_length} steps) -> {out}", flush=True)
-        code = train_main(tta_argv(name, a, data, out, epoch_length))
+        print(f"  training {name} for {a.minutes} min (epochs of {steps} steps) -> {out}", flush=True)
+        code = train_main(tta_argv(name, a, data, out, steps * a.tasks))  # --epoch-length counts tasks
         if code:
             raise FsmtlError(f"bench algorithms: fsmtl train --algorithm {name} exited with {code}")
         curves[name] = [{"wall_s": r["wall_s"], "val_acc": r["val_acc"], "step": r["step"]}

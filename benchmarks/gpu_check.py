@@ -145,13 +145,14 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict
     """Seconds per epoch of the mini-ImageNet 5-shot preset, projected to the seed's schedule."""
     from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
     from train.__main__ import main as train_main
+    from train.presets import PRESETS
 
     size, per_class = (84, 100) if not quick else (32, 20)
     root = write_synthetic(tmp / "mini", SyntheticConfig(image_size=size, classes=(64, 16, 20), per_class=per_class))
     run = tmp / "run"
     val_tasks = 400 if not quick else 20
     args = ["--data", str(root), "--preset", "mini-imagenet-5shot", "--out", str(run), "--device", str(device),
-            "--epoch-length", str(steps), "--max-epochs", "2", "--val-epoch-length", str(val_tasks),
+            "--epoch-length", str(steps * PRESETS["mini-imagenet-5shot"]["meta_batch_size"]), "--max-epochs", "2", "--val-epoch-length", str(val_tasks),
             "--wandb", "disabled", "--no-progress", "--test-queries", "15" if quick else "30"]  # fmt: skip
     if quick:
         args += ["--model", "conv4"]
@@ -168,19 +169,15 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict
     last = rows[-1]  # epoch 2: warm (compilation, cudnn autotuning and allocator growth are in epoch 1)
     train_s_per_step = (last["epoch_s"]) / steps
     val_s = float(last.get("val_s") or 0.0)
-    # fsmtl's epoch is 1600 optimizer steps; the recipe's reading is 1600 tasks (= 1600 / meta_batch_size
-    # steps at meta_batch_size tasks a step). Both projections are reported.
+    # An epoch is the seed's: 1600 training tasks (800 steps of the preset's 2 tasks) + 400 val tasks.
     mbs = int(json.loads((run / "config.json").read_text()).get("meta_batch_size", 1))
-    epoch_s = train_s_per_step * 1600 + val_s * (400 / val_tasks)
-    epoch_tasks_s = train_s_per_step * 1600 / mbs + val_s * (400 / val_tasks)
+    epoch_s = train_s_per_step * -(-1600 // mbs) + val_s * (400 / val_tasks)
     out = {"steps_per_epoch_measured": steps, "train_s_per_step": train_s_per_step, "val_s": val_s,
            "images_per_s": last.get("images_per_s"), "data_wait_frac": last.get("data_wait_frac"),
            "peak_mem_mb": last.get("peak_mem_mb"), "seconds_per_seed_epoch": epoch_s,
            "total_s": time.perf_counter() - t0}  # fmt: skip
     # The seed trains with early stopping (patience 15); its published run took 3.7 V100-hours.
-    out["seconds_per_seed_epoch_if_1600_tasks"] = epoch_tasks_s
     out["projected_gpu_hours"] = {f"{e}_epochs": epoch_s * e / 3600 for e in (30, 60, 100)}
-    out["projected_gpu_hours_if_1600_tasks"] = {f"{e}_epochs": epoch_tasks_s * e / 3600 for e in (30, 60, 100)}
     out["seed_published_gpu_hours"] = 3.7
     return out
 

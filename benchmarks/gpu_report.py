@@ -119,18 +119,15 @@ def markdown(s: dict[str, Any]) -> str:
     ep = s["epoch"]
     if ep:
         hours = ep.get("projected_gpu_hours", {})
-        hours_t = ep.get("projected_gpu_hours_if_1600_tasks", {})
         lines += [
             f"mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic shards: {_num(ep.get('train_s_per_step'), '{:.4f}')} s "
             f"a step, {_num(ep.get('images_per_s'))} images/s, data wait {_num(ep.get('data_wait_frac') and 100 * ep['data_wait_frac'], '{:.2f}%')}, "
             f"validation {_num(ep.get('val_s'), '{:.1f}')} s for {ep.get('steps_per_epoch_measured')} timed steps.",
             "",
-            "| reading of the seed's epoch | seconds an epoch | GPU-hours for 30 / 60 / 100 epochs | the seed's published run |",
+            "| the seed's epoch | seconds an epoch | GPU-hours for 30 / 60 / 100 epochs | the seed's published run |",
             "| --- | --- | --- | --- |",
-            f"| 1600 optimizer steps (fsmtl's) | {_num(ep.get('seconds_per_seed_epoch'), '{:.0f}')} | "
+            f"| 1600 training tasks + 400 validation tasks | {_num(ep.get('seconds_per_seed_epoch'), '{:.0f}')} | "
             + " / ".join(_num(hours.get(f"{e}_epochs"), "{:.2f}") for e in (30, 60, 100)) + f" | {ep.get('seed_published_gpu_hours')} V100-hours |",
-            f"| 1600 tasks (the recipe's) | {_num(ep.get('seconds_per_seed_epoch_if_1600_tasks'), '{:.0f}')} | "
-            + " / ".join(_num(hours_t.get(f"{e}_epochs"), "{:.2f}") for e in (30, 60, 100)) + " | |",
             "",
         ]  # fmt: skip
     if s["errors"]:

@@ -140,7 +140,7 @@ def test_anil_and_maml_raise_an_install_hint_when_learn2learn_is_missing(monkeyp
 def run_train(data: Path, out: Path, algorithm: str, *extra: str) -> int:
     return run_stage_main(train_main, [
         "--data", str(data), "--out", str(out), "--algorithm", algorithm, "--model", "conv4",
-        "--meta-batch-size", "2", "--epoch-length", "2", "--max-epochs", "2", "--val-epoch-length", "4",
+        "--meta-batch-size", "2", "--epoch-length", "4", "--max-epochs", "2", "--val-epoch-length", "4",
         "--test-queries", "5", "--wandb", "disabled", "--no-progress", "--log-every", "1", "--precision", "fp32",
         *extra,
     ])  # fmt: skip
@@ -159,7 +159,7 @@ def test_fsmtl_train_with_metaoptnet_runs_end_to_end_and_validates(tiny_shards: 
 def test_fsmtl_train_with_anil_or_maml_runs_end_to_end(tiny_shards: Path, tmp_path: Path, algorithm: str) -> None:
     optional_import("learn2learn")
     small = ["--train-ways", "2", "--train-shots", "1", "--train-queries", "1", "--meta-batch-size", "1",
-             "--max-epochs", "1"]  # MAML's per-task inner loops are slow on CPU: the smallest task
+             "--epoch-length", "2", "--max-epochs", "1"]  # MAML's per-task inner loops are slow on CPU: the smallest task
     assert run_train(tiny_shards, tmp_path / algorithm, algorithm, *small) == 0
     rows = read_metrics(tmp_path / algorithm)
     assert rows[-1]["step"] == 2 and all(r["train_loss"] == r["train_loss"] for r in rows)  # not NaN

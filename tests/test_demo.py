@@ -9,7 +9,7 @@ from fsmtl.cli import main as cli
 
 def test_demo_runs_every_stage_and_writes_a_report_with_plots(tmp_path, capsys):
     out = tmp_path / "demo"
-    rc = cli(["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.15",
+    rc = cli(["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.3",
               "--tasks", "20", "--no-bench", "--device", "cpu"])
     assert rc == 0
     report = (out / "report.md").read_text()
@@ -22,11 +22,13 @@ def test_demo_runs_every_stage_and_writes_a_report_with_plots(tmp_path, capsys):
     assert "fsmtl demo finished" in capsys.readouterr().out
 
 
-def test_demo_refuses_to_reuse_data_of_another_shape(tmp_path):
+def test_demo_reports_a_budget_that_ended_the_first_epoch_and_refuses_data_of_another_shape(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.1",
+    args = ["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.002",
             "--tasks", "10", "--no-bench", "--device", "cpu"]
-    assert cli(args) == 0
+    assert cli(args) == 0  # stopped at the first host sync (step 20 of 60): evaluated from last.pt
+    report = (out / "report.md").read_text()
+    assert "no epoch completed" in report and "| 5 | logreg |" in report and not (out / "curves.png").exists()
     assert cli([*args, "--size", "28"]) == 2
 
 

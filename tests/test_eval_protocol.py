@@ -200,7 +200,7 @@ def test_eval_reads_a_checkpoint_written_by_the_real_trainer(tiny_shards, tmp_pa
     from train.config import TrainConfig
 
     out = tmp_path / "trained"
-    cfg = TrainConfig(data=str(tiny_shards), out=str(out), model="conv4", meta_batch_size=2, epoch_length=2,
+    cfg = TrainConfig(data=str(tiny_shards), out=str(out), model="conv4", meta_batch_size=2, epoch_length=4,
                       val_epoch_length=4, test_queries=5, max_epochs=1, wandb="disabled", progress=False,
                       log_every=2, precision="fp32")  # fmt: skip
     train_run.train(cfg)

@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     torch.set_num_threads(1)
     from train.run import build_run, fit
 
-    cfg = TrainConfig(data=data, out=out, model="conv4", meta_batch_size=1, epoch_length=3, val_epoch_length=4,
+    cfg = TrainConfig(data=data, out=out, model="conv4", meta_batch_size=1, epoch_length=6, val_epoch_length=4,
                       test_queries=5, max_epochs=1, wandb="disabled", progress=False, log_every=1, precision="fp32")
     try:
         run = build_run(cfg)

@@ -15,14 +15,14 @@ from pipelines.loader import build_task_loader
 from train.__main__ import main
 from train.config import TrainConfig
 from train.runlog import read_metrics
-from train.run import train
+from train.run import build_run, train
 
 CONTRACT_KEYS = {"format", "version", "model_name", "model_kwargs", "model", "heads", "optimizer", "scheduler",
                  "scaler", "rng", "epoch", "step", "best_val_acc", "config", "data_meta"}
 
 
 def tiny_cfg(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=str(data), out=str(out), model="conv4", meta_batch_size=2, epoch_length=4,
+    base = dict(data=str(data), out=str(out), model="conv4", meta_batch_size=2, epoch_length=8,
                 val_epoch_length=4, test_queries=5, max_epochs=2, wandb="disabled", progress=False,
                 log_every=2, precision="fp32")
     return TrainConfig(**{**base, **kw})
@@ -68,7 +68,7 @@ def test_an_out_holding_a_run_is_refused_unless_overwrite(tiny_shards: Path, tmp
     (out / "reports").mkdir()
     (out / "reports" / "eval_test_best.json").write_text("{}")
     before = (out / "checkpoints" / "last.pt").read_bytes()
-    argv = ["--data", str(tiny_shards), "--out", str(out), "--model", "conv4", "--epoch-length", "2",
+    argv = ["--data", str(tiny_shards), "--out", str(out), "--model", "conv4", "--epoch-length", "12",
             "--max-epochs", "1", "--val-epoch-length", "4", "--test-queries", "5", "--wandb", "disabled",
             "--no-progress", "--precision", "fp32"]  # fmt: skip
     assert run_stage_main(main, argv) == 2
@@ -162,7 +162,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_equals_an_uninterrupted_run(ti
 
     before = signal.getsignal(signal.SIGTERM)
     run = tmp_path / "run"
-    summary = train(tiny_cfg(tiny_shards, run, epoch_length=8, scheduler="cosine"), loader_factory=preempted)
+    summary = train(tiny_cfg(tiny_shards, run, epoch_length=16, scheduler="cosine"), loader_factory=preempted)
     assert summary["reason"] == "SIGTERM received" and (summary["epoch"], summary["step"]) == (0, 4)
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -170,7 +170,7 @@ def test_sigterm_checkpoints_mid_epoch_and_resume_equals_an_uninterrupted_run(ti
     assert run_stage_main(main, ["--resume", str(run), "--no-progress"]) == 0
     # the same run as one never stopped: same steps, schedule, validation and weights
     full = tmp_path / "full"
-    train(tiny_cfg(tiny_shards, full, epoch_length=8, scheduler="cosine"))
+    train(tiny_cfg(tiny_shards, full, epoch_length=16, scheduler="cosine"))
     a, b = read_metrics(full), read_metrics(run)
     assert [r["step"] for r in b] == [8, 16]
     for ra, rb in zip(a, b):
@@ -196,11 +196,44 @@ def test_a_second_ctrl_c_aborts_at_once() -> None:
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_trainval_trains_on_train_and_val_classes(tiny_shards: Path, tmp_path: Path) -> None:
+def test_trainval_trains_on_train_and_val_classes_and_validates_on_test_as_the_seed(
+    tiny_shards: Path, tmp_path: Path, capsys
+) -> None:
     run = tmp_path / "run"
     train(tiny_cfg(tiny_shards, run, trainval=True, max_epochs=1))
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["heads"].shape[0] == 13 and ckpt["data_meta"]["n_train_classes"] == 13
+    assert "validating on the test split (--trainval, as the seed did)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trainval,val_split,expected", [(False, "auto", "val"), (True, "auto", "test"),
+                                                         (True, "val", "val"), (False, "test", "test"),
+                                                         (True, "none", None)])
+def test_val_split_picks_the_split_validation_runs_on(tiny_shards: Path, tmp_path: Path, trainval: bool,
+                                                      val_split: str, expected: str | None) -> None:
+    from preprocess.shards import open_shards
+
+    run = build_run(tiny_cfg(tiny_shards, tmp_path / "r", trainval=trainval, val_split=val_split))
+    try:
+        if expected is None:
+            assert run.data.val is None and run.validate is None
+        else:
+            assert run.data.val.classes == open_shards(tiny_shards).split(expected).classes
+            assert run.validate is not None
+    finally:
+        run.loader.close()
+
+
+def test_a_val_split_the_data_lacks_is_refused_before_training(tiny_shards: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "no_test"
+    shutil.copytree(tiny_shards, data)
+    meta = json.loads((data / "meta.json").read_text())
+    meta["splits"] = {k: v for k, v in meta["splits"].items() if k != "test"}
+    (data / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(FsmtlError, match="no 'test' split.*as the seed did.*--val-split none"):
+        build_run(tiny_cfg(data, tmp_path / "r", trainval=True))
 
 
 def test_max_steps_stops_mid_epoch_and_a_resume_finishes_that_epoch(tiny_shards: Path, tmp_path: Path, capsys) -> None:
@@ -224,17 +257,20 @@ def test_protonet_trains_through_the_same_loop(tiny_shards: Path, tmp_path: Path
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["heads"].shape[0] == 0
 
 
-def test_resnet12_dropblock_step_follows_the_trainer(tiny_shards: Path, tmp_path: Path) -> None:
+def test_resnet12_dropblock_ramp_counts_tasks_as_the_seed_did(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
-    train(tiny_cfg(tiny_shards, run, model="resnet12", max_epochs=1, epoch_length=3, val_epoch_length=2,
-                   meta_batch_size=1, train_shots=1, train_queries=1, test_queries=2, precision="auto"))
+    train(tiny_cfg(tiny_shards, run, model="resnet12", max_epochs=2, epoch_length=5, val_epoch_length=2,
+                   meta_batch_size=2, train_shots=1, train_queries=1, test_queries=2, precision="auto"))
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert int(ckpt["model"]["step"]) == 2 and ckpt["model_kwargs"] == {"drop_rate": 0.1}
+    assert ckpt["step"] == 6  # epochs of 5 tasks at 2 a step: 3 steps each (the seed steps on a partial one)
+    # the seed's counter: one per task forward, training and validation; the last step (index 5) is
+    # in epoch 2, after 5 steps of 2 tasks and one validation of 2 tasks
+    assert int(ckpt["model"]["step"]) == 5 * 2 + 2 and ckpt["model_kwargs"] == {"drop_rate": 0.1}
 
 
 def test_wandb_offline_run_is_written_inside_the_run_dir(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
-    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=2, wandb="offline"))
+    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=4, wandb="offline"))
     assert list((run / "wandb").glob("offline-run-*"))
 
 
@@ -242,21 +278,21 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tiny_shards: Path, tmp_
 def test_every_pipeline_back_end_trains(backend: str, module: str | None, tiny_shards: Path, tmp_path: Path) -> None:
     if module is not None:
         optional_import(module)
-    summary = train(tiny_cfg(tiny_shards, tmp_path / "r", pipeline=backend, max_epochs=1, epoch_length=2))
+    summary = train(tiny_cfg(tiny_shards, tmp_path / "r", pipeline=backend, max_epochs=1, epoch_length=4))
     assert summary["step"] == 2
     assert read_metrics(tmp_path / "r")[0]["train_loss"] > 0
 
 
 def test_a_relative_data_path_is_stored_absolute(tiny_shards: Path, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tiny_shards.parent)
-    train(tiny_cfg(Path(tiny_shards.name), tmp_path / "run", max_epochs=1, epoch_length=2))
+    train(tiny_cfg(Path(tiny_shards.name), tmp_path / "run", max_epochs=1, epoch_length=4))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(tiny_shards.resolve())
 
 
 @pytest.mark.parametrize("name", ["adamp", "sgdp"])
 def test_view_based_optimizers_train_without_channels_last(name: str, tiny_shards: Path, tmp_path: Path) -> None:
     optional_import("torch_optimizer")
-    summary = train(tiny_cfg(tiny_shards, tmp_path / "run", optimizer=name, max_epochs=1, epoch_length=2))
+    summary = train(tiny_cfg(tiny_shards, tmp_path / "run", optimizer=name, max_epochs=1, epoch_length=4))
     assert summary["step"] == 2
     assert json.loads((tmp_path / "run" / "config.json").read_text())["channels_last"] is False
 
@@ -272,7 +308,7 @@ def test_a_run_stopped_by_a_signal_exits_like_one(tiny_shards: Path, tmp_path: P
 
 def test_resume_refuses_to_change_the_optimizer_or_its_schedule(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=2))
+    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=4))
     assert run_stage_main(main, ["--resume", str(run), "--lr", "0.01", "--max-epochs", "2"]) == 2
     assert "--lr 0.001 -> 0.01" in capsys.readouterr().err
     assert run_stage_main(main, ["--resume", str(run), "--lr", "0.001", "--max-epochs", "2", "--no-progress"]) == 0

@@ -149,6 +149,14 @@ def test_config_defaults_are_the_seeds() -> None:
     assert (c.early_stop_patience, c.epoch_length, c.val_epoch_length, c.test_queries) == (15, 1600, 400, 30)
 
 
+def test_an_epoch_is_1600_tasks_as_the_seed_counts_them_at_any_meta_batch_size_and_rank_count() -> None:
+    # the seed: 1600 one-task batches, an optimizer step every meta_batch_size and one on the last partial group
+    assert TrainConfig().steps_per_epoch() == 267
+    assert TrainConfig(meta_batch_size=2).steps_per_epoch() == 800  # mini-ImageNet 5-shot
+    assert TrainConfig(meta_batch_size=1).steps_per_epoch() == 1600  # tiered-ImageNet 5-shot, FC100 1-shot
+    assert TrainConfig(meta_batch_size=2).steps_per_epoch(world_size=8) == 100  # 16 tasks a step
+
+
 @pytest.mark.parametrize("field,value", [("model", "resnet99"), ("optimizer", "lamb"), ("scheduler", "poly"),
                                          ("precision", "fp8"), ("pipeline", "tfdata"), ("algorithm", "reptile-xl"),
                                          ("weight_decay", -1.0), ("momentum", 1.5), ("grad_clip", -1.0),
@@ -223,6 +231,22 @@ def test_torch_optimizer_is_needed_only_by_its_own_optimizers(monkeypatch):
     assert isinstance(build_optimizer(params, TrainConfig(optimizer="radam"), torch.device("cpu")), torch.optim.RAdam)
     with pytest.raises(FsmtlError, match="torch-optimizer"):
         build_optimizer(params, TrainConfig(optimizer="sgdp"), torch.device("cpu"))
+
+
+def test_radam_makes_the_seeds_torch_optimizer_updates_also_with_weight_decay() -> None:
+    topt = pytest.importorskip("torch_optimizer")
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(20, generator=g)
+    grads = [torch.randn(20, generator=g) for _ in range(12)]  # past RAdam's 5-step warm-up too
+    ours_p, ref_p = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    ours = build_optimizer([ours_p], TrainConfig(optimizer="radam", weight_decay=0.1), torch.device("cpu"))
+    ref = topt.RAdam([ref_p], lr=1e-3, weight_decay=0.1)
+    for grad in grads:
+        for p, opt in ((ours_p, ours), (ref_p, ref)):
+            p.grad = grad.clone()
+            opt.step()
+    assert torch.allclose(ours_p, ref_p, rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(ours_p, start)
 
 
 def test_a_checkpoint_of_the_old_cosine_scheduler_still_resumes() -> None:

@@ -14,6 +14,7 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PIPELINES = ("torch", "dali", "ffcv", "reference")
 WANDB_MODES = ("offline", "online", "disabled")
 AUGMENTS = ("lee", "none")
+VAL_SPLITS = ("auto", "val", "test", "none")
 
 
 # Flag help for ``fsmtl train --help``, grouped as the help screen shows them: (group, text).
@@ -28,7 +29,8 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "model": ("method", "backbone: {choices}"),
     "drop_rate": ("method", "dropout / DropBlock rate of ResNet-12 (the seed: 0.1)"),
     "norm_train_features": ("method", "L2-normalise features before the task heads in training (the seed's published commands turn it on for every benchmark but FC100)"),
-    "trainval": ("method", "train on train + val classes, as the seed's flag (validation still runs on the val classes, so it is optimistic)"),
+    "trainval": ("method", "train on train + val classes, as the seed's flag (which then validates on the test split: see --val-split)"),
+    "val_split": ("method", "the split validation runs on (it picks best.pt and drives the plateau scheduler and early stopping): {choices}; auto = val, or with --trainval test, as the seed did; none = no validation"),
     "train_ways": ("tasks", "classes per training task"),
     "train_shots": ("tasks", "images per class of a training task (with MTL all are trained on: no split)"),
     "train_queries": ("tasks", "more images per class of a training task (the queries of episodic baselines)"),
@@ -47,7 +49,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "step_size": ("optimization", "step: epochs between lr drops"),
     "step_gamma": ("optimization", "step: lr factor at each drop (the seed: 1.0, i.e. constant)"),
     "early_stop_patience": ("optimization", "stop after this many epochs without a better validation accuracy"),
-    "epoch_length": ("schedule", "optimizer steps per epoch (validation and checkpoints once an epoch)"),
+    "epoch_length": ("schedule", "training tasks per epoch, as the seed counts them: ceil(epoch-length / (meta-batch-size x ranks)) optimizer steps; validation, scheduler and checkpoints once an epoch"),
     "val_epoch_length": ("schedule", "validation tasks per epoch: the same seeded tasks every epoch"),
     "val_batch_tasks": ("schedule", "validation tasks embedded per forward pass"),
     "max_epochs": ("schedule", "stop after this many epochs (none = until early stopping)"),
@@ -69,7 +71,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
 
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "pipeline": PIPELINES,
-    "wandb": WANDB_MODES, "augment": AUGMENTS,
+    "wandb": WANDB_MODES, "augment": AUGMENTS, "val_split": VAL_SPLITS,
 }  # fmt: skip
 
 
@@ -79,7 +81,7 @@ class TrainConfig:
 
     Defaults are the seed's: 5-way 5-shot 5-query tasks, 6 tasks a step, ResNet-12 with drop rate
     0.1, RAdam at lr 1e-3, plateau scheduler on validation accuracy, early stopping after 15
-    epochs without improvement, 1600 steps an epoch, 400 validation tasks.
+    epochs without improvement, epochs of 1600 training tasks (267 steps of 6), 400 validation tasks.
     """
 
     data: str = ""  # shard directory (preprocess/ output)
@@ -96,7 +98,8 @@ class TrainConfig:
     test_shots: int = 5
     test_queries: int = 30  # the seed's code (the paper's tables use 50)
     norm_train_features: bool = False
-    trainval: bool = False  # train on train + val classes (validation still runs: optimistic, as the seed)
+    trainval: bool = False  # train on train + val classes
+    val_split: str = "auto"  # auto: "val", or "test" with --trainval (the seed's); "none": no validation
     optimizer: str = "radam"
     lr: float = 1e-3
     weight_decay: float | None = None  # None: the optimizer's seed default (0; adamw 0.01)
@@ -108,7 +111,7 @@ class TrainConfig:
     step_size: int = 20
     step_gamma: float = 1.0
     early_stop_patience: int = 15
-    epoch_length: int = 1600  # optimizer steps per epoch
+    epoch_length: int = 1600  # training tasks per epoch (the seed's count); see steps_per_epoch()
     val_epoch_length: int = 400  # validation tasks per epoch (the same tasks every epoch)
     val_batch_tasks: int = 50  # validation tasks embedded per forward
     augment: str = "lee"
@@ -146,6 +149,7 @@ class TrainConfig:
         choice("pipeline", PIPELINES)
         choice("wandb", WANDB_MODES)
         choice("augment", AUGMENTS)
+        choice("val_split", VAL_SPLITS)
         choice("algorithm", tuple(ALGORITHMS))
         for name in ("train_ways", "train_shots", "meta_batch_size", "test_ways", "test_shots",
                      "test_queries", "epoch_length", "val_epoch_length", "val_batch_tasks", "log_every"):
@@ -180,6 +184,24 @@ class TrainConfig:
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
             raise FsmtlError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
         return self
+
+    def validation_split(self) -> str | None:
+        """The split validation runs on, ``val_split`` resolved: None for no validation."""
+        if self.val_split == "auto":
+            return "test" if self.trainval else "val"
+        return None if self.val_split == "none" else self.val_split
+
+    def steps_per_epoch(self, world_size: int = 1) -> int:
+        """Optimizer steps of one epoch: ``epoch_length`` training tasks at ``meta_batch_size`` tasks
+        per rank a step, rounded up.
+
+        The seed fed ``epoch_length`` tasks (one task a batch) to a loop that stepped every
+        ``meta_batch_size`` batches and once more on the epoch's last, partial accumulation: 1600
+        tasks at 6 a step are 267 steps. With several ranks a step takes ``meta_batch_size`` tasks
+        on each, so an epoch stays 1600 tasks and the schedule (patience, step size) keeps its
+        meaning at any number of GPUs.
+        """
+        return -(-self.epoch_length // (self.meta_batch_size * max(1, world_size)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -47,11 +47,15 @@ class StepTools:
     amp_dtype: torch.dtype | None  # None: fp32
     device: torch.device
     grad_clip: float
+    # DropBlock's ramp counts what the seed's counted, one backbone forward per task: at step s it
+    # reads s * ramp_per_step + ramp_offset (tasks a step on all ranks; validation tasks run so far)
+    ramp_per_step: int = 1
+    ramp_offset: int = 0
 
 
 def train_step(tools: StepTools, batch: Any, step: int) -> tuple[Tensor, Tensor]:
     """One optimizer step on one TaskBatch; returns detached (loss, acc) device scalars (no sync)."""
-    set_train_step(tools.backbone, step)
+    set_train_step(tools.backbone, step * tools.ramp_per_step + tools.ramp_offset)
     with torch.autocast(tools.device.type, dtype=tools.amp_dtype or torch.float32, enabled=tools.amp_dtype is not None):
         loss, acc = tools.net(batch.images, batch.global_class, batch.label)
     if tools.scaler is not None:

@@ -48,7 +48,9 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
     if name == "adamax":
         return torch.optim.Adamax(params, lr=2 * lr, weight_decay=wd, **multi)
     if name == "radam":
-        return torch.optim.RAdam(params, lr=lr, weight_decay=wd, **multi)
+        # the seed's RAdam is torch-optimizer's, whose weight decay is decoupled (p -= lr * wd * p);
+        # torch's RAdam with decoupled_weight_decay makes the same update, with foreach kernels
+        return torch.optim.RAdam(params, lr=lr, weight_decay=wd, decoupled_weight_decay=True, **multi)
     topt = _torch_optimizer(name)  # only the four optimizers below need the package
     if name == "sgdp":
         return topt.SGDP(params, lr=lr, momentum=cfg.momentum, weight_decay=wd)

@@ -24,15 +24,16 @@ PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     "fc100-1shot": {"train_queries": 4, "train_shots": 1, "meta_batch_size": 1, "test_shots": 1},
     "fc100-5shot": {"test_shots": 5},
     # Omniglot (28x28 greyscale): Conv-4, no colour jitter; small epochs so that ~10 minutes on a
-    # 2-core CPU reach a useful model (about 8 epochs of 150 steps of 6 x 5-way 10-image tasks).
+    # 2-core CPU reach a useful model (about 8 epochs of 900 tasks: 150 steps of 6 5-way 10-image tasks).
     "omniglot": {
-        "model": "conv4", "jitter": False, "norm_train_features": True, "epoch_length": 150,
+        "model": "conv4", "jitter": False, "norm_train_features": True, "epoch_length": 900,
         "val_epoch_length": 200, "max_minutes": 10.0, "early_stop_patience": 5, "test_queries": 15,
         "log_every": 25,
     },
-    # The synthetic demo at 32x32 on a 2-core CPU: Conv-4, short epochs, at most 6 minutes of training.
+    # The synthetic demo at 32x32 on a 2-core CPU: Conv-4, short epochs (360 tasks: 60 steps of 6),
+    # at most 6 minutes of training.
     "demo": {
-        "model": "conv4", "norm_train_features": True, "epoch_length": 60, "val_epoch_length": 100,
+        "model": "conv4", "norm_train_features": True, "epoch_length": 360, "val_epoch_length": 100,
         "max_epochs": 20, "max_minutes": 6.0, "test_queries": 15, "log_every": 20,
         "scheduler": "cosine",
     },

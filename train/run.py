@@ -58,6 +58,7 @@ class Run:
     validate: Callable[[torch.nn.Module], dict] | None
     log: RunLog
     progress: Progress
+    steps_per_epoch: int  # cfg.steps_per_epoch(world size)
 
 
 def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
@@ -95,7 +96,8 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
         stepper = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:  # after DDP, so that dynamo splits graphs at DDP's gradient buckets
         stepper = torch.compile(stepper)
-    tools = StepTools(stepper, backbone, optimizer, scaler, amp_dtype, device, cfg.grad_clip)
+    tools = StepTools(stepper, backbone, optimizer, scaler, amp_dtype, device, cfg.grad_clip,
+                      ramp_per_step=cfg.meta_batch_size * dist.world_size)
     try:
         loader = build_loader(cfg, data, device, amp_dtype, dist.rank, loader_factory)
     except ImportError as e:
@@ -107,7 +109,8 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
         validate = make_validator(data.val, data.mean, data.std, vs, device, amp_dtype)
     log = RunLog(Path(cfg.out), enabled=dist.is_main)
     scheduler = build_scheduler(optimizer, cfg)
-    return Run(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress())
+    return Run(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress(),
+               cfg.steps_per_epoch(dist.world_size))
 
 
 def _state(run: Run, wall_s: float) -> dict[str, Any]:
@@ -156,9 +159,12 @@ def _resume(run: Run) -> None:
         ck.restore_rng(mine, run.device)
     run.progress = Progress(int(c["epoch"]), int(c["step"]), float(c["best_val_acc"]), int(c["epochs_since_best"]),
                             int(c.get("epoch_step", 0)), c.get("partial"), float(c.get("wall_s", 0.0)))  # fmt: skip
-    if run.progress.epoch_step >= run.cfg.epoch_length:
-        raise FsmtlError(f"{path}: stopped {run.progress.epoch_step} steps into an epoch; --epoch-length "
-                         f"{run.cfg.epoch_length} cannot finish it (keep the run's {c['config']['epoch_length']})")
+    if run.progress.epoch_step >= run.steps_per_epoch:
+        raise FsmtlError(
+            f"{path}: stopped {run.progress.epoch_step} steps into an epoch, but epochs of --epoch-length "
+            f"{run.cfg.epoch_length} tasks at {run.cfg.meta_batch_size} x {run.dist.world_size} tasks a step have "
+            f"{run.steps_per_epoch} steps (keep the run's --epoch-length {c['config']['epoch_length']}, "
+            f"--meta-batch-size {c['config']['meta_batch_size']} and number of ranks)")
     sync_scheduler_lr(run.scheduler)  # a cosine stretched by a larger --max-epochs: its lr at this epoch
 
 
@@ -258,7 +264,7 @@ def _save_partial(run: Run, t_run: float) -> None:
     state = _state(run, p.wall_s + time.monotonic() - t_run)  # collective in DDP
     if run.dist.is_main:
         ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "last.pt", state)
-    run.log.message(f"epoch {p.epoch + 1}: stopped after {p.epoch_step} of {run.cfg.epoch_length} steps (step {p.step}); "
+    run.log.message(f"epoch {p.epoch + 1}: stopped after {p.epoch_step} of {run.steps_per_epoch} steps (step {p.step}); "
                     "last.pt holds the unfinished epoch and --resume finishes it")  # fmt: skip
 
 
@@ -268,9 +274,11 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
     if spent:
         return spent
     while True:
-        remaining = cfg.epoch_length - p.epoch_step
+        remaining = run.steps_per_epoch - p.epoch_step
         n = remaining if cfg.max_steps is None else min(remaining, cfg.max_steps - p.step)
-        bar = tqdm(total=cfg.epoch_length, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}", leave=False,
+        # the seed's DropBlock counter also advanced once per validation task (all ranks agree: data.val)
+        run.tools.ramp_offset = p.epoch * cfg.val_epoch_length if run.data.val is not None else 0
+        bar = tqdm(total=run.steps_per_epoch, initial=p.epoch_step, desc=f"epoch {p.epoch + 1}", leave=False,
                    disable=True if not (cfg.progress and run.dist.is_main) else None)  # None: off unless a terminal
         first = p.epoch_step
 
@@ -295,7 +303,7 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
             )
         p.step += stats.steps
         whole = combine_stats(p.partial, stats)
-        if p.epoch_step + stats.steps >= cfg.epoch_length:
+        if p.epoch_step + stats.steps >= run.steps_per_epoch:
             p.epoch, p.epoch_step, p.partial = p.epoch + 1, 0, None
             rec = _after_epoch(run, whole, t_run)
             run.log.message(_epoch_line(rec))
@@ -357,11 +365,16 @@ def fit(run: Run) -> dict[str, Any]:
             + (f", cudnn.benchmark {torch.backends.cudnn.benchmark}, tf32 {torch.backends.cuda.matmul.allow_tf32}"
                if run.device.type == "cuda" else "")
         )
+        split = cfg.validation_split()
         if run.data.val is None:
-            run.log.message(f"fsmtl train: {cfg.data} has no 'val' split: no validation, so no early stopping and no "
+            why = "--val-split none" if split is None else f"{cfg.data} has no '{split}' split"
+            run.log.message(f"fsmtl train: {why}: no validation, so no early stopping and no "
                             "plateau steps; best.pt is simply the latest epoch")  # fmt: skip
+        elif split == "test":
+            run.log.message("fsmtl train: validating on the test split" + (" (--trainval, as the seed did)" if cfg.trainval else "")
+                            + ": the test classes pick best.pt and drive the schedule, so its test accuracy is optimistic")  # fmt: skip
         elif cfg.trainval:
-            run.log.message("fsmtl train: --trainval: the val classes are also trained on, so validation is optimistic")
+            run.log.message("fsmtl train: --trainval --val-split val: the val classes are also trained on, so validation is optimistic")
         with StopRequest(announce=run.dist.is_main) as stop:
             reason = _run_epochs(run, deadline, stop)
         best = _best(run.progress)

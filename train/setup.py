@@ -61,7 +61,7 @@ class Data:
     """The splits a run trains and validates on, with what checkpoints record about them."""
 
     train: SplitData
-    val: SplitData | None
+    val: SplitData | None  # the validation split (cfg.validation_split()), or None
     mean: tuple[float, ...]
     std: tuple[float, ...]
     meta: dict[str, Any]  # -> checkpoint["data_meta"]
@@ -75,14 +75,14 @@ class Data:
         return int(self.meta["image_shape"][0])
 
 
-def _check_val(val: SplitData, cfg: TrainConfig) -> None:
+def _check_val(val: SplitData, cfg: TrainConfig, name: str) -> None:
     per = cfg.test_shots + cfg.test_queries
     smallest = int(np.diff(val.class_offsets).min())
     if cfg.test_ways > val.n_classes:
-        raise FsmtlError(f"--test-ways {cfg.test_ways}: the val split has only {val.n_classes} classes")
+        raise FsmtlError(f"--test-ways {cfg.test_ways}: the {name} split (validation) has only {val.n_classes} classes")
     if per > smallest:
         raise FsmtlError(
-            f"--test-shots + --test-queries = {per}, but the smallest val class has {smallest} images"
+            f"--test-shots + --test-queries = {per}, but the smallest {name} class (validation) has {smallest} images"
         )
 
 
@@ -100,15 +100,23 @@ def load_data(cfg: TrainConfig) -> Data:
     if h != w:
         raise FsmtlError(f"{cfg.data}/meta.json: expected square images, got {h}x{w}")
     train = shards.split("train")
-    val = shards.split("val") if "val" in shards.splits else None
-    if val is not None:
-        _check_val(val, cfg)
     if cfg.trainval:
-        if val is None:
+        if "val" not in shards.splits:
             raise FsmtlError(f"--trainval: {cfg.data} has no 'val' split to merge")
         from pipelines.loader import concat_splits
 
-        train = concat_splits([train, val])
+        train = concat_splits([train, shards.split("val")])
+    name = cfg.validation_split()
+    if name is not None and name not in shards.splits:
+        if cfg.val_split == "auto" and name == "val":
+            name = None  # no val split: train without validation (run.py says so)
+        else:
+            why = " (--trainval validates on the test split, as the seed did)" if cfg.val_split == "auto" else ""
+            raise FsmtlError(f"--val-split {cfg.val_split}: {cfg.data} has no '{name}' split{why}; "
+                             "pass --val-split none to train without validation")  # fmt: skip
+    val = shards.split(name) if name is not None else None
+    if val is not None:
+        _check_val(val, cfg, name)
     meta = {
         "benchmark": shards.benchmark, "image_shape": [h, w, c], "mean": list(shards.mean),
         "std": list(shards.std), "n_train_classes": train.n_classes,
