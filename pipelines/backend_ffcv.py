@@ -41,7 +41,7 @@ class FfcvBackend:
 
         self.cfg, self.mean, self.std, self.pad = cfg, mean, std, pad
         self.cache = ExportCache()
-        self.path = ffcv_file(split, self.cache)
+        self.path = ffcv_file(split, self.cache, progress=cfg.progress)
         self.offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
         self.device = torch.device(cfg.device)
         # the augmenter: the torch back end over each loaded batch (a tiny stand-in split)

@@ -47,8 +47,9 @@ class ExportCache:
             self.path = None
 
 
-def ffcv_file(split: SplitData, cache: ExportCache) -> Path:
-    """The split's .beton: the converted one, or a fresh export into ``cache``."""
+def ffcv_file(split: SplitData, cache: ExportCache, progress: bool = True) -> Path:
+    """The split's .beton: the converted one, or a fresh export into ``cache`` (with FFCV's
+    progress bar unless ``progress`` is False)."""
     from preprocess.export_ffcv import import_ffcv
 
     import_ffcv()
@@ -61,7 +62,7 @@ def ffcv_file(split: SplitData, cache: ExportCache) -> Path:
         log.warning("ffcv: no converted %s/data.beton; exporting split %r to %s", split.name, split.name, path)
         from preprocess.export_ffcv import export_split_ffcv
 
-        export_split_ffcv(split, path)
+        export_split_ffcv(split, path, progress=progress)
     reader = Reader(str(path))
     n = reader.num_samples
     if n != len(split.images):

@@ -53,6 +53,7 @@ class PipelineConfig:
     # and passes a self-check against the torch ops, else the torch ops; "triton"; "torch"
     device_kernel: str = "auto"
     group_images: int = 2048  # device path: whole batches planned and augmented per launch, ~this many images
+    progress: bool = True  # progress bars of start-up work (an FFCV export of a split without one)
 
     @property
     def per_class(self) -> int:

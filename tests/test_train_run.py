@@ -99,7 +99,8 @@ def test_cli_reports_bad_settings_as_one_line_errors(tiny_shards: Path, tmp_path
     base = ["--data", str(tiny_shards), "--out", str(tmp_path / "r"), "--wandb", "disabled"]
     for bad, word in ((["--model", "vit"], "--model"), (["--optimizer", "lion"], "--optimizer"),
                       (["--scheduler", "poly"], "--scheduler"), (["--preset", "nope"], "--preset"),
-                      (["--test-queries", "100"], "--test-queries")):
+                      (["--test-queries", "100"], "--test-queries"), (["--train-ways", "1"], "at least 2 classes"),
+                      (["--test-ways", "1"], "--test-ways")):
         assert run_stage_main(main, base + bad) == 2
         assert word in capsys.readouterr().err
     assert not (tmp_path / "r" / "checkpoints").exists()
@@ -312,3 +313,36 @@ def test_resume_refuses_to_change_the_optimizer_or_its_schedule(tiny_shards: Pat
     assert run_stage_main(main, ["--resume", str(run), "--lr", "0.01", "--max-epochs", "2"]) == 2
     assert "--lr 0.001 -> 0.01" in capsys.readouterr().err
     assert run_stage_main(main, ["--resume", str(run), "--lr", "0.001", "--max-epochs", "2", "--no-progress"]) == 0
+
+
+def test_resume_keeps_its_run_directory_and_refuses_another_out(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))
+    assert run_stage_main(main, ["--resume", str(run), "--out", str(tmp_path / "other"), "--max-epochs", "2"]) == 2
+    assert "continues in its own directory" in capsys.readouterr().err and not (tmp_path / "other").exists()
+    assert run_stage_main(main, ["--resume", str(run), "--out", str(run), "--max-epochs", "2", "--no-progress"]) == 0
+
+
+def test_a_smaller_max_epochs_on_resume_is_a_budget_not_a_shorter_cosine(tiny_shards: Path, tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(tiny_cfg(tiny_shards, full, scheduler="cosine", max_epochs=4))
+    train(tiny_cfg(tiny_shards, cut, scheduler="cosine", max_epochs=4, max_steps=4))  # stops after epoch 1
+    assert run_stage_main(main, ["--resume", str(cut), "--max-epochs", "2", "--max-steps", "none", "--no-progress"]) == 0
+    a, b = read_metrics(full), read_metrics(cut)
+    assert [r["epoch"] for r in b] == [1, 2] and [r["lr"] for r in b] == [r["lr"] for r in a[:2]]
+    assert b[1]["lr"] > 0  # a cosine compressed to 2 epochs would be at 0 here
+    assert json.loads((cut / "config.json").read_text())["cosine_epochs"] == 4
+
+
+def test_a_run_from_when_epoch_length_counted_steps_resumes_with_the_same_epochs(tiny_shards: Path, tmp_path: Path,
+                                                                                  capsys) -> None:
+    run = tmp_path / "old"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))  # epochs of 8 tasks = 4 steps of 2
+    path = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["epoch_unit"]  # as written before epoch_length counted tasks: then 4 meant 4 steps
+    ckpt["config"]["epoch_length"] = 4
+    torch.save(ckpt, path)
+    assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", "--no-progress"]) == 0
+    assert "its 4-step epochs are --epoch-length 8 tasks now" in capsys.readouterr().err
+    assert [r["step"] for r in read_metrics(run)] == [4, 8]

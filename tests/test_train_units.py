@@ -276,10 +276,24 @@ def test_task_logits_are_float32_under_bf16_autocast() -> None:
     assert out.dtype == torch.float32 and out.shape == (2, 20, 5)
 
 
-def test_the_last_line_of_a_run_names_its_result_and_the_eval_command() -> None:
+def test_the_last_line_of_a_run_names_its_result_and_an_eval_command_that_works_for_it(tmp_path) -> None:
+    import json
+
     from train.__main__ import done_line
 
-    line = done_line({"reason": "x", "epoch": 3, "step": 60, "best_val_acc": 0.4567, "out": "runs/a", "signal": None})
+    run, data = tmp_path / "runs" / "a", tmp_path / "data"
+    (run / "checkpoints").mkdir(parents=True)
+    data.mkdir()
+    (data / "meta.json").write_text(json.dumps({"splits": {"train": {}, "val": {}, "test": {}}}))
+    cfg = TrainConfig(data=str(data), out=str(run))
+    summary = {"reason": "x", "epoch": 3, "step": 60, "best_val_acc": 0.4567, "out": str(run), "signal": None}
+    (run / "checkpoints" / "best.pt").write_bytes(b"")
+    line = done_line(summary, cfg)
     assert "best val acc 45.67%" in line and "epoch 3, step 60" in line
-    assert line.endswith("evaluate with: fsmtl eval --run runs/a")
-    assert "no validation" in done_line({"epoch": 1, "step": 2, "best_val_acc": None, "out": "r"})
+    assert line.endswith(f"evaluate with: fsmtl eval --run {run}")
+    (run / "checkpoints" / "best.pt").unlink()  # stopped inside its first epoch: only last.pt
+    early = done_line({**summary, "epoch": 0, "best_val_acc": None}, cfg)
+    assert "not validated yet" in early and early.endswith(f"fsmtl eval --run {run} --checkpoint last")
+    (data / "meta.json").write_text(json.dumps({"splits": {"train": {}, "val": {}}}))  # no test classes
+    assert done_line(summary, cfg).endswith("--checkpoint last --split val")
+    assert "no validation" in done_line({**summary, "best_val_acc": None}, TrainConfig(data=str(data), val_split="none"))

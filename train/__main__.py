@@ -9,6 +9,7 @@ with its stored config; only flags given explicitly change it (e.g. a larger ``-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import typing
@@ -86,7 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
 # silently keep the old ones (the restored state wins), so it is refused instead
 FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "plateau_factor",
                    "plateau_patience", "step_size", "step_gamma", "seed", "meta_batch_size", "train_ways",
-                   "train_shots", "train_queries", "algorithm", "norm_train_features")  # fmt: skip
+                   "train_shots", "train_queries", "algorithm", "norm_train_features", "cosine_epochs")  # fmt: skip
+
+
+def upgrade_stored_config(ckpt: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The config of a checkpoint written before ``epoch_length`` counted tasks (no ``epoch_unit``
+    in it), in today's terms with the same epochs: its steps times the tasks of a step on all of
+    its ranks. Returns (config, a note for the user or None)."""
+    stored = dict(ckpt["config"])
+    if ckpt.get("epoch_unit") == "tasks":
+        return stored, None
+    ranks = max(1, len(ckpt.get("rng", {}).get("ranks", [])))
+    old = int(stored.get("epoch_length", 1600))
+    stored["epoch_length"] = old * int(stored.get("meta_batch_size", 6)) * ranks
+    note = (f"this run was started by an fsmtl whose --epoch-length counted steps: its {old}-step epochs are "
+            f"--epoch-length {stored['epoch_length']} tasks now (the same epochs); DropBlock's ramp now "
+            "counts tasks, as the seed did")  # fmt: skip
+    return stored, note
 
 
 def config_from_args(argv: list[str]) -> TrainConfig:
@@ -96,8 +113,19 @@ def config_from_args(argv: list[str]) -> TrainConfig:
         from train.checkpoint import checkpoint_dir, load_checkpoint
 
         run = Path(given["resume"])
-        stored = load_checkpoint(checkpoint_dir(run) / "last.pt")["config"]
+        if "out" in given and Path(given["out"]).resolve() != run.resolve():
+            raise FsmtlError(f"--resume {run} --out {given['out']}: a resumed run continues in its own directory; "
+                             f"leave --out out (to branch a run, copy {run} first and resume the copy)")  # fmt: skip
+        stored, note = upgrade_stored_config(load_checkpoint(checkpoint_dir(run) / "last.pt"))
+        if note:
+            print(f"fsmtl train: --resume {run}: {note}", file=sys.stderr)
         base = TrainConfig.from_dict(stored).to_dict()
+        if base.get("scheduler") == "cosine":  # the horizon is fixed by the run; only a longer budget stretches it
+            horizon = TrainConfig.from_dict(base).cosine_length()
+            longer = given.get("max_epochs") is not None and given["max_epochs"] > horizon
+            base["cosine_epochs"] = given["max_epochs"] if longer else horizon
+            if longer:
+                given["cosine_epochs"] = given["max_epochs"]  # the one sanctioned change of the schedule
         changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != base.get(k)]
         if changed:
             flags = ", ".join(f"--{k.replace('_', '-')} {base.get(k)} -> {given[k]}" for k in changed)
@@ -123,13 +151,24 @@ def set_backend_flags(device_is_cuda: bool) -> dict[str, Any]:
     return flags
 
 
-def done_line(summary: dict[str, Any]) -> str:
-    """The run's last line: where it is, what it reached, and the next command."""
+def done_line(summary: dict[str, Any], cfg: TrainConfig) -> str:
+    """The run's last line: where it is, what it reached, and an eval command that works for it."""
     best = summary.get("best_val_acc")
-    reached = "no validation" if best is None else f"best val acc {100 * best:.2f}%"
+    split = cfg.validation_split()
+    reached = ("no validation" if split is None else "not validated yet") if best is None else f"best val acc {100 * best:.2f}%"
     out = summary["out"]
+    ckpts = Path(out) / "checkpoints"
+    cmd = f"fsmtl eval --run {out}"
+    if not (ckpts / "best.pt").is_file():
+        cmd += " --checkpoint last"  # stopped inside its first epoch
+    try:
+        splits = json.loads((Path(cfg.data) / "meta.json").read_text())["splits"]
+    except (OSError, ValueError, KeyError):
+        splits = {}
+    if splits and "test" not in splits and "val" in splits:
+        cmd += " --split val"  # the data has no test classes
     return (f"fsmtl train: done: {out} (epoch {summary['epoch']}, step {summary['step']}, {reached}); "
-            f"checkpoints in {os.path.join(out, 'checkpoints')}; evaluate with: fsmtl eval --run {out}")  # fmt: skip
+            f"checkpoints in {ckpts}; evaluate with: {cmd}")  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -139,7 +178,7 @@ def main(argv: list[str]) -> int:
     set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")  # the run's first line shows them
     summary = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        print(done_line(summary))
+        print(done_line(summary, cfg))
     # a run stopped by a signal checkpointed cleanly, but it did not finish: say so to the caller
     # (a job script's retry loop, fsmtl demo, bench algorithms), as a killed process would
     return {"SIGTERM": 143, "SIGINT": 130}.get(summary.get("signal") or "", 0)

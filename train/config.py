@@ -48,6 +48,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "plateau_patience": ("optimization", "plateau: epochs without improvement before the lr drops"),
     "step_size": ("optimization", "step: epochs between lr drops"),
     "step_gamma": ("optimization", "step: lr factor at each drop (the seed: 1.0, i.e. constant)"),
+    "cosine_epochs": ("optimization", "cosine: epochs from lr to 0; none = --max-epochs, or 100 when unbounded (a resume keeps it; a larger --max-epochs stretches it)"),
     "early_stop_patience": ("optimization", "stop after this many epochs without a better validation accuracy"),
     "epoch_length": ("schedule", "training tasks per epoch, as the seed counts them: ceil(epoch-length / (meta-batch-size x ranks)) optimizer steps; validation, scheduler and checkpoints once an epoch"),
     "val_epoch_length": ("schedule", "validation tasks per epoch: the same seeded tasks every epoch"),
@@ -110,6 +111,7 @@ class TrainConfig:
     plateau_patience: int = 4
     step_size: int = 20
     step_gamma: float = 1.0
+    cosine_epochs: int | None = None  # None: max_epochs, or 100 when unbounded
     early_stop_patience: int = 15
     epoch_length: int = 1600  # training tasks per epoch (the seed's count); see steps_per_epoch()
     val_epoch_length: int = 400  # validation tasks per epoch (the same tasks every epoch)
@@ -151,7 +153,11 @@ class TrainConfig:
         choice("augment", AUGMENTS)
         choice("val_split", VAL_SPLITS)
         choice("algorithm", tuple(ALGORITHMS))
-        for name in ("train_ways", "train_shots", "meta_batch_size", "test_ways", "test_shots",
+        for name in ("train_ways", "test_ways"):
+            if getattr(self, name) < 2:
+                raise FsmtlError(f"--{name.replace('_', '-')}: expected at least 2 classes a task, got {getattr(self, name)} "
+                                 "(a 1-way task has nothing to tell apart)")  # fmt: skip
+        for name in ("train_shots", "meta_batch_size", "test_shots",
                      "test_queries", "epoch_length", "val_epoch_length", "val_batch_tasks", "log_every"):
             if getattr(self, name) < 1:
                 raise FsmtlError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
@@ -170,6 +176,7 @@ class TrainConfig:
             "plateau_factor": (0.0 < self.plateau_factor < 1.0, "a value in (0, 1)"),
             "plateau_patience": (self.plateau_patience >= 0, ">= 0"),
             "step_size": (self.step_size >= 1, ">= 1"),
+            "cosine_epochs": (self.cosine_epochs is None or self.cosine_epochs >= 1, ">= 1 (or none)"),
             "step_gamma": (self.step_gamma > 0, "> 0"),
             "early_stop_patience": (self.early_stop_patience >= 1, ">= 1"),
             "workers": (self.workers is None or self.workers >= 0, ">= 0 (or none)"),
@@ -190,6 +197,10 @@ class TrainConfig:
         if self.val_split == "auto":
             return "test" if self.trainval else "val"
         return None if self.val_split == "none" else self.val_split
+
+    def cosine_length(self) -> int:
+        """Epochs of the cosine schedule: ``cosine_epochs``, else ``max_epochs``, else 100."""
+        return self.cosine_epochs or self.max_epochs or 100
 
     def steps_per_epoch(self, world_size: int = 1) -> int:
         """Optimizer steps of one epoch: ``epoch_length`` training tasks at ``meta_batch_size`` tasks

@@ -65,7 +65,7 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     """Epoch-level scheduler: ``plateau`` (on validation accuracy, mode max), ``step``, ``cosine``
-    (over ``max_epochs``, or 100 epochs when unbounded), or ``none``. Step it with
+    (over ``cfg.cosine_length()`` epochs), or ``none``. Step it with
     :func:`scheduler_step` once an epoch."""
     s = cfg.scheduler
     if s == "plateau":
@@ -74,8 +74,8 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
         )
     if s == "step":
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
-    if s == "cosine":  # closed form over the current --max-epochs: a resume with more epochs stretches it
-        return torch.optim.lr_scheduler.LambdaLR(opt, cosine_factor(cfg.max_epochs or 100))
+    if s == "cosine":  # closed form: a resume with a longer horizon stretches it (sync_scheduler_lr)
+        return torch.optim.lr_scheduler.LambdaLR(opt, cosine_factor(cfg.cosine_length()))
     if s == "none":
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     raise FsmtlError(f"--scheduler: unknown scheduler {s!r}")

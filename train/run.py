@@ -126,7 +126,7 @@ def _state(run: Run, wall_s: float) -> dict[str, Any]:
         "rng": {**ranks[0], "ranks": ranks}, "epoch": p.epoch, "step": p.step,
         "best_val_acc": p.best_val_acc, "epochs_since_best": p.epochs_since_best,
         "epoch_step": p.epoch_step, "partial": p.partial, "wall_s": wall_s,
-        "config": run.cfg.to_dict(), "data_meta": run.data.meta,
+        "config": run.cfg.to_dict(), "data_meta": run.data.meta, "epoch_unit": "tasks",
     }  # fmt: skip
 
 
