@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import BENCHMARKS, FORMATS, NORMALIZATIONS, PreprocessConfig
+from preprocess.config import (
+    BENCHMARKS,
+    FORMATS,
+    MAX_SIZE,
+    NORMALIZATIONS,
+    PreprocessConfig,
+)
+from preprocess.synthetic import MIN_IMAGE_SIZE
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -46,13 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--format",
         default=",".join(d.formats),
-        help=f"comma list of {','.join(FORMATS)} (npy always)",
+        help=f"comma list of {','.join(FORMATS)} (npy is always written: ffcv means npy,ffcv)",
     )
     c.add_argument(
         "--size",
         type=int,
         default=d.size,
-        help="output side length (default: 28 omniglot, 32 cifar, 84 others)",
+        help=f"output side length, {MIN_IMAGE_SIZE}..{MAX_SIZE} (default: 28 omniglot, 32 cifar, 84 others)",
     )
     c.add_argument("--channels", type=int, default=d.channels, help=f"imagefolder/synthetic: 1 or 3 (default {d.channels})")
     c.add_argument(
@@ -136,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         rotations=args.rotations,
         val_alphabets=args.val_alphabets,
         split_file=args.split_file,
+        # None (not given) becomes the dataclass default, which the config reads as "not given"
         ratios=args.ratios if args.ratios is not None else defaults.ratios,  # type: ignore[arg-type]
         classes=args.classes,  # type: ignore[arg-type]
         per_class=args.per_class,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fsmtl.errors import FsmtlError
+from preprocess.synthetic import MIN_IMAGE_SIZE
 
 BENCHMARKS: tuple[str, ...] = (
     "mini-imagenet",
@@ -33,6 +35,25 @@ SEED_NORMALIZATION["fc100"] = SEED_NORMALIZATION["cifar-fs"]
 # output side length when --size is not given
 DEFAULT_SIZE = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
 FALLBACK_SIZE = 84
+MAX_SIZE = 1024  # --size range: MIN_IMAGE_SIZE (the synthetic generator's smallest) .. MAX_SIZE
+# The benchmark-specific options and the benchmarks that read them (beyond src/out/size/workers/
+# formats/normalization, which every converter reads). Giving one a non-default value for any other
+# benchmark is an error; run.py records these in meta.json.
+BENCHMARK_OPTIONS: dict[str, tuple[str, ...]] = {
+    "omniglot": ("rotations", "val_alphabets"),
+    "imagefolder": ("channels", "seed", "split_file", "ratios"),
+    "synthetic": ("channels", "seed", "classes", "per_class", "difficulty"),
+}
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def _readers(option: str) -> str:
+    """The benchmarks that read ``option``, for a message: "imagefolder and synthetic"."""
+    names = [b for b in BENCHMARKS if option in BENCHMARK_OPTIONS.get(b, ())]
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _within(a: Path, b: Path) -> bool:
@@ -59,9 +80,10 @@ class PreprocessConfig:
         out: the output shard directory (written atomically).
         src: the user's downloaded files (unused by ``synthetic``).
         force: overwrite an existing ``out``.
-        formats: output formats; "npy" (canonical, always written) plus "ffcv" and/or "dali".
-        size: output side length (None: 28 for Omniglot, 32 for CIFAR, 84 otherwise). CIFAR data
-            is never resized; tiered-ImageNet is resized only when given.
+        formats: output formats; "npy" (canonical, always written: added when left out) plus
+            "ffcv" and/or "dali".
+        size: output side length, MIN_IMAGE_SIZE..MAX_SIZE (None: 28 for Omniglot, 32 for CIFAR,
+            84 otherwise). CIFAR data is never resized; tiered-ImageNet is resized only when given.
         channels: 1 or 3 (imagefolder, synthetic).
         workers: decoding threads (None: all CPUs).
         seed: seed of imagefolder's ratio split and of the synthetic generator.
@@ -71,11 +93,14 @@ class PreprocessConfig:
         ratios: imagefolder: fractions of classes for (train, val, test), used without split_file.
         classes: synthetic: classes per split (train, val, test).
         per_class: synthetic: images per class.
-        difficulty: synthetic: scale of nuisance variation (0 = clean prototypes).
+        difficulty: synthetic: scale of nuisance variation, >= 0 (0 = clean prototypes).
         normalization: the mean/std written to meta.json: "seed" (the seed's constants for
             mini-/tiered-ImageNet, CIFAR-FS and FC100), "data" (the train split's statistics), or
             "auto" (seed where the benchmark has them, else data).
         progress: show progress bars.
+
+    The options of :data:`BENCHMARK_OPTIONS` are read only by the benchmarks listed there; a value
+    other than the default for any other benchmark is an error naming the flag.
     """
 
     benchmark: str
@@ -103,20 +128,14 @@ class PreprocessConfig:
                 f"benchmark: expected one of {', '.join(BENCHMARKS)}, got {self.benchmark!r}"
             )
         bad = [f for f in self.formats if f not in FORMATS]
-        if bad or "npy" not in self.formats:
-            raise FsmtlError(
-                f"--format: expected a comma list of {', '.join(FORMATS)} including npy, got {','.join(self.formats)}"
-            )
-        if self.benchmark != "synthetic" and self.src is None:
-            raise FsmtlError(f"--src: required for {self.benchmark} (the downloaded files)")
-        if self.src is not None and (_within(Path(self.out), Path(self.src)) or _within(Path(self.src), Path(self.out))):
-            raise FsmtlError(f"--out {self.out}: must lie outside --src {self.src} (and not contain it)")
-        if self.benchmark == "synthetic" and self.src is not None:
-            raise FsmtlError("--src: synthetic data is generated, not read; leave --src out")
-        if self.rotations and self.benchmark != "omniglot":
-            raise FsmtlError(f"--rotations: only for omniglot, not {self.benchmark}")
-        if self.size is not None and not 4 <= self.size <= 1024:
-            raise FsmtlError(f"--size: expected 4..1024, got {self.size}")
+        if bad:
+            raise FsmtlError(f"--format: expected a comma list of {', '.join(FORMATS)}, got {','.join(self.formats)}")
+        # npy is the canonical format, always written: "--format ffcv" means npy and ffcv
+        object.__setattr__(self, "formats", tuple(dict.fromkeys(("npy", *self.formats))))
+        self._check_src()
+        self._check_options_read()
+        if self.size is not None and not MIN_IMAGE_SIZE <= self.size <= MAX_SIZE:
+            raise FsmtlError(f"--size: expected {MIN_IMAGE_SIZE}..{MAX_SIZE}, got {self.size}")
         if self.channels not in (1, 3):
             raise FsmtlError(f"--channels: expected 1 or 3, got {self.channels}")
         if self.workers is not None and self.workers < 1:
@@ -134,6 +153,27 @@ class PreprocessConfig:
             raise FsmtlError(
                 f"--classes/--per-class: expected 3 counts >= 0 and >= 1 image, got {self.classes} x {self.per_class}"
             )
+        if not (math.isfinite(self.difficulty) and self.difficulty >= 0):
+            raise FsmtlError(f"--difficulty: expected a number >= 0 (0 = clean prototypes), got {self.difficulty}")
+
+    def _check_src(self) -> None:
+        """--src: required by every benchmark but synthetic, refused by synthetic, apart from --out."""
+        if self.benchmark == "synthetic" and self.src is not None:
+            raise FsmtlError("--src: synthetic data is generated, not read; leave --src out")
+        if self.benchmark != "synthetic" and self.src is None:
+            raise FsmtlError(f"--src: required for {self.benchmark} (the downloaded files)")
+        if self.src is not None and (_within(Path(self.out), Path(self.src)) or _within(Path(self.src), Path(self.out))):
+            raise FsmtlError(f"--out {self.out}: must lie outside --src {self.src} (and not contain it)")
+
+    def _check_options_read(self) -> None:
+        """A benchmark-specific option set away from its default for a benchmark that ignores it."""
+        reads = BENCHMARK_OPTIONS.get(self.benchmark, ())
+        for f in fields(self):
+            value = getattr(self, f.name)
+            value = tuple(value) if isinstance(value, list) else value  # (64, 16, 20) == [64, 16, 20]
+            specific = any(f.name in opts for opts in BENCHMARK_OPTIONS.values())
+            if specific and f.name not in reads and value != f.default:
+                raise FsmtlError(f"{_flag(f.name)}: only for {_readers(f.name)}, not {self.benchmark}")
 
     @property
     def norm_constants(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -74,12 +74,15 @@ def _scan(src: Path) -> dict[str, list[Path]]:
     """{class name (NFC-normalised folder name): sorted image paths}.
 
     Hidden files and folders (``.x``, macOS ``._x``) are skipped; so are class folders without
-    images, and images in sub-folders of a class folder (both with a warning). Symlinks are
+    images, images in sub-folders of a class folder, and images directly in ``src`` (all with a
+    warning; images only directly in ``src``, with no class folder, are an error). Symlinks are
     followed; two class folders that are the same folder are refused (the images would be in two
     classes, maybe in two splits).
     """
+    if not src.exists():
+        raise FsmtlError(f"{src}: not found; expected a folder with one sub-folder of images per class")
     if not src.is_dir():
-        raise FsmtlError(f"{src}: expected a folder with one sub-folder of images per class")
+        raise FsmtlError(f"{src}: expected a folder with one sub-folder of images per class, got a file")
     out: dict[str, list[Path]] = {}
     seen: dict[Path, Path] = {}
     nested = []
@@ -114,8 +117,15 @@ def _scan(src: Path) -> dict[str, list[Path]]:
               f"{other!r}: such an image can land in two splits")  # fmt: skip
     if nested:
         _warn(f"{len(nested)} sub-folder(s) inside class folders (e.g. {nested[0]}) are not read: a class is one flat folder")
+    loose = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))  # fmt: skip
+    if not out and loose:
+        raise FsmtlError(f"{src}: holds {len(loose)} image file(s) directly (e.g. {loose[0].name}) and no class "
+                         f"folder of images; the images must be in one sub-folder per class: {src}/<class>/<image>")  # fmt: skip
     if not out:
         raise FsmtlError(f"{src}: expected class sub-folders holding images, found none")
+    if loose:
+        _warn(f"{len(loose)} image file(s) directly in {src} (e.g. {loose[0].name}) are not read: a class is a sub-folder")
     return out
 
 

@@ -28,6 +28,12 @@ _CACHE_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("tes
 _CACHE_WHAT = "a mini-ImageNet cache: dict with 'image_data' uint8 [N,84,84,3] and 'class_dict'"
 _RAVI_NAME = re.compile(r"^(n\d{8})(\d{8})\.\w+$")
 _ILSVRC_NAME = re.compile(r"^(n\d{8})_(\d+)\.\w+$")
+_WNID = re.compile(r"^n\d{8}$")
+_LAYOUTS = (
+    "(1) mini-imagenet-cache-{train,validation,test}.pkl (learn2learn / MetaOptNet); "
+    "(2) Ravi's images/*.jpg with train.csv, val.csv, test.csv (the shipped CSVs if absent); "
+    "(3) ImageNet-style <wnid>/*.JPEG class folders (e.g. n01532829/)"
+)
 _COPY_CHUNK = 2048
 
 
@@ -114,14 +120,34 @@ def _convert_cache(cfg: PreprocessConfig, w: ShardWriter, files: dict[str, Path]
     return [files[s] for s in SPLITS if s in files]
 
 
-def _raw_class_files(
-    src: Path, split: str, rows: list[dict[str, str]], name: str
-) -> dict[str, list[Path]]:
+def _raw_layout(src: Path) -> str:
+    """Which raw layout the folder ``src`` holds: "ravi" or "wnid".
+
+    Ravi's: an ``images/`` folder, or Ravi-named images (``n0153282900000005.jpg``) directly in
+    ``src``; ImageNet-style: sub-folders named by wnid (``n01532829``).
+
+    Raises:
+        FsmtlError: naming ``src``, what it holds and the three layouts accepted, for anything else.
+    """
+    entries = [p for p in src.iterdir() if not p.name.startswith(".")]
+    if (src / "images").is_dir():
+        return "ravi"
+    if any(p.is_dir() and _WNID.match(p.name) for p in entries):
+        return "wnid"
+    if any(p.is_file() and _RAVI_NAME.match(p.name) for p in entries):
+        return "ravi"
+    folders = sorted(p.name for p in entries if p.is_dir())
+    found = (f"{len(folders)} sub-folder(s) not named by wnid (e.g. {folders[0]!r})" if folders
+             else f"{len(entries)} file(s) and no images/ folder" if entries else "nothing")  # fmt: skip
+    raise FsmtlError(f"{src}: not a mini-ImageNet layout (found {found}); expected one of: {_LAYOUTS}")
+
+
+def _raw_class_files(src: Path, layout: str, rows: list[dict[str, str]], name: str) -> dict[str, list[Path]]:
     """{wnid: image paths} of one split for the raw layouts (Ravi ``images/`` or wnid folders)."""
+    if layout == "wnid":
+        return _wnid_folder_files(src, rows, name)
     images_dir = src / "images" if (src / "images").is_dir() else src
     by_class: dict[str, list[Path]] = {}
-    if not (images_dir / rows[0]["filename"]).is_file() and (src / rows[0]["label"]).is_dir():
-        return _wnid_folder_files(src, rows, name)
     for r in rows:
         p = images_dir / r["filename"]
         if not p.is_file():
@@ -166,6 +192,7 @@ def select_ravi_images(files: list[Path], indices: list[int], folder: Path) -> l
 def _convert_raw(cfg: PreprocessConfig, w: ShardWriter, src: Path) -> list[Path]:
     lists = class_lists("mini-imagenet")
     size = cfg.out_size
+    layout = _raw_layout(src)
     for split in SPLITS:
         name, rows = ravi_csv(split, src)
         if not rows:
@@ -173,7 +200,7 @@ def _convert_raw(cfg: PreprocessConfig, w: ShardWriter, src: Path) -> list[Path]
         check_class_set(
             name, [r["label"] for r in rows], lists[split], f"the mini-ImageNet {split} split"
         )
-        by_class = _raw_class_files(src, split, rows, name)
+        by_class = _raw_class_files(src, layout, rows, name)
         paths = [p for c in lists[split] for p in by_class[c]]
         labels = np.repeat(
             np.arange(len(lists[split]), dtype=np.int64), [len(by_class[c]) for c in lists[split]]
@@ -197,14 +224,10 @@ def convert_mini_imagenet(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
     assert cfg.src is not None
     src = Path(cfg.src)
     if not src.exists():
-        raise FsmtlError(
-            f"{src}: not found; expected mini-imagenet-cache-*.pkl or a folder of JPEGs"
-        )
+        raise FsmtlError(f"{src}: not found; expected one of: {_LAYOUTS}")
     files = _cache_files(src)
     if files is not None:
         return _convert_cache(cfg, w, files)
     if not src.is_dir():
-        raise FsmtlError(
-            f"{src}: expected mini-imagenet-cache-{{train,validation,test}}.pkl or a folder of JPEGs"
-        )
+        raise FsmtlError(f"{src}: not a mini-ImageNet layout (a file); expected one of: {_LAYOUTS}")
     return _convert_raw(cfg, w, src)

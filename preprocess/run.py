@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
+from preprocess.config import BENCHMARK_OPTIONS, PreprocessConfig
 from preprocess.shards import SPLITS, ShardWriter, SplitData
 
 # benchmark -> "module:function"; each function is (cfg, writer) -> source paths read
@@ -82,14 +82,6 @@ def export_formats(w: ShardWriter, exporters: dict[str, ModuleType], progress: b
                 w.add_file(Path(p).resolve().relative_to(w.tmp_dir.resolve()).as_posix())
 
 
-# the options each converter reads beyond src/out/size/workers/formats (recorded in meta.json)
-_OPTIONS: dict[str, tuple[str, ...]] = {
-    "omniglot": ("rotations", "val_alphabets"),
-    "imagefolder": ("channels", "seed", "split_file", "ratios"),
-    "synthetic": ("channels", "seed", "classes", "per_class", "difficulty"),
-}
-
-
 def convert(cfg: PreprocessConfig) -> dict[str, Any]:
     """Convert ``cfg.src`` into a checked shard set at ``cfg.out``.
 
@@ -102,7 +94,7 @@ def convert(cfg: PreprocessConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     exporters = load_exporters(cfg.formats)
     convert_fn = _converter(cfg.benchmark)
-    relevant = {"benchmark", "out", "src", "formats", "size", "workers", "normalization", *_OPTIONS.get(cfg.benchmark, ())}
+    relevant = {"benchmark", "out", "src", "formats", "size", "workers", "normalization", *BENCHMARK_OPTIONS.get(cfg.benchmark, ())}
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k in relevant}
     options["size"] = cfg.out_size  # the size written, also when the benchmark's default was used
     extra = {"formats": list(cfg.formats), "converter_options": options}

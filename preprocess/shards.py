@@ -357,12 +357,17 @@ class ShardWriter:
     _stats: tuple[list[float], list[float]] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out).resolve()  # "." has itself as parent: the temporary must be a true sibling
+        given = Path(self.out)
+        self.out = given.resolve()  # "." has itself as parent: the temporary must be a true sibling
         check_replaceable(self.out, self.force)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.out)
-        self._tmp = self.out.parent / temporary_name(self.out)
-        self._tmp.mkdir()
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.out)
+            self._tmp = self.out.parent / temporary_name(self.out)
+            self._tmp.mkdir()
+        except OSError as e:  # name the path the user gave, not the hidden temporary beside it
+            self._tmp = None
+            raise FsmtlError(f"{given}: cannot write the output there ({e.strerror or e}); choose another --out") from None
 
     @property
     def tmp_dir(self) -> Path:

@@ -22,6 +22,7 @@ import numpy as np
 from preprocess.shards import SPLITS
 
 _CHUNK = 256
+MIN_IMAGE_SIZE = 8  # the smallest side the generator renders; fsmtl convert's --size lower bound
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class SyntheticConfig:
     difficulty: float = 1.0  # scales the nuisance variation; 0 = clean prototypes
 
     def __post_init__(self) -> None:
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {self.image_size}")
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f"image_size must be >= {MIN_IMAGE_SIZE}, got {self.image_size}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if len(self.classes) != 3 or any(c < 0 for c in self.classes):

@@ -205,3 +205,30 @@ def test_an_image_symlinked_into_two_classes_is_warned_about(tree, tmp_path, cap
 
     _scan(tree)
     assert "same file in two classes" in capsys.readouterr().err
+
+
+def test_a_missing_src_is_reported_as_not_found(tmp_path, capsys):
+    missing = tmp_path / "no_such_folder"
+    assert cli(["convert", "imagefolder", "--src", str(missing), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{missing}: not found; expected a folder with one sub-folder of images per class" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_images_directly_in_src_must_be_in_one_sub_folder_per_class(tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.jpg", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(flat / name)
+    assert cli(["convert", "imagefolder", "--src", str(flat), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{flat}: holds 2 image file(s) directly (e.g. a.jpg)" in err
+    assert "the images must be in one sub-folder per class" in err and "found none" not in err
+
+
+def test_images_beside_class_folders_are_warned_about_and_not_read(tree, tmp_path, capsys):
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tree / "stray.jpg")
+    assert cli(["convert", "imagefolder", "--src", str(tree), "--out", str(tmp_path / "o"), "--size", "16"]) == 0
+    assert "1 image file(s) directly in" in capsys.readouterr().err
+    shards = open_shards(tmp_path / "o")
+    assert sum(shards.meta["splits"][s]["n_images"] for s in shards.splits) == 30

@@ -178,3 +178,31 @@ def test_ilsvrc_named_files_are_picked_by_the_ravi_index_after_sorting_by_numeri
     assert [p.name for p in picked] == ["n01234567_3.JPEG", "n01234567_20.JPEG"]
     with pytest.raises(FsmtlError, match="expected at least 7 ILSVRC images, found 4"):
         select_ravi_images(files, [7], tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["class folders not named by wnid", "loose images", "empty"])
+def test_a_folder_in_none_of_the_three_layouts_is_named_with_the_layouts_it_accepts(tmp_path, capsys, layout):
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    src.mkdir()
+    if layout == "class folders not named by wnid":
+        for c in ("cat", "dog"):
+            _jpeg(src / c / "a.jpg", rng)
+    elif layout == "loose images":
+        _jpeg(src / "photo.jpg", rng)
+    rc = cli(["convert", "mini-imagenet", "--src", str(src), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"fsmtl: error: {src}: not a mini-ImageNet layout") and err.count("\n") == 1
+    for accepted in ("mini-imagenet-cache-{train,validation,test}.pkl", "images/*.jpg with train.csv", "<wnid>/*.JPEG"):
+        assert accepted in err
+    assert "missing" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_a_missing_image_in_ravis_layout_names_the_image_and_the_csv(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)  # Ravi's layout, but the images were not unpacked
+    rc = cli(["convert", "mini-imagenet", "--src", str(src), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    first = src / "images" / "n0153282900000005.jpg"
+    assert rc == 2 and f"{first}: missing; expected the image preprocess/splits/mini-imagenet/ravi_csv/train.csv lists" in err

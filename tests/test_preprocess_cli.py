@@ -256,3 +256,101 @@ def test_sigterm_during_a_conversion_leaves_nothing_behind(tmp_path):
     err = proc.communicate(timeout=120)[1]
     assert proc.returncode == 143 and "terminated" in err
     assert not out.exists() and not list(tmp_path.glob(".big.tmp-*"))
+
+
+def _config_error(**kwargs) -> str:
+    import pytest
+
+    from fsmtl.errors import FsmtlError
+    from preprocess.config import PreprocessConfig
+
+    with pytest.raises(FsmtlError) as e:
+        PreprocessConfig(**kwargs)
+    return str(e.value)
+
+
+def test_a_benchmark_specific_option_for_another_benchmark_names_the_flag_and_its_benchmarks(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    cases = [  # (benchmark, field, value, message)
+        ("synthetic", "ratios", (0.5, 0.25, 0.25), "--ratios: only for imagefolder, not synthetic"),
+        ("synthetic", "split_file", tmp_path / "s.txt", "--split-file: only for imagefolder, not synthetic"),
+        ("synthetic", "val_alphabets", 2, "--val-alphabets: only for omniglot, not synthetic"),
+        ("cifar-fs", "channels", 1, "--channels: only for imagefolder and synthetic, not cifar-fs"),
+        ("mini-imagenet", "seed", 3, "--seed: only for imagefolder and synthetic, not mini-imagenet"),
+        ("omniglot", "per_class", 5, "--per-class: only for synthetic, not omniglot"),
+        ("imagefolder", "classes", (4, 2, 2), "--classes: only for synthetic, not imagefolder"),
+        ("fc100", "difficulty", 0.5, "--difficulty: only for synthetic, not fc100"),
+        ("imagefolder", "rotations", True, "--rotations: only for omniglot, not imagefolder"),
+    ]
+    for benchmark, field, value, message in cases:
+        given_src = None if benchmark == "synthetic" else src
+        assert _config_error(benchmark=benchmark, out=tmp_path / "o", src=given_src, **{field: value}) == message
+    # the same through the CLI, where --ratios is parsed as None when left out
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--ratios", "0.5,0.25,0.25"]) == 2
+    assert "--ratios: only for imagefolder, not synthetic" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_options_left_at_their_defaults_are_accepted_by_every_benchmark(tmp_path):
+    from preprocess.config import BENCHMARKS, PreprocessConfig
+
+    for benchmark in BENCHMARKS:
+        src = None if benchmark == "synthetic" else tmp_path
+        cfg = PreprocessConfig(benchmark, tmp_path.parent / "o", src=src, classes=[64, 16, 20])  # a list is fine
+        assert cfg.benchmark == benchmark
+
+
+def test_a_negative_difficulty_is_refused(tmp_path):
+    assert _config_error(benchmark="synthetic", out=tmp_path / "o", difficulty=-1.0) == (
+        "--difficulty: expected a number >= 0 (0 = clean prototypes), got -1.0"
+    )
+    assert "--difficulty: expected a number >= 0" in _config_error(benchmark="synthetic", out=tmp_path / "o",
+                                                                   difficulty=float("nan"))  # fmt: skip
+
+
+def test_size_below_the_synthetic_generators_limit_is_refused_by_the_config_in_one_message(tmp_path, capsys):
+    from preprocess.synthetic import MIN_IMAGE_SIZE
+
+    assert _config_error(benchmark="synthetic", out=tmp_path / "o", size=MIN_IMAGE_SIZE - 1) == (
+        f"--size: expected {MIN_IMAGE_SIZE}..1024, got {MIN_IMAGE_SIZE - 1}"
+    )
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--size", "4"]) == 2
+    assert capsys.readouterr().err == f"fsmtl: error: --size: expected {MIN_IMAGE_SIZE}..1024, got 4\n"
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--size", str(MIN_IMAGE_SIZE)]) == 0
+    assert open_shards(tmp_path / "o").image_shape == (MIN_IMAGE_SIZE, MIN_IMAGE_SIZE, 3)
+
+
+def test_synthetic_with_src_is_told_to_leave_src_out_even_when_out_lies_inside_it(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    assert cli(["convert", "synthetic", "--src", str(src), "--out", str(src / "o"), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "leave --src out" in err and "outside --src" not in err
+
+
+def test_format_without_npy_adds_npy_as_the_help_says(tmp_path, monkeypatch):
+    from preprocess.config import PreprocessConfig
+
+    assert PreprocessConfig("synthetic", tmp_path / "o", formats=("ffcv",)).formats == ("npy", "ffcv")
+    assert PreprocessConfig("synthetic", tmp_path / "o", formats=("dali", "npy", "dali")).formats == ("npy", "dali")
+
+    def export_split_ffcv(split, path, progress=True):  # a stand-in: the real one is tested elsewhere
+        path.write_bytes(b"beton")
+
+    monkeypatch.setitem(sys.modules, "preprocess.export_ffcv", types.SimpleNamespace(export_split_ffcv=export_split_ffcv))
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--format", "ffcv"]) == 0
+    meta = open_shards(tmp_path / "o").meta
+    assert meta["formats"] == ["npy", "ffcv"] and "train/images.npy" in meta["files"] and "train/data.beton" in meta["files"]
+
+
+def test_an_unwritable_out_is_named_as_given_not_as_the_hidden_temporary(capsys):
+    import os
+
+    import pytest
+
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs Linux /proc")
+    assert cli(["convert", "synthetic", "--out", "/proc/fsmtl-out", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fsmtl: error: /proc/fsmtl-out: cannot write the output there") and ".tmp-" not in err

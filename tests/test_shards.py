@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -95,3 +96,21 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_an_output_folder_that_cannot_be_created_is_named_as_given_not_as_the_hidden_temporary(tmp_path, monkeypatch):
+    from preprocess import shards
+
+    # the temporary beside --out cannot be made (as in /proc or a read-only folder)
+    monkeypatch.setattr(shards, "temporary_name", lambda out: f"no_such_folder/.{out.name}.tmp-1")
+    out = tmp_path / "s"
+    with pytest.raises(FsmtlError) as e:
+        ShardWriter(out, "toy")
+    assert str(e.value).startswith(f"{out}: cannot write the output there") and ".tmp-" not in str(e.value)
+    assert "choose another --out" in str(e.value) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux /proc")
+def test_an_output_in_proc_names_the_out_path_given():
+    with pytest.raises(FsmtlError, match=r"^/proc/fsmtl-out: cannot write the output there"):
+        ShardWriter("/proc/fsmtl-out", "toy")
