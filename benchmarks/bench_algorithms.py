@@ -29,6 +29,7 @@ import torch
 
 from benchmarks.bench_train import make_batch
 from benchmarks.common import format_table, median, nonnegative_int, positive_int, synchronize, time_runs, write_results
+from fsmtl.cli import plain_doc
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
 from train.algorithms import ALGORITHMS, StepShape, get_algorithm
@@ -237,20 +238,20 @@ def tta_summary(curves: dict[str, list[dict[str, float]]]) -> list[dict[str, Any
 
 
 def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fsmtl bench algorithms", description=__doc__,
+    p = argparse.ArgumentParser(prog="fsmtl bench algorithms", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="conv4", choices=MODEL_NAMES)
+    p.add_argument("--model", default="conv4", choices=MODEL_NAMES, help="backbone (default conv4)")
     p.add_argument("--size", type=positive_int, default=32, help="image side (default 32)")
-    p.add_argument("--ways", type=positive_int, default=5)
-    p.add_argument("--shots", type=positive_int, default=5)
-    p.add_argument("--queries", type=nonnegative_int, default=5)
+    p.add_argument("--ways", type=positive_int, default=5, help="classes per task (default 5)")
+    p.add_argument("--shots", type=positive_int, default=5, help="support images per class (default 5)")
+    p.add_argument("--queries", type=nonnegative_int, default=5, help="query images per class (default 5)")
     p.add_argument("--tasks", type=positive_int, default=2, help="tasks per optimizer step (default 2)")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS), help="comma-separated (default: all)")
     p.add_argument("--steps", type=positive_int, default=5 if cuda else 1, help="steps per timed run")
-    p.add_argument("--runs", type=positive_int, default=5 if cuda else 3)
+    p.add_argument("--runs", type=positive_int, default=5 if cuda else 3, help="timed runs, median taken (default 5 on CUDA, 3 on CPU)")
     p.add_argument("--warmup", type=nonnegative_int, default=2 if cuda else 1, help="untimed runs after the first call")
-    p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp16", "fp32"))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp16", "fp32"), help="autocast precision (default fp32)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--skip-tta", action="store_true", help="only (a), the step costs")
     p.add_argument("--minutes", type=float, default=1.5, help="training time per algorithm in (b)")
     p.add_argument("--val-every", type=float, default=15.0, help="seconds between validations in (b)")

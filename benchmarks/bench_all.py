@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks.common import hardware_info
+from fsmtl.cli import plain_doc
 from fsmtl.errors import FsmtlError
 from fsmtl.fileio import atomic_write_json
 
@@ -33,8 +34,9 @@ _PLAN: dict[str, list[str]] = {
 def main(argv: list[str] | None = None, plan: dict[str, list[str]] | None = None) -> int:
     """Run the benchmarks of ``plan`` (default: every one, CPU-sized) and gather their JSON."""
     plan = _PLAN if plan is None else plan
-    p = argparse.ArgumentParser(prog="fsmtl bench all", description=__doc__)
-    p.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_all.json"))
+    p = argparse.ArgumentParser(prog="fsmtl bench all", description=plain_doc(__doc__))
+    p.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_all.json"),
+                   help="results JSON (default benchmarks/results/bench_all.json)")
     p.add_argument("--only", default=",".join(plan), help="comma-separated subset of " + ",".join(plan))
     a = p.parse_args(argv)
     names = [n for n in a.only.split(",") if n]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import format_table, median, positive_int, synchronize, time_runs, write_results
+from fsmtl.cli import plain_doc
 
 
 def clustered_features(tasks: int, ways: int, per_class: int, dim: int, noise: float, seed: int) -> torch.Tensor:
@@ -65,24 +66,24 @@ def batched(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fsmtl bench eval", description=__doc__)
-    p.add_argument("--tasks", type=positive_int, default=2000)
-    p.add_argument("--ways", type=positive_int, default=5)
-    p.add_argument("--shots", type=positive_int, default=5)
-    p.add_argument("--queries", type=positive_int, default=15)
-    p.add_argument("--dim", type=positive_int, default=640)
+    p = argparse.ArgumentParser(prog="fsmtl bench eval", description=plain_doc(__doc__))
+    p.add_argument("--tasks", type=positive_int, default=2000, help="tasks (default 2000)")
+    p.add_argument("--ways", type=positive_int, default=5, help="classes per task (default 5)")
+    p.add_argument("--shots", type=positive_int, default=5, help="support features per class (default 5)")
+    p.add_argument("--queries", type=positive_int, default=15, help="query features per class (default 15)")
+    p.add_argument("--dim", type=positive_int, default=640, help="feature width (default 640, ResNet-12's)")
     p.add_argument("--noise", type=float, default=5.0, help="within-class noise (centres are N(0, I))")
-    p.add_argument("--C", type=float, default=3.0)
+    p.add_argument("--C", type=float, default=3.0, help="logistic regression C, both methods (default 3, the seed's)")
     p.add_argument("--tol", type=float, default=1e-4,
                    help="batched head's stopping tolerance on the gradient (default 1e-4, sklearn lbfgs's own; "
                         "fsmtl eval uses 1e-6)")
     p.add_argument("--batch-tasks", type=positive_int, default=None, help="default: 500 on CPU, all tasks on CUDA")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="device of the batched head: cpu (default), cuda[:N] or auto")
     p.add_argument("--runs", type=positive_int, default=3, help="timed runs of the batched head (median)")
     p.add_argument("--sklearn-tasks", type=positive_int, default=None, help="tasks for the sklearn loop (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic features (default 0)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--json", default=None)
+    p.add_argument("--json", default=None, help="write the results here (default: not written)")
     return p
 
 

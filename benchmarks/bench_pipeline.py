@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from fsmtl.cli import plain_doc
 from fsmtl.errors import FsmtlError
 
 ALL = ("torch", "torch-ops", "dali", "ffcv", "reference", "seed-literal")
@@ -147,21 +148,21 @@ def main(argv: list[str]) -> int:
     from benchmarks.common import format_table, hardware_info, nonnegative_int, positive_int, write_results
     from pipelines.loader import PipelineConfig, default_workers
 
-    p = argparse.ArgumentParser(prog="fsmtl bench pipeline", description=__doc__)
+    p = argparse.ArgumentParser(prog="fsmtl bench pipeline", description=plain_doc(__doc__))
     p.add_argument("--data", nargs="+", type=Path, help="shard directories (default: synthetic 84 and 32 px)")
     p.add_argument("--sizes", default="84,32", help="image sizes of the synthetic shards (without --data)")
     p.add_argument("--backends", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     p.add_argument("--tasks", type=positive_int, default=6, help="tasks per batch (meta_batch_size)")
-    p.add_argument("--ways", type=positive_int, default=5)
-    p.add_argument("--shots", type=positive_int, default=5)
-    p.add_argument("--queries", type=nonnegative_int, default=5)
+    p.add_argument("--ways", type=positive_int, default=5, help="classes per task (default 5)")
+    p.add_argument("--shots", type=positive_int, default=5, help="support images per class (default 5)")
+    p.add_argument("--queries", type=nonnegative_int, default=5, help="query images per class (default 5)")
     p.add_argument("--workers", type=positive_int, default=None, help="reference/dali/ffcv workers (default: cores)")
     p.add_argument("--batches", type=positive_int, default=4, help="batches per timed run")
-    p.add_argument("--warmup", type=nonnegative_int, default=2)
-    p.add_argument("--runs", type=positive_int, default=5)
+    p.add_argument("--warmup", type=nonnegative_int, default=2, help="untimed calls first (default 2)")
+    p.add_argument("--runs", type=positive_int, default=5, help="timed runs, median taken (default 5)")
     p.add_argument("--device", default=None, help="also run the torch back end here (default: cuda if available)")
     p.add_argument("--step-model", default="resnet12", help="on CUDA, time a training step of this model ('' = off)")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the results here (default: not written)")
     args = p.parse_args(argv)
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     bad = [b for b in names if b not in ALL]

@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from benchmarks.common import format_table, positive_int, write_results
+from fsmtl.cli import plain_doc
 
 
 class OpCounter(TorchDispatchMode):
@@ -74,12 +75,12 @@ def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fsmtl bench traffic", description=__doc__,
+    p = argparse.ArgumentParser(prog="fsmtl bench traffic", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sizes", default="84,32", help="image sides (default 84,32)")
     p.add_argument("--tasks", type=positive_int, default=6, help="tasks per batch (5 ways x 10 images each)")
     p.add_argument("--batches", type=positive_int, default=2, help="launches counted per row")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None, help="write the results here (default: not written)")
     a = p.parse_args(argv)
     rows = [count(int(size), a.tasks, group, a.batches) for size in a.sizes.split(",") for group in (1, 2048)]
     cols = ["size", "kernel", "batches_per_launch", "device_ops_per_batch", "full_size_ops_per_batch",

@@ -28,6 +28,7 @@ from typing import Any, Iterator, NamedTuple
 import torch
 
 from benchmarks.common import format_table, median, nonnegative_int, positive_int, synchronize, time_runs, write_results
+from fsmtl.cli import plain_doc
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
 from train.algorithms import StepShape, get_algorithm
@@ -144,21 +145,21 @@ def preset_memory(device: torch.device, amp: torch.dtype | None) -> dict[str, An
 
 
 def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fsmtl bench train", description=__doc__,
+    p = argparse.ArgumentParser(prog="fsmtl bench train", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="resnet12", choices=MODEL_NAMES)
+    p.add_argument("--model", default="resnet12", choices=MODEL_NAMES, help="backbone (default resnet12)")
     p.add_argument("--size", type=positive_int, default=84, help="image side (default 84)")
     p.add_argument("--tasks", "--batch", type=positive_int, default=6 if cuda else 1,
                    help="tasks per step, 5 ways x 10 images each (default 6 on CUDA = 300 images, 1 on CPU)")
     p.add_argument("--steps", type=positive_int, default=10 if cuda else 1, help="steps per timed run")
-    p.add_argument("--runs", type=positive_int, default=5 if cuda else 1)
+    p.add_argument("--runs", type=positive_int, default=5 if cuda else 1, help="timed runs, median taken (default 5 on CUDA, 1 on CPU)")
     p.add_argument("--warmup", type=nonnegative_int, default=3 if cuda else 0, help="untimed runs after the first call")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=cuda,
                    help="add the torch.compile row (default: on with CUDA; on CPU inductor's warm-up takes minutes)")
     p.add_argument("--no-data", dest="data", action="store_false", help="skip the data-wait measurement")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the preset peak-memory step")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (default: not written)")
     a = p.parse_args(argv)
     if a.tasks < 1 or a.steps < 1 or a.runs < 1 or a.size < 16:
         raise FsmtlError("bench train: --tasks, --steps, --runs must be >= 1 and --size >= 16")

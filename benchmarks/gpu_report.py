@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fsmtl.cli import plain_doc
+
 # the targets of the pipeline, trainer and GPU-check issues
 TARGETS = {
     "pipeline_images_per_s": 1_000_000.0,  # torch back end, 84x84 Lee19 task batches, at least
@@ -136,7 +138,7 @@ def markdown(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("json", type=Path, help="gpu_check.json from benchmarks/gpu_check.sh")
     a = p.parse_args(argv)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from eval.config import EvalConfig
 from eval.heads import HEAD_NAMES
+from fsmtl.cli import plain_doc
 from fsmtl.fileio import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
     # every default is None: EvalConfig holds the real defaults, in one place
     d = EvalConfig()
-    p = argparse.ArgumentParser(prog="fsmtl eval", description=__doc__, argument_default=None)
+    p = argparse.ArgumentParser(prog="fsmtl eval", description=plain_doc(__doc__), argument_default=None)
     p.add_argument("--run", help="run directory written by fsmtl train (or a checkpoint file)")
     p.add_argument("--checkpoint", help="best (default), last, or a path to a .pt file")
     p.add_argument("--split", choices=["test", "val"], help="classes to test on (default: test)")
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tasks", dest="batch_tasks", type=int, help=f"tasks embedded and solved per batch (default {d.batch_tasks})")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")
-    p.add_argument("--json", help="report file (default RUN/reports/eval_<split>_<checkpoint>.json)")
+    p.add_argument("--json", help="report file (default RUN/reports/eval_<split>_<checkpoint>.json; a checkpoint "
+                   "from outside RUN/checkpoints/ adds _from_<its run>-<hash>)")
     return p
 
 

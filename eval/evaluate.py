@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,21 +45,35 @@ def _open_split(run: Run, cfg: EvalConfig):
     return data, split
 
 
+def _short_hash(path: Path) -> str:
+    return hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:6]
+
+
+def _run_of(ckpt: Path) -> Path:
+    """The run directory of a checkpoint file: RUN for RUN/checkpoints/x.pt, else the file's folder."""
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
 def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path, run_data: str | None = None) -> Path:
-    """RUN/reports/eval_<split>_<checkpoint>[_on_<data>-<hash>].json, <checkpoint> being best, last
-    or the file's stem, ``_on_<data>-<hash>`` when --data names shards other than the run's own
-    (``run_data``); RUN is the run directory (also when --run names a file in RUN/checkpoints/),
-    else the file's folder."""
+    """RUN/reports/eval_<split>_<checkpoint>[_from_<run>-<hash>][_on_<data>-<hash>].json.
+
+    RUN is the --run directory (also when --run names a file in RUN/checkpoints/), else the
+    checkpoint's run (RUN/checkpoints/x.pt) or folder. <checkpoint> is best, last or the file's
+    stem. ``_from_<run>-<hash>`` marks a checkpoint from outside RUN/checkpoints/ and RUN (<run> the
+    checkpoint's own run folder, <hash> of its path), so another run's best.pt never takes the name of RUN's own
+    eval_<split>_best.json; ``_on_<data>-<hash>`` marks --data naming shards other than the run's
+    own (``run_data``).
+    """
     ckpt = Path(checkpoint_path)
-    if cfg.run and Path(cfg.run).is_dir():
-        base = Path(cfg.run)
-    else:
-        base = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     run_is_dir = bool(cfg.run) and Path(cfg.run).is_dir()
+    base = Path(cfg.run) if run_is_dir else _run_of(ckpt)  # type: ignore[arg-type]
     tag = cfg.checkpoint if run_is_dir and cfg.checkpoint in ("best", "last") else ckpt.stem
+    owner = _run_of(ckpt).resolve()
+    if owner != base.resolve():  # another run's checkpoint (or a loose file): never the run's own name
+        tag += f"_from_{owner.name or 'root'}-{_short_hash(ckpt)}"
     if cfg.data and Path(cfg.data).resolve() != Path(run_data or "").resolve():  # other data: its own report
         other = Path(cfg.data).resolve()
-        tag += f"_on_{other.name}-{hashlib.sha1(str(other).encode()).hexdigest()[:6]}"
+        tag += f"_on_{other.name}-{_short_hash(other)}"
     return base / "reports" / f"eval_{cfg.split}_{tag}.json"
 
 
@@ -85,7 +99,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         )  # fmt: skip
         results[str(shots)] = res
     return {
-        "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": str(run.path),
+        "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": os.path.abspath(run.path),
         "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(Path(data).resolve()), "run_data": run.config.get("data"), "split": cfg.split,
         "device": str(run.device), "precision": str(run.amp_dtype or "fp32").replace("torch.", ""),
         "config": {**asdict(cfg), "shots": list(cfg.shots), "heads": list(cfg.heads)}, "results": results,

@@ -7,9 +7,8 @@ Accuracies are percentages; the 95% interval is 1.96 * std / sqrt(n_tasks) (std 
 
 from __future__ import annotations
 
-import time
-
 import math
+import time
 from typing import Any, Sequence
 
 import numpy as np

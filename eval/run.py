@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fsmtl.errors import FsmtlError
+from fsmtl.fileio import load_weights_only
 
 CHECKPOINT_FORMAT = "fsmtl-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -42,11 +43,7 @@ def resolve_checkpoint(run: str | os.PathLike[str] | None, checkpoint: str = "be
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load and check a checkpoint dict (weights only: no arbitrary unpickling)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise FsmtlError(f"{path}: not a readable fsmtl checkpoint ({type(e).__name__}: {first})") from None
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise FsmtlError(f"{path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import signal
 import sys
 import threading
@@ -27,6 +28,16 @@ _COMMANDS: dict[str, tuple[str, bool, str]] = {
     "plot": ("fsmtl.report", False, "draw the curves of runs from their metrics.jsonl, and compare runs"),
     "doctor": ("fsmtl.doctor", False, "what this machine gives fsmtl: devices, precision, optional back ends"),
 }
+
+
+_REST_ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|ref|doc):`~?([^`]+)`")
+
+
+def plain_doc(text: str | None) -> str:
+    """A docstring as plain text for ``--help``: reST roles (``:func:`a.b```) and double backticks
+    (````fsmtl plot````) dropped, the names kept. Used wherever a docstring becomes an argparse
+    description."""
+    return re.sub(r"``(.+?)``", r"\1", _REST_ROLE.sub(r"\1", text or ""), flags=re.DOTALL)
 
 
 def _usage() -> str:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
+
+from fsmtl.errors import FsmtlError
 
 _HASH_CHUNK = 1 << 22
 
@@ -64,7 +70,6 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON") -> Any:
     """Read a JSON file, turning any failure into an FsmtlError that names the file."""
-    from fsmtl.errors import FsmtlError
 
     try:
         with open(path, "r", encoding="utf-8") as f:
@@ -73,3 +78,38 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON") -> Any:
         raise FsmtlError(f"{path}: file not found (expected {what})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FsmtlError(f"{path}: not valid {what}: {e}") from None
+
+
+def checkpoint_load_error(path: str | os.PathLike[str], error: BaseException) -> str:
+    """One plain line for a file that ``torch.load(weights_only=True)`` refused.
+
+    torch's own message spans lines, carries ANSI colour codes and advises loading with
+    ``weights_only=False`` (which runs arbitrary code from the file): none of that is shown."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        return f"{path}: not an fsmtl checkpoint: the file is empty"
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    refused = isinstance(error, pickle.UnpicklingError) and "weights only load failed" in text.lower()
+    if found or (refused and zipfile.is_zipfile(path)):  # a torch file, but not only tensors and containers
+        what = f" (found {found.group(1)})" if found else ""
+        return (f"{path}: not an fsmtl checkpoint: it holds objects beyond tensors and plain containers{what}, "
+                "and fsmtl loads checkpoints with weights_only=True")
+    if "zip archive" in text:
+        return f"{path}: not a readable fsmtl checkpoint: a torch file that is damaged or cut short (unreadable zip archive)"
+    return f"{path}: not an fsmtl checkpoint: not a torch file (expected a .pt file written by fsmtl train)"
+
+
+def load_weights_only(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: no code in the file runs.
+
+    Raises:
+        FsmtlError: one plain line (:func:`checkpoint_load_error`) for any file it cannot load.
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # e.g. torch's pickle-protocol warning on a foreign file: the error says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's input problem
+        raise FsmtlError(checkpoint_load_error(path, e)) from None

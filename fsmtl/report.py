@@ -20,6 +20,8 @@ def load_metrics(run: str | Path) -> list[dict[str, Any]]:
     """The per-epoch records of ``RUN/metrics.jsonl`` (one JSON object per line)."""
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
+        if (Path(run) / "checkpoints").is_dir() or (Path(run) / "config.json").is_file():  # a run, just started
+            raise FsmtlError(f"{run}: no epoch has finished yet (metrics.jsonl is written after each epoch)")
         raise FsmtlError(f"{path}: not found (expected the metrics of a training run)")
     rows = []
     lines = path.read_text(encoding="utf-8").splitlines()
@@ -108,8 +110,9 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = ""
         ax_acc.plot(xs, _percent(ys), marker="o", ms=3, label="train (within-task)")
     xs, ys, ci = _val_band(rows, x)
     if xs:
-        ax_acc.plot(xs, ys, marker="o", ms=3, label="validation")
-        ax_acc.fill_between(xs, [a - c for a, c in zip(ys, ci)], [a + c for a, c in zip(ys, ci)], alpha=0.2)
+        (line,) = ax_acc.plot(xs, ys, marker="o", ms=3, label="validation")
+        ax_acc.fill_between(xs, [a - c for a, c in zip(ys, ci)], [a + c for a, c in zip(ys, ci)],
+                            color=line.get_color(), alpha=0.2)  # the band in its curve's colour
     for ax, name, ylabel in ((ax_loss, "training loss", "loss"), (ax_acc, "accuracy", "accuracy (%)")):
         ax.set_xlabel(X_AXES[x][0])
         ax.set_ylabel(ylabel)
@@ -198,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     """``fsmtl plot RUN [RUN ...] [--out FILE] [--x time|step|epoch]``: draw a run's curves from its
     metrics.jsonl, or several runs on shared axes, and print a table of their best validation
     accuracy, budget and speed."""
-    p = argparse.ArgumentParser(prog="fsmtl plot", description=main.__doc__)
+    from fsmtl.cli import plain_doc
+
+    p = argparse.ArgumentParser(prog="fsmtl plot", description=plain_doc(main.__doc__))
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories holding metrics.jsonl")
     p.add_argument("--out", type=Path, default=None,
                    help="PNG to write (default RUN/curves.png for one run, compare.png for several)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,23 @@ def test_load_run_names_the_file_when_a_checkpoint_is_missing_or_foreign(tmp_pat
         load_run(tmp_path, checkpoint=str(bad))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(FsmtlError, match="not a readable"):
+    with pytest.raises(FsmtlError, match="junk.pt: not an fsmtl checkpoint: not a torch file"):
         load_run(junk)
+
+
+def test_a_file_holding_objects_beyond_tensors_is_refused_in_one_plain_line(run_dir, tmp_path, capsys):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"where": Path("somewhere")}, foreign)  # a pickled class: weights_only=True refuses it
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    for path in (foreign, text):
+        assert fsmtl_main(["eval", "--run", str(run_dir), "--checkpoint", str(path), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fsmtl: error: {path}: not an fsmtl checkpoint") and err.count("\n") == 1
+        assert "\x1b" not in err and "weights_only=False" not in err and "trust" not in err
+    assert fsmtl_main(["eval", "--run", str(run_dir), "--checkpoint", str(foreign), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "beyond tensors and plain containers (found pathlib." in err and "weights_only=True" in err
 
 
 def test_cli_prints_a_table_and_writes_json_per_shot_and_head(run_dir, tmp_path, capsys):
@@ -151,6 +167,31 @@ def test_report_of_a_checkpoint_file_is_named_after_it_in_its_run(run_dir, tmp_p
     ckpt = run_dir / "checkpoints" / "last.pt"
     assert fsmtl_main(["eval", "--run", str(ckpt), "--tasks", "2", "--shots", "1", "--queries", "2", "--device", "cpu"]) == 0
     assert (run_dir / "reports" / "eval_test_last.json").is_file()
+
+
+def test_a_checkpoint_from_another_run_never_overwrites_the_runs_own_report(tiny_shards, tmp_path, capsys):
+    a = write_run(tmp_path / "A", tiny_shards, seed=0)
+    b = write_run(tmp_path / "B", tiny_shards, seed=1)
+    args = ["eval", "--tasks", "2", "--shots", "1", "--queries", "2", "--device", "cpu"]
+    assert fsmtl_main([*args, "--run", str(a)]) == 0
+    own = a / "reports" / "eval_test_best.json"
+    before = own.read_text()
+    capsys.readouterr()
+    assert fsmtl_main([*args, "--run", str(a), "--checkpoint", str(b / "checkpoints" / "best.pt")]) == 0
+    assert own.read_text() == before  # A's own report is untouched
+    (other,) = (a / "reports").glob("eval_test_best_from_B-*.json")
+    assert f"wrote {other}" in capsys.readouterr().out
+    doc = json.loads(other.read_text())
+    assert doc["checkpoint"] == os.path.abspath(b / "checkpoints" / "best.pt")
+    assert json.loads(before)["checkpoint"] == os.path.abspath(a / "checkpoints" / "best.pt")
+
+
+def test_a_checkpoint_file_of_the_run_itself_keeps_the_usual_report_name(run_dir):
+    from eval.config import EvalConfig
+    from eval.evaluate import default_report_path
+
+    cfg = EvalConfig(run=str(run_dir), checkpoint=str(run_dir / "checkpoints" / "last.pt"))
+    assert default_report_path(cfg, run_dir / "checkpoints" / "last.pt") == run_dir / "reports" / "eval_test_last.json"
 
 
 def test_an_unwritable_report_path_fails_before_the_evaluation(run_dir, tmp_path, capsys):

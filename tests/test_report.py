@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,40 @@ def test_plot_writes_a_png_of_the_curves(tmp_path):
 
 def test_plot_of_a_run_without_metrics_is_a_one_line_error(tmp_path, capsys):
     assert cli(["plot", str(tmp_path)]) == 2
-    assert "metrics.jsonl" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'metrics.jsonl'}: not found (expected the metrics of a training run)" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("mark", ["checkpoints", "config.json"])
+def test_plot_of_a_run_that_has_not_finished_an_epoch_says_so(tmp_path, capsys, mark):
+    run = tmp_path / "run"
+    run.mkdir()
+    if mark == "checkpoints":
+        (run / "checkpoints").mkdir()
+    else:
+        (run / "config.json").write_text("{}")
+    assert cli(["plot", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"fsmtl: error: {run}: no epoch has finished yet (metrics.jsonl is written after each epoch)\n"
+
+
+def test_the_validation_band_is_drawn_in_the_validation_curves_colour(tmp_path, monkeypatch):
+    from matplotlib.colors import to_rgb
+
+    from fsmtl import report
+
+    figs = []
+    monkeypatch.setattr(report, "_save", lambda plt, fig, out: figs.append(fig) or Path(out))
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.3 + 0.05 * e, "val_acc": 0.4 + 0.04 * e,
+             "val_ci95": 0.02, "wall_s": 30.0 * e} for e in range(1, 4)]  # fmt: skip
+    report.plot_curves(rows, tmp_path / "c.png")
+    ax_acc = figs[0].axes[1]
+    train, val = ax_acc.get_lines()
+    (band,) = ax_acc.collections
+    assert val.get_label() == "validation"
+    assert tuple(band.get_facecolor()[0][:3]) == pytest.approx(to_rgb(val.get_color()))
+    assert to_rgb(train.get_color()) != to_rgb(val.get_color())
 
 
 def test_load_metrics_names_the_line_that_is_not_json(tmp_path):

@@ -346,3 +346,15 @@ def test_a_run_from_when_epoch_length_counted_steps_resumes_with_the_same_epochs
     assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", "--no-progress"]) == 0
     assert "its 4-step epochs are --epoch-length 8 tasks now" in capsys.readouterr().err
     assert [r["step"] for r in read_metrics(run)] == [4, 8]
+
+
+def test_resume_from_a_file_that_is_no_checkpoint_says_so_in_one_plain_line(tmp_path: Path, capsys) -> None:
+    import pathlib
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"format": pathlib.PurePosixPath("x")}, run / "checkpoints" / "last.pt")  # a global beyond tensors
+    assert run_stage_main(main, ["--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: not an fsmtl checkpoint: it holds objects beyond tensors" in err
+    assert err.count("\n") == 1 and "\x1b[" not in err and "weights_only=False" not in err

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fsmtl.errors import FsmtlError
-from fsmtl.fileio import atomic_write
+from fsmtl.fileio import atomic_write, load_weights_only
 
 FORMAT = "fsmtl-checkpoint"
 VERSION = 1
@@ -78,11 +78,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FsmtlError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's problem to hear about
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise FsmtlError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FsmtlError(f"{path}: expected format {FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}")
     if ckpt.get("version") != VERSION:
