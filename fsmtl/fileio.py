@@ -86,6 +86,8 @@ def checkpoint_load_error(path: str | os.PathLike[str], error: BaseException) ->
     torch's own message spans lines, carries ANSI colour codes and advises loading with
     ``weights_only=False`` (which runs arbitrary code from the file): none of that is shown."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if isinstance(error, OSError) and not isinstance(error, pickle.UnpicklingError):
+        return f"{path}: cannot be read ({type(error).__name__}: {error.strerror or error})"
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return f"{path}: not an fsmtl checkpoint: the file is empty"
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)

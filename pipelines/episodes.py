@@ -76,6 +76,8 @@ def smallest_keys(keys: Tensor, k: int, lengths: Tensor | None = None) -> Tensor
     version; both paths here break ties the same way.
     """
     r, n = keys.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"smallest_keys: expected 1 <= k <= {n} (the row length), got k={k}")
     if lengths is None:
         lengths = torch.full((r,), n, dtype=torch.int64)
     if keys.device.type == "cpu" and keys.dtype == torch.float32 and k <= _BUFFER_MAX:

@@ -171,11 +171,13 @@ def test_cifar_shards_normalise_with_the_seeds_constants_unless_asked_for_the_da
     assert meta["normalization"] == "seed"
     assert meta["mean"] == [0.5071, 0.4867, 0.4408] and meta["std"] == [0.2675, 0.2565, 0.2761]
     measured = channel_stats(open_shards(tmp_path / "seed").split("train").images)
-    np.testing.assert_allclose(meta["data_mean"], measured[0]) and np.testing.assert_allclose(meta["data_std"], measured[1])
+    np.testing.assert_allclose(meta["data_mean"], measured[0])
+    np.testing.assert_allclose(meta["data_std"], measured[1])
     assert _convert("fc100", cifar_dir, tmp_path / "data", "--normalization", "data") == 0
     shards = open_shards(tmp_path / "data")
     assert shards.meta["normalization"] == "data"
-    np.testing.assert_allclose(shards.mean, measured[0]) and np.testing.assert_allclose(shards.std, measured[1])
+    np.testing.assert_allclose(shards.mean, measured[0])
+    np.testing.assert_allclose(shards.std, measured[1])
 
 
 def test_seed_normalization_is_refused_for_a_benchmark_the_seed_has_no_constants_for(tmp_path, capsys):

@@ -340,12 +340,13 @@ def test_a_run_from_when_epoch_length_counted_steps_resumes_with_the_same_epochs
     train(tiny_cfg(tiny_shards, run, max_epochs=1))  # epochs of 8 tasks = 4 steps of 2
     path = run / "checkpoints" / "last.pt"
     ckpt = torch.load(path, weights_only=True)
-    del ckpt["epoch_unit"]  # as written before epoch_length counted tasks: then 4 meant 4 steps
-    ckpt["config"]["epoch_length"] = 4
+    del ckpt["epoch_unit"], ckpt["config"]["val_split"]  # as written before epoch_length counted tasks
+    ckpt["config"]["epoch_length"] = 4  # then 4 meant 4 steps
     torch.save(ckpt, path)
     assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", "--no-progress"]) == 0
     assert "its 4-step epochs are --epoch-length 8 tasks now" in capsys.readouterr().err
     assert [r["step"] for r in read_metrics(run)] == [4, 8]
+    assert json.loads((run / "config.json").read_text())["val_split"] == "val"  # as it validated then
 
 
 def test_resume_from_a_file_that_is_no_checkpoint_says_so_in_one_plain_line(tmp_path: Path, capsys) -> None:

@@ -87,45 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
 # silently keep the old ones (the restored state wins), so it is refused instead
 FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "plateau_factor",
                    "plateau_patience", "step_size", "step_gamma", "seed", "meta_batch_size", "train_ways",
-                   "train_shots", "train_queries", "algorithm", "norm_train_features", "cosine_epochs")  # fmt: skip
+                   "train_shots", "train_queries", "algorithm", "norm_train_features", "cosine_epochs",
+                   "val_split")  # fmt: skip
 
 
-def upgrade_stored_config(ckpt: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-    """The config of a checkpoint written before ``epoch_length`` counted tasks (no ``epoch_unit``
-    in it), in today's terms with the same epochs: its steps times the tasks of a step on all of
-    its ranks. Returns (config, a note for the user or None)."""
-    stored = dict(ckpt["config"])
-    if ckpt.get("epoch_unit") == "tasks":
-        return stored, None
-    ranks = max(1, len(ckpt.get("rng", {}).get("ranks", [])))
-    old = int(stored.get("epoch_length", 1600))
-    stored["epoch_length"] = old * int(stored.get("meta_batch_size", 6)) * ranks
-    note = (f"this run was started by an fsmtl whose --epoch-length counted steps: its {old}-step epochs are "
-            f"--epoch-length {stored['epoch_length']} tasks now (the same epochs); DropBlock's ramp now "
-            "counts tasks, as the seed did")  # fmt: skip
-    return stored, note
+def _cosine_horizon(stored: dict[str, Any], max_epochs: int | None) -> int:
+    """A resumed cosine's length: the run's own, pinned from now on, so that a smaller --max-epochs is
+    only a budget. A cosine that follows --max-epochs (no --cosine-epochs was given) is stretched by
+    a larger one, the one change of schedule a resume allows."""
+    horizon = TrainConfig.from_dict(stored).cosine_length()
+    follows_budget = stored.get("cosine_epochs") is None
+    return max_epochs if follows_budget and max_epochs is not None and max_epochs > horizon else horizon
 
 
 def config_from_args(argv: list[str]) -> TrainConfig:
     """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
     given = vars(build_parser().parse_args(argv))
     if given.get("resume"):
-        from train.checkpoint import checkpoint_dir, load_checkpoint
+        from train.checkpoint import checkpoint_dir, load_checkpoint, upgrade_stored_config
 
         run = Path(given["resume"])
         if "out" in given and Path(given["out"]).resolve() != run.resolve():
             raise FsmtlError(f"--resume {run} --out {given['out']}: a resumed run continues in its own directory; "
                              f"leave --out out (to branch a run, copy {run} first and resume the copy)")  # fmt: skip
         stored, note = upgrade_stored_config(load_checkpoint(checkpoint_dir(run) / "last.pt"))
-        if note:
+        if note and os.environ.get("RANK", "0") == "0":
             print(f"fsmtl train: --resume {run}: {note}", file=sys.stderr)
         base = TrainConfig.from_dict(stored).to_dict()
-        if base.get("scheduler") == "cosine":  # the horizon is fixed by the run; only a longer budget stretches it
-            horizon = TrainConfig.from_dict(base).cosine_length()
-            longer = given.get("max_epochs") is not None and given["max_epochs"] > horizon
-            base["cosine_epochs"] = given["max_epochs"] if longer else horizon
-            if longer:
-                given["cosine_epochs"] = given["max_epochs"]  # the one sanctioned change of the schedule
+        if base.get("scheduler") == "cosine":
+            base["cosine_epochs"] = _cosine_horizon(base, given.get("max_epochs"))
         changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != base.get(k)]
         if changed:
             flags = ", ".join(f"--{k.replace('_', '-')} {base.get(k)} -> {given[k]}" for k in changed)
@@ -154,8 +144,8 @@ def set_backend_flags(device_is_cuda: bool) -> dict[str, Any]:
 def done_line(summary: dict[str, Any], cfg: TrainConfig) -> str:
     """The run's last line: where it is, what it reached, and an eval command that works for it."""
     best = summary.get("best_val_acc")
-    split = cfg.validation_split()
-    reached = ("no validation" if split is None else "not validated yet") if best is None else f"best val acc {100 * best:.2f}%"
+    validates = summary.get("validates", cfg.validation_split() is not None)
+    reached = ("not validated yet" if validates else "no validation") if best is None else f"best val acc {100 * best:.2f}%"
     out = summary["out"]
     ckpts = Path(out) / "checkpoints"
     cmd = f"fsmtl eval --run {out}"

@@ -86,6 +86,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def upgrade_stored_config(ckpt: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """A checkpoint's config in today's terms, and a note for the user (or None).
+
+    Checkpoints written before ``epoch_length`` counted tasks hold neither ``epoch_unit`` nor a
+    ``val_split`` in their config (both came in together): their step count becomes tasks, times
+    the tasks of a step on all of their ranks, so the epochs stay the same; and they validated on
+    the val split, which ``val_split="val"`` keeps (``auto`` would now pick test under --trainval).
+    """
+    stored = dict(ckpt["config"])
+    if ckpt.get("epoch_unit") == "tasks" or "val_split" in stored:
+        return stored, None
+    ranks = max(1, len(ckpt.get("rng", {}).get("ranks", [])))
+    old = int(stored.get("epoch_length", 1600))
+    stored["epoch_length"] = old * int(stored.get("meta_batch_size", 6)) * ranks
+    stored["val_split"] = "val"
+    note = (f"this run was started by an fsmtl whose --epoch-length counted steps: its {old}-step epochs are "
+            f"--epoch-length {stored['epoch_length']} tasks now (the same epochs); DropBlock's ramp now "
+            "counts tasks, as the seed did")  # fmt: skip
+    return stored, note
+
+
 def check_resume_matches(ckpt: dict[str, Any], path: Path, model_name: str, model_kwargs: dict[str, Any],
                          data_meta: dict[str, Any]) -> None:
     """Raise FsmtlError if the checkpoint was trained with another model or other data."""

@@ -48,7 +48,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "plateau_patience": ("optimization", "plateau: epochs without improvement before the lr drops"),
     "step_size": ("optimization", "step: epochs between lr drops"),
     "step_gamma": ("optimization", "step: lr factor at each drop (the seed: 1.0, i.e. constant)"),
-    "cosine_epochs": ("optimization", "cosine: epochs from lr to 0; none = --max-epochs, or 100 when unbounded (a resume keeps it; a larger --max-epochs stretches it)"),
+    "cosine_epochs": ("optimization", "cosine: epochs from lr to 0; none = --max-epochs, or 100 when unbounded (a resume keeps it; a larger --max-epochs stretches only a cosine that follows --max-epochs)"),
     "early_stop_patience": ("optimization", "stop after this many epochs without a better validation accuracy"),
     "epoch_length": ("schedule", "training tasks per epoch, as the seed counts them: ceil(epoch-length / (meta-batch-size x ranks)) optimizer steps; validation, scheduler and checkpoints once an epoch"),
     "val_epoch_length": ("schedule", "validation tasks per epoch: the same seeded tasks every epoch"),

@@ -163,7 +163,7 @@ def _resume(run: Run) -> None:
         raise FsmtlError(
             f"{path}: stopped {run.progress.epoch_step} steps into an epoch, but epochs of --epoch-length "
             f"{run.cfg.epoch_length} tasks at {run.cfg.meta_batch_size} x {run.dist.world_size} tasks a step have "
-            f"{run.steps_per_epoch} steps (keep the run's --epoch-length {c['config']['epoch_length']}, "
+            f"{run.steps_per_epoch} steps (keep the run's --epoch-length {ck.upgrade_stored_config(c)[0]['epoch_length']}, "
             f"--meta-batch-size {c['config']['meta_batch_size']} and number of ranks)")
     sync_scheduler_lr(run.scheduler)  # a cosine stretched by a larger --max-epochs: its lr at this epoch
 
@@ -384,7 +384,8 @@ def fit(run: Run) -> dict[str, Any]:
         if hint:
             run.log.message(f"fsmtl train: continue with: {hint}")
         return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,
-                "best_val_acc": best, "out": cfg.out, "signal": stop.signal_name}
+                "best_val_acc": best, "out": cfg.out, "signal": stop.signal_name,
+                "validates": run.data.val is not None}
     finally:
         run.loader.close()
         run.log.finish()
