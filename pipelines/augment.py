@@ -25,6 +25,16 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from pipelines.checks import (
+    PipelineInputError,
+    check_augment_args,
+    check_images,
+    check_int,
+    check_lee_params,
+    check_mean_std,
+    check_out_dtype,
+    check_strength,
+)
 from pipelines.transforms import normalize_nhwc
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -80,8 +90,17 @@ def draw_lee_params(
         pad: crop padding; offsets are uniform in ``0..2*pad``.
         jitter: draw colour-jitter factors and orders (else ``factors``/``order`` are None).
         flip: draw flips with probability 0.5 (else never flip).
-        strength: jitter strength ``s``; factors are uniform in ``[1-s, 1+s]``.
+        strength: jitter strength ``s`` in [0, 1]; factors are uniform in ``[1-s, 1+s]``.
+
+    Raises:
+        PipelineInputError: ``n`` or ``pad`` not an int >= 0, ``strength`` outside [0, 1], or
+            ``generator`` not a CPU ``torch.Generator``.
     """
+    check_int(n, "draw_lee_params n", 0)
+    check_int(pad, "draw_lee_params pad", 0)
+    check_strength(strength, "draw_lee_params strength")
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise PipelineInputError(f"draw_lee_params generator: expected a CPU torch.Generator, got {generator!r}")
     top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
@@ -191,16 +210,27 @@ def augment_rows(
     std: Sequence[float],
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
+    check: bool = True,
 ) -> Tensor:
     """Gather ``data[rows]`` and apply Lee19 with ``params``; the fused training-batch path.
 
     Args:
         data: uint8 [N, H, W, C] on the target device.
-        rows: int64 [B], params: :class:`LeeParams` for B images, both on ``data``'s device.
+        rows: int64 [B] in [0, N), params: :class:`LeeParams` for B images, both on ``data``'s device.
+        mean, std: C values each, finite, std > 0 (0..1 scale).
+        dtype: torch.float32, float16 or bfloat16.
+        check: check the arguments first (:mod:`pipelines.checks`; values only where on the CPU,
+            so no wait for the device). The loader passes False: its plans are valid by construction.
 
     Returns:
         ``dtype`` [B, C, H, W] normalised (channels_last strides unless ``channels_last=False``).
+
+    Raises:
+        PipelineInputError: naming the argument and what was expected (with ``check``).
     """
+    if check:
+        check_augment_args("augment_rows", data, rows, params, mean, std)
+        check_out_dtype(dtype, "augment_rows dtype")
     x = crop_flip_gather(data, rows, params).to(torch.float32).mul_(1.0 / 255.0)
     if params.factors is not None and params.order is not None:
         x = color_jitter(x, params.factors, params.order)
@@ -215,6 +245,24 @@ def apply_lee(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
 ) -> Tensor:
-    """Apply Lee19 with ``params`` to a batch: uint8 [B, H, W, C] -> ``dtype`` [B, C, H, W]."""
-    rows = torch.arange(images.shape[0], device=images.device)
-    return augment_rows(images, rows, params.to(images.device), mean, std, dtype, channels_last)
+    """Apply Lee19 with ``params`` to a batch: uint8 [B, H, W, C] -> ``dtype`` [B, C, H, W].
+
+    Args:
+        images: uint8 [B, H, W, C] torch tensor (0..255; C = 1 or 3), on any device.
+        params: :class:`LeeParams` for B images (CPU, or on ``images``' device).
+        mean, std: C values each, finite, std > 0 (0..1 scale).
+        dtype: torch.float32, float16 or bfloat16.
+
+    Raises:
+        PipelineInputError: naming the argument and what was expected, e.g. float or NCHW images,
+            a numpy array, or params for another number of images.
+    """
+    b, h, w, c = check_images(images, "apply_lee images")
+    plan_device = params.top.device if isinstance(getattr(params, "top", None), Tensor) else images.device
+    if plan_device not in (images.device, torch.device("cpu")):
+        raise PipelineInputError(f"apply_lee params: expected tensors on the CPU or {images.device}, got {plan_device}")
+    check_lee_params(params, b, h, w, plan_device, "apply_lee")  # values checked where on the CPU
+    check_mean_std(mean, std, c, "apply_lee")
+    check_out_dtype(dtype, "apply_lee dtype")
+    rows = torch.arange(b, device=images.device)
+    return augment_rows(images, rows, params.to(images.device), mean, std, dtype, channels_last, check=False)

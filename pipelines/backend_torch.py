@@ -23,7 +23,8 @@ from torch import Tensor
 
 from fsmtl.errors import FsmtlError
 from pipelines.augment import LeeParams, augment_rows, draw_lee_params
-from pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, plan_batch
+from pipelines.checks import check_pad
+from pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, check_request, plan_batch
 from pipelines.transforms import normalize_batch
 from preprocess.shards import SplitData
 
@@ -141,6 +142,12 @@ class TorchBackend:
         pad: int,
         cpu_kernel: str = "auto",
     ) -> None:
+        # every batch is made unchecked (check=False): the split, mean/std, config and pad are
+        # checked here, once, so each plan drawn from them is valid by construction
+        check_request(split, mean, std, cfg)
+        check_pad(pad, split.images.shape[1], split.images.shape[2], "TorchBackend")
+        if cpu_kernel not in ("auto", "torch", "device"):
+            raise FsmtlError(f"TorchBackend cpu_kernel: expected 'auto', 'torch' or 'device', got {cpu_kernel!r}")
         self.cfg, self.mean, self.std, self.pad = cfg, mean, std, pad
         self.device = torch.device(cfg.device)
         self.offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
@@ -227,11 +234,11 @@ class TorchBackend:
             from pipelines.numba_aug import augment_rows_numba
 
             out = self.pool.get((plan.rows.numel(), *self.np_data.shape[1:]))
-            x = self._finish(augment_rows_numba(self.np_data, plan.rows, plan.params, self.mean, self.std, out=out))
+            x = self._finish(augment_rows_numba(self.np_data, plan.rows, plan.params, self.mean, self.std, out=out, check=False))
         else:
             data = self.data if self.data is not None else torch.from_numpy(self.np_data[plan.rows.numpy()])
             rows = plan.rows if self.data is not None else torch.arange(plan.rows.numel())
-            x = augment_rows(data, rows, plan.params, self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
+            x = augment_rows(data, rows, plan.params, self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last, check=False)
         return TaskBatch(x, plan.task, plan.label, plan.global_class)
 
     def make_device(self, plan: BatchPlan) -> TaskBatch:
@@ -271,7 +278,9 @@ class TorchBackend:
                 self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last,
             )  # fmt: skip
         else:
-            x = augment_rows(data, rows_d, plan.params.to(dev), self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
+            x = augment_rows(
+                data, rows_d, plan.params.to(dev), self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last, check=False
+            )  # fmt: skip
         b = self.cfg.batch_images
         return [TaskBatch(*(t[i * b : (i + 1) * b] for t in (x, task, label, global_class))) for i in range(len(plans))]
 
@@ -289,11 +298,11 @@ class TorchBackend:
             elif use_numba:
                 from pipelines.numba_aug import augment_rows_numba
 
-                x = augment_rows_numba(np.ascontiguousarray(images.numpy()), rows, plan.params, mean, std)
+                x = augment_rows_numba(np.ascontiguousarray(images.numpy()), rows, plan.params, mean, std, check=False)
                 x = (x if cfg.channels_last else x.contiguous()).to(cfg.out_dtype)
             else:
                 imgs = images.to(device, non_blocking=True)
-                x = augment_rows(imgs, rows.to(device), plan.params.to(device), mean, std, cfg.out_dtype, cfg.channels_last)
+                x = augment_rows(imgs, rows.to(device), plan.params.to(device), mean, std, cfg.out_dtype, cfg.channels_last, check=False)
             return TaskBatch(x, plan.task.to(device), plan.label.to(device), plan.global_class.to(device))
 
         return augment

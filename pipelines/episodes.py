@@ -13,18 +13,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pipelines.checks import PipelineInputError, describe
+
+
+def _check_offsets(class_offsets: object) -> None:
+    if not isinstance(class_offsets, Tensor):
+        raise PipelineInputError(f"class_offsets: expected a torch int64 tensor [n_classes+1], got {describe(class_offsets)}")
+    if class_offsets.ndim != 1 or class_offsets.dtype != torch.int64 or class_offsets.numel() < 2:
+        raise PipelineInputError(
+            f"class_offsets: expected a torch int64 tensor [n_classes+1], got {class_offsets.dtype} {tuple(class_offsets.shape)}"
+        )
+
 
 def _check(class_offsets: Tensor, ways: int, per_class: int) -> Tensor:
-    if class_offsets.ndim != 1 or class_offsets.dtype != torch.int64:
-        raise ValueError(f"class_offsets must be int64 [n_classes+1], got {class_offsets.dtype} {tuple(class_offsets.shape)}")
+    _check_offsets(class_offsets)
     n_classes = class_offsets.numel() - 1
     if ways < 1 or ways > n_classes:
-        raise ValueError(f"cannot sample {ways}-way tasks from a split with {n_classes} classes")
+        raise PipelineInputError(f"ways: cannot sample {ways}-way tasks from a split with {n_classes} classes")
     counts = class_offsets[1:] - class_offsets[:-1]
     smallest = int(counts.min())
     if per_class < 1 or per_class > smallest:
-        raise ValueError(
-            f"{per_class} images per class (shots + queries) requested, but the smallest class has {smallest}"
+        raise PipelineInputError(
+            f"per_class: {per_class} images per class (shots + queries) requested, but the smallest class has {smallest}"
         )
     return counts
 
@@ -66,20 +76,37 @@ def smallest_keys(keys: Tensor, k: int, lengths: Tensor | None = None) -> Tensor
     Args:
         keys: float32 [R, n] (CPU for the fast path).
         k: 1 <= k <= n (and <= every length).
-        lengths: optional int64 [R]: only ``keys[r, :lengths[r]]`` take part, as if the rest were
-            larger than every key.
+        lengths: optional int64 [R] in [k, n]: only ``keys[r, :lengths[r]]`` take part, as if the
+            rest were larger than every key.
 
     Why: a sort per row cost 0.65 ms per 6-task batch at mini-ImageNet's 600 images a class, and
     ``topk`` on fresh random keys still 0.14 ms (branch mispredictions); one pass with a k-buffer
     (numba, for k <= 64 on the CPU) costs a few microseconds a row. An unstable sort would order
     tied keys as its implementation pleases, letting the fixed test tasks depend on the torch
     version; both paths here break ties the same way.
+
+    Raises:
+        PipelineInputError (a ValueError): ``k`` or ``lengths`` out of range.
     """
+    if not isinstance(keys, Tensor) or keys.ndim != 2:
+        raise PipelineInputError(f"smallest_keys keys: expected a 2-D torch tensor [R, n], got {describe(keys)}")
     r, n = keys.shape
     if not 1 <= k <= n:
-        raise ValueError(f"smallest_keys: expected 1 <= k <= {n} (the row length), got k={k}")
+        raise PipelineInputError(f"smallest_keys: expected 1 <= k <= {n} (the row length), got k={k}")
     if lengths is None:
         lengths = torch.full((r,), n, dtype=torch.int64)
+    elif not isinstance(lengths, Tensor) or lengths.dtype != torch.int64 or tuple(lengths.shape) != (r,):
+        raise PipelineInputError(f"smallest_keys lengths: expected a torch int64 tensor [{r}], got {describe(lengths)}")
+    elif r:  # O(R): a row shorter than k would yield indices past its length
+        lo, hi = (int(v) for v in torch.aminmax(lengths))
+        if lo < k or hi > n:
+            raise PipelineInputError(f"smallest_keys lengths: expected values in [k={k}, {n}] (k <= every length <= the row length), got min {lo}, max {hi}")
+    return _smallest_keys(keys, k, lengths)
+
+
+def _smallest_keys(keys: Tensor, k: int, lengths: Tensor) -> Tensor:
+    """:func:`smallest_keys` without its checks (for callers that have checked ``k`` and ``lengths``)."""
+    r, n = keys.shape
     if keys.device.type == "cpu" and keys.dtype == torch.float32 and k <= _BUFFER_MAX:
         out = torch.empty(r, k, dtype=torch.int64)
         _select_rows(keys.contiguous().numpy(), lengths.contiguous().numpy(), k, out.numpy())
@@ -123,18 +150,45 @@ def sample_within_classes(
     it has images, so every subset of a class is equally likely.
 
     Args:
-        class_offsets: int64 [n_classes + 1], class c owns rows offsets[c]:offsets[c+1].
-        classes: int64 [...], class ids.
-        per_class: images per class.
+        class_offsets: int64 [n_classes + 1] (CPU), class c owns rows offsets[c]:offsets[c+1].
+        classes: int64 [...] in [0, n_classes), class ids (CPU).
+        per_class: images per class, 1 <= per_class <= the size of every class in ``classes``.
 
     Returns:
         int64 [..., per_class]: row indices into the split.
+
+    Raises:
+        PipelineInputError (a ValueError): a class id out of range, or a class with fewer than
+            ``per_class`` images (its rows would run into the next class's).
     """
+    _check_offsets(class_offsets)
     counts = class_offsets[1:] - class_offsets[:-1]
+    if not isinstance(classes, Tensor) or classes.dtype != torch.int64:
+        raise PipelineInputError(f"sample_within_classes classes: expected a torch int64 tensor, got {describe(classes)}")
+    flat = classes.reshape(-1)
+    if flat.numel() == 0:
+        return torch.empty((*classes.shape, per_class), dtype=torch.int64)
+    lo, hi = (int(v) for v in torch.aminmax(flat))
+    if lo < 0 or hi >= counts.numel():
+        raise PipelineInputError(f"sample_within_classes classes: expected ids in [0, {counts.numel()}), got min {lo}, max {hi}")
+    sizes = counts[flat]
+    smallest = int(sizes.min())
+    if not 1 <= per_class <= smallest:
+        raise PipelineInputError(
+            f"sample_within_classes per_class: expected 1 <= per_class <= {smallest} (the smallest requested class), got {per_class}"
+        )
+    return _sample_within_classes(class_offsets, counts, classes, per_class, generator)
+
+
+def _sample_within_classes(
+    class_offsets: Tensor, counts: Tensor, classes: Tensor, per_class: int, generator: torch.Generator
+) -> Tensor:
+    """:func:`sample_within_classes` unchecked: for :func:`sample_episode_indices`, whose classes
+    come from :func:`sample_classes` and whose ``per_class`` is checked against every class."""
     flat = classes.reshape(-1)
     max_count = int(counts.max())
     keys = torch.rand(flat.numel(), max_count, generator=generator)
-    within = smallest_keys(keys, per_class, counts[flat])  # keys past a class's size take no part
+    within = _smallest_keys(keys, per_class, counts[flat])  # keys past a class's size take no part
     rows = class_offsets[flat].unsqueeze(1) + within
     return rows.reshape(*classes.shape, per_class)
 
@@ -153,9 +207,9 @@ def sample_episode_indices(
         classes int64 [n_tasks, ways], the split-level class id of each way. Way ``j`` of task ``t``
         is class ``classes[t, j]``, so the within-task label of ``rows[t, j, :]`` is ``j``.
     """
-    _check(class_offsets, ways, per_class)
+    counts = _check(class_offsets, ways, per_class)  # per_class <= every class: no per-draw check
     classes = sample_classes(class_offsets.numel() - 1, n_tasks, ways, generator)
-    rows = sample_within_classes(class_offsets, classes, per_class, generator)
+    rows = _sample_within_classes(class_offsets, counts, classes, per_class, generator)
     return rows, classes
 
 

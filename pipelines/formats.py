@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -31,20 +32,28 @@ def split_dir(split: SplitData) -> Path | None:
 
 
 class ExportCache:
-    """A temporary directory for on-the-fly exports, removed by :meth:`close`."""
+    """A temporary directory for on-the-fly exports, removed by :meth:`close`, or failing that
+    when the cache is garbage-collected or at interpreter exit (a loader dropped without
+    ``close()`` must not leave a copy of the split in the temporary folder)."""
 
     def __init__(self) -> None:
         self.path: Path | None = None
+        self._remove: weakref.finalize | None = None
 
     def dir(self) -> Path:
+        """The directory, created on first use."""
         if self.path is None:
             self.path = Path(tempfile.mkdtemp(prefix="fsmtl-export-"))
+            # holds the path, not self: runs once, at close(), collection or exit, whichever is first
+            self._remove = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
         return self.path
 
     def close(self) -> None:
-        if self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
-            self.path = None
+        """Remove the directory now (if one was made)."""
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+        self.path = None
 
 
 def ffcv_file(split: SplitData, cache: ExportCache, progress: bool = True) -> Path:

@@ -11,10 +11,11 @@ keeps torchvision's own per-image randomness, as the seed does; see docs/pipelin
 from __future__ import annotations
 
 import importlib
+import math
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +23,15 @@ from torch import Tensor
 
 from fsmtl.errors import FsmtlError
 from pipelines.augment import LeeParams, default_padding, draw_lee_params
+from pipelines.checks import check_int, check_mean_std, check_out_dtype, describe
 from pipelines.episodes import sample_episode_indices
 from preprocess.shards import SplitData
 
 BACKENDS = ("torch", "dali", "ffcv", "reference")
 _BACKEND_MODULES = {"dali": "nvidia.dali", "ffcv": "ffcv"}
+# the settings that decide the stream of batches (with backend and seed): a saved loader state
+# resumes only a loader that has the same ones
+_STREAM_FIELDS = ("ways", "shots", "queries", "tasks_per_batch", "augment", "padding", "jitter", "flip")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,9 @@ class PipelineConfig:
     group_images: int = 2048  # device path: whole batches planned and augmented per launch, ~this many images
     progress: bool = True  # progress bars of start-up work (an FFCV export of a split without one)
 
+    def __post_init__(self) -> None:
+        check_config(self)
+
     @property
     def per_class(self) -> int:
         return self.shots + self.queries
@@ -62,6 +70,46 @@ class PipelineConfig:
     @property
     def batch_images(self) -> int:
         return self.tasks_per_batch * self.ways * self.per_class
+
+
+def check_config(cfg: PipelineConfig) -> None:
+    """The settings on their own: types and ranges (those that depend on the split are checked
+    by :func:`check_request`). Run by ``PipelineConfig.__init__`` (and ``dataclasses.replace``).
+
+    Raises:
+        FsmtlError: naming the setting, what was expected and what was found.
+    """
+    for name, options in (("backend", BACKENDS), ("augment", ("lee", "none")), ("device_kernel", ("auto", "triton", "torch"))):
+        v = getattr(cfg, name)
+        if not isinstance(v, str) or v not in options:
+            raise FsmtlError(f"pipeline {name}: expected one of {', '.join(map(repr, options))}, got {v!r}")
+    for name, lo in (("ways", 1), ("shots", 1), ("queries", 0), ("tasks_per_batch", 1), ("group_images", 1)):
+        check_int(getattr(cfg, name), f"pipeline {name}", lo)
+    for name in ("padding", "workers"):  # None: the default
+        if getattr(cfg, name) is not None:
+            check_int(getattr(cfg, name), f"pipeline {name} (or None)", 0)
+    check_int(cfg.seed, "pipeline seed", -(2**63), 2**64 - 1)  # torch.Generator.manual_seed's range
+    for name in ("jitter", "flip", "channels_last", "prefetch", "progress"):
+        if not isinstance(getattr(cfg, name), (bool, np.bool_)):
+            raise FsmtlError(f"pipeline {name}: expected True or False, got {describe(getattr(cfg, name))}")
+    check_out_dtype(cfg.out_dtype, "pipeline out_dtype")
+    gb = cfg.memory_budget_gb
+    if gb is not None and (isinstance(gb, bool) or not isinstance(gb, (int, float)) or not math.isfinite(gb) or gb < 0):
+        raise FsmtlError(f"pipeline memory_budget_gb: expected None or a number >= 0, got {describe(gb)}")
+    parse_device(cfg.device)
+
+
+def parse_device(device: object) -> torch.device:
+    """``cfg.device`` as a ``torch.device`` of type cpu or cuda (availability: :func:`check_request`)."""
+    d = None
+    if isinstance(device, (str, torch.device)):
+        try:
+            d = torch.device(device)
+        except (RuntimeError, ValueError):
+            pass
+    if d is None or d.type not in ("cpu", "cuda"):
+        raise FsmtlError(f"pipeline device: expected 'cpu', 'cuda' or 'cuda:N', got {describe(device)}")
+    return d
 
 
 class TaskBatch(NamedTuple):
@@ -139,6 +187,7 @@ class TaskLoader:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="fsmtl-prefetch") if threaded else None
         self._it: Iterator[tuple[TaskBatch, Tensor, Any]] | None = None
         self._pending: Future | None = None
+        self._closed = False
         self._start()
 
     def _start(self) -> None:
@@ -166,7 +215,7 @@ class TaskLoader:
         return self
 
     def __next__(self) -> TaskBatch:
-        if self._it is None:
+        if self._closed or self._it is None:
             raise RuntimeError("TaskLoader is closed")
         if self._pending is not None:
             batch, state, event = self._pending.result()
@@ -183,21 +232,68 @@ class TaskLoader:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        """The state after the last batch handed out: loading it resumes with the next one."""
-        return {"backend": self.cfg.backend, "seed": self.cfg.seed, "batches": self._consumed, "generator": self._state.clone()}
+        """The state after the last batch handed out: loading it resumes with the next one.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume exactly after the batch at which ``state`` was saved."""
-        if state.get("backend") != self.cfg.backend:
-            raise FsmtlError(f"loader state: saved for back end {state.get('backend')!r}, loader uses {self.cfg.backend!r}")
+        Holds the back end, seed and the settings that decide the batches (``config``), so that
+        :meth:`load_state_dict` can refuse a state saved by a loader making other batches."""
+        return {
+            "backend": self.cfg.backend, "seed": self.cfg.seed, "config": _stream_config(self.cfg),
+            "batches": self._consumed, "generator": self._state.clone(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume exactly after the batch at which ``state`` was saved.
+
+        The state is checked in full before the loader is touched, so a refused state leaves the
+        loader as it was.
+
+        Raises:
+            RuntimeError: the loader is closed ("TaskLoader is closed").
+            FsmtlError: ``state`` is not a :meth:`state_dict` of a loader with this one's back end,
+                seed and settings (the message names what differs), or is damaged.
+        """
+        if self._closed:
+            raise RuntimeError("TaskLoader is closed: load_state_dict needs an open loader (build a new one)")
+        generator, batches = self._check_state(state)
         self._stop()
-        self._gen.set_state(state["generator"])
-        self._state = state["generator"].clone()
-        self._consumed = int(state["batches"])
+        self._gen.set_state(generator)
+        self._state = generator.clone()
+        self._consumed = batches
         self._start()
+
+    def _check_state(self, state: Mapping[str, Any]) -> tuple[Tensor, int]:
+        """``state``'s generator state and batch count, after checking it fits this loader."""
+        if not isinstance(state, Mapping):
+            raise FsmtlError(f"loader state: expected the dict TaskLoader.state_dict() returns, got {describe(state)}")
+        missing = [k for k in ("backend", "seed", "batches", "generator") if k not in state]
+        if missing:
+            raise FsmtlError(f"loader state: missing {', '.join(missing)} (expected the dict TaskLoader.state_dict() returns)")
+        ours = {"backend": self.cfg.backend, "seed": self.cfg.seed, **_stream_config(self.cfg)}
+        saved = {"backend": state["backend"], "seed": state["seed"], **dict(state.get("config") or {})}
+        differ = [k for k in ours if k in saved and saved[k] != ours[k]]  # (older states hold no config)
+        if differ:
+            was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
+            now = ", ".join(f"{k}={ours[k]!r}" for k in differ)
+            raise FsmtlError(f"loader state: saved by a loader with {was}; this loader has {now} (resume with the same settings)")
+        batches = state["batches"]
+        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 0:
+            raise FsmtlError(f"loader state: batches: expected an integer >= 0, got {describe(batches)}")
+        gen = state["generator"]
+        want = self._gen.get_state()
+        if not isinstance(gen, Tensor) or gen.dtype != want.dtype or gen.shape != want.shape:
+            raise FsmtlError(
+                f"loader state: generator: expected a CPU torch.Generator state ({want.dtype} {tuple(want.shape)}), got {describe(gen)}"
+            )
+        gen = gen.detach().cpu()
+        try:
+            torch.Generator().set_state(gen)  # a scratch generator: ours stays as it is if this fails
+        except RuntimeError as e:
+            raise FsmtlError(f"loader state: generator: not a valid generator state ({str(e).splitlines()[0]})") from None
+        return gen, int(batches)
 
     def close(self) -> None:
         """Stop prefetching and release the back end's threads, processes and caches."""
+        self._closed = True
         self._stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
@@ -211,25 +307,19 @@ class TaskLoader:
         self.close()
 
 
+def _stream_config(cfg: PipelineConfig) -> dict[str, Any]:
+    return {k: getattr(cfg, k) for k in _STREAM_FIELDS}
+
+
 def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float], cfg: PipelineConfig) -> int:
     """Reject impossible requests before any work starts; return the crop padding.
 
     Raises:
         FsmtlError: naming the setting and what was expected.
     """
-    if cfg.backend not in BACKENDS:
-        raise FsmtlError(f"pipeline backend: expected one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
-    if cfg.device_kernel not in ("auto", "triton", "torch"):
-        raise FsmtlError(f"pipeline device_kernel: expected 'auto', 'triton' or 'torch', got {cfg.device_kernel!r}")
-    if cfg.group_images < 1:
-        raise FsmtlError(f"pipeline group_images: expected >= 1, got {cfg.group_images}")
-    if cfg.augment not in ("lee", "none"):
-        raise FsmtlError(f"pipeline augment: expected 'lee' or 'none', got {cfg.augment!r}")
-    for name in ("ways", "shots", "tasks_per_batch"):
-        if getattr(cfg, name) < 1:
-            raise FsmtlError(f"pipeline {name}: expected >= 1, got {getattr(cfg, name)}")
-    if cfg.queries < 0:
-        raise FsmtlError(f"pipeline queries: expected >= 0, got {cfg.queries}")
+    if not isinstance(cfg, PipelineConfig):
+        raise FsmtlError(f"pipeline config: expected a PipelineConfig, got {describe(cfg)}")
+    check_config(cfg)  # (already run by PipelineConfig's __init__; cheap)
     images = split.images
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3):
         raise FsmtlError(f"split {split.name!r}: expected uint8 [N,H,W,C] images, got {images.dtype} {images.shape}")
@@ -238,8 +328,7 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
     offsets = np.asarray(split.class_offsets)
     if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(images) or np.any(np.diff(offsets) < 1):
         raise FsmtlError(f"split {split.name!r}: class_offsets do not cover its {len(images)} images")
-    if len(mean) != images.shape[3] or len(std) != images.shape[3] or min(std) <= 0:
-        raise FsmtlError(f"pipeline mean/std: expected {images.shape[3]} values (std > 0), got {list(mean)}/{list(std)}")
+    check_mean_std(mean, std, images.shape[3], "pipeline")
     n_classes = len(offsets) - 1
     if cfg.ways > n_classes:
         raise FsmtlError(f"pipeline ways: split {split.name!r} has {n_classes} classes, cannot make {cfg.ways}-way tasks")
@@ -252,9 +341,11 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
     pad = default_padding(images.shape[1]) if cfg.padding is None else cfg.padding
     if not 0 <= pad < images.shape[1]:
         raise FsmtlError(f"pipeline padding: expected 0 <= padding < {images.shape[1]}, got {pad}")
-    device = torch.device(cfg.device)
+    device = parse_device(cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FsmtlError(f"pipeline device: {cfg.device!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FsmtlError(f"pipeline device: {cfg.device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
     module = _BACKEND_MODULES.get(cfg.backend)
     if module is not None:
         try:

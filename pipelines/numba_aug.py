@@ -23,6 +23,7 @@ from numba import prange
 from torch import Tensor
 
 from pipelines.augment import GRAY_WEIGHTS, LeeParams
+from pipelines.checks import PipelineInputError, check_augment_args
 
 _WR, _WG, _WB = (np.float32(v) for v in GRAY_WEIGHTS)
 _ZERO = np.float32(0.0)
@@ -221,18 +222,30 @@ def augment_rows_numba(
     mean: Sequence[float],
     std: Sequence[float],
     out: Tensor | None = None,
+    check: bool = True,
 ) -> Tensor:
     """Lee19 on ``data[rows]`` with ``params``, on the CPU cores; equals :func:`augment_rows`.
 
     Args:
-        data: uint8 [N, H, W, C], C-contiguous numpy array (a loaded split or a memmap).
-        rows: int64 [B] (CPU). params: CPU :class:`LeeParams` for B images.
-        mean, std: per channel, 0..1 scale.
-        out: optional float32 [B, H, W, C] buffer to write into.
+        data: uint8 [N, H, W, C] numpy array, C = 1 or 3 (a loaded split or a memmap;
+            C-contiguous, else each call copies it).
+        rows: int64 [B] in [0, N) (CPU). params: CPU :class:`LeeParams` for B images, with
+            ``0 <= pad < min(H, W)``.
+        mean, std: C values each, finite, std > 0 (0..1 scale).
+        out: optional float32 [B, H, W, C] C-contiguous CPU buffer to write into.
+        check: check the arguments first (O(B); :mod:`pipelines.checks`). The compiled kernel
+            trusts its inputs: a row out of range reads outside ``data`` (a segfault). The loader
+            passes False: its plans are valid by construction.
 
     Returns:
         float32 [B, C, H, W] with channels_last strides (a view of the NHWC buffer).
+
+    Raises:
+        PipelineInputError: naming the argument and what was expected (with ``check``).
     """
+    if check:
+        check_augment_args("augment_rows_numba", data, rows, params, mean, std, numpy_data=True)
+        _check_out(out, (rows.shape[0], *data.shape[1:]))
     n, h, w, c = data.shape
     b = rows.shape[0]
     if out is None:
@@ -256,3 +269,15 @@ def augment_rows_numba(
         out.numpy().reshape(b, h, w * c),
     )
     return out.permute(0, 3, 1, 2)
+
+
+def _check_out(out: Tensor | None, shape: tuple[int, ...]) -> None:
+    """``out``: None, or a float32 C-contiguous CPU tensor of ``shape`` (the kernel writes through
+    its numpy view; a reshaped copy would be written and lost)."""
+    ok = out is None or (
+        isinstance(out, Tensor) and out.dtype == torch.float32 and tuple(out.shape) == shape
+        and out.device.type == "cpu" and out.is_contiguous()
+    )  # fmt: skip
+    if not ok:
+        got = f"{out.dtype} {tuple(out.shape)} on {out.device}" if isinstance(out, Tensor) else type(out).__name__
+        raise PipelineInputError(f"augment_rows_numba out: expected a C-contiguous float32 CPU tensor {list(shape)}, got {got}")

@@ -25,6 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from pipelines.augment import LeeParams, jitter_slots
+from pipelines.checks import PipelineInputError, check_augment_args, check_out_dtype
 
 
 @triton.jit
@@ -155,7 +156,8 @@ def augment_packed(
     dtype: torch.dtype = torch.float32,
     channels_last: bool = True,
 ) -> Tensor:
-    """Run the kernel on packed inputs (all on ``data``'s device).
+    """Run the kernel on packed inputs (all on ``data``'s device). Unchecked (the loader's
+    per-batch path, whose plans are valid by construction): call :func:`augment_rows_triton`.
 
     Args:
         data: uint8 [N, H, W, C], C-contiguous (a resident split, or staged rows).
@@ -192,9 +194,20 @@ def augment_rows_triton(
     """Lee19 on ``data[rows]`` with CPU ``params``; equals :func:`pipelines.augment.augment_rows`.
 
     Args:
-        data: uint8 [N, H, W, C] on the device (CUDA; the CPU under ``TRITON_INTERPRET=1``).
-        rows: int64 [B] (CPU). params: CPU :class:`LeeParams` for B images.
+        data: uint8 [N, H, W, C] C-contiguous, C = 1 or 3, on the device (CUDA; the CPU under
+            ``TRITON_INTERPRET=1``).
+        rows: int64 [B] in [0, N) (CPU). params: CPU :class:`LeeParams` for B images.
+        mean, std: C values each, finite, std > 0. dtype: torch.float32, float16 or bfloat16.
+
+    Raises:
+        PipelineInputError: naming the argument and what was expected; checked on the CPU
+            tensors before the upload (the kernel trusts them: a row out of range reads outside
+            ``data``).
     """
+    check_augment_args("augment_rows_triton", data, rows, params, mean, std, plan_device=torch.device("cpu"))
+    check_out_dtype(dtype, "augment_rows_triton dtype")
+    if not data.is_contiguous():
+        raise PipelineInputError("augment_rows_triton data: expected a C-contiguous tensor (the kernel indexes it flat); use .contiguous()")
     ints, coef = pack_plan(rows, params, data.shape[3])
     dev = data.device
     return augment_packed(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
+from fsmtl.errors import FsmtlError
 from pipelines.episodes import (
     remap_labels,
     sample_episode_indices,
+    sample_within_classes,
     smallest_keys,
     smallest_keys_sorting,
 )
@@ -74,3 +78,35 @@ def test_the_same_generator_state_gives_the_same_episodes() -> None:
 def test_remap_labels_numbers_classes_in_order_of_first_appearance() -> None:
     local, ids = remap_labels(torch.tensor([7, 3, 7, 9, 3]))
     assert local.tolist() == [0, 1, 0, 2, 1] and ids.tolist() == [7, 3, 9]
+
+
+def test_sample_within_classes_refuses_more_images_than_a_class_has() -> None:
+    # class 0 has 3 images: 5 of them used to take rows 3 and 4 of class 1
+    offsets = torch.tensor([0, 3, 10, 20])
+    with pytest.raises(ValueError, match=r"per_class: expected 1 <= per_class <= 3 .*got 5"):
+        sample_within_classes(offsets, torch.tensor([0, 0, 0]), 5, torch.Generator().manual_seed(0))
+    rows = sample_within_classes(offsets, torch.tensor([1, 2]), 5, torch.Generator().manual_seed(0))
+    assert bool((rows[0] >= 3).all() and (rows[0] < 10).all() and (rows[1] >= 10).all())
+
+
+@pytest.mark.parametrize("classes", [[0, 3], [-1, 0]])
+def test_sample_within_classes_refuses_class_ids_outside_the_split(classes: list[int]) -> None:
+    with pytest.raises(ValueError, match=r"classes: expected ids in \[0, 3\)"):
+        sample_within_classes(torch.tensor([0, 3, 10, 20]), torch.tensor(classes), 2, torch.Generator())
+
+
+def test_smallest_keys_refuses_k_above_a_rows_length_on_both_paths() -> None:
+    # used to return indices past the length, and the numba and sorting paths disagreed
+    keys = torch.rand(1, 10, generator=torch.Generator().manual_seed(0))
+    for k in (keys, keys.double()):  # the numba path, the sorting path
+        with pytest.raises(ValueError, match=r"lengths: expected values in \[k=5, 10\].*min 3"):
+            smallest_keys(k, 5, torch.tensor([3]))
+    with pytest.raises(ValueError, match="max 11"):  # the numba loop would read past the row
+        smallest_keys(keys, 2, torch.tensor([11]))
+
+
+def test_episode_sampling_given_numpy_offsets_asks_for_a_torch_tensor() -> None:
+    with pytest.raises(FsmtlError, match="class_offsets: expected a torch int64 tensor .*got a numpy array"):
+        sample_episode_indices(np.array([0, 5, 10]), 1, 2, 2, torch.Generator())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got torch.int32"):
+        sample_episode_indices(torch.tensor([0, 5, 10], dtype=torch.int32), 1, 2, 2, torch.Generator())
