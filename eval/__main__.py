@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
     d = EvalConfig()
     p = argparse.ArgumentParser(prog="fsmtl eval", description=plain_doc(__doc__), argument_default=None)
     p.add_argument("--run", help="run directory written by fsmtl train (or a checkpoint file)")
-    p.add_argument("--checkpoint", help="best (default), last, or a path to a .pt file")
+    p.add_argument("--checkpoint", help="best (default), last, or a path to a .pt file; leave it out when --run is a checkpoint file")
     p.add_argument("--split", choices=["test", "val"], help="classes to test on (default: test)")
     p.add_argument("--data", help="shard directory (default: the one the run was trained on)")
     p.add_argument("--ways", type=int, help="classes per task (default: the run's --test-ways, the seed's 5)")

@@ -13,7 +13,7 @@ class EvalConfig:
     """Settings of ``fsmtl eval`` (the seed's test protocol by default)."""
 
     run: str | None = None  # run directory (or a checkpoint file)
-    checkpoint: str = "best"  # best | last | path to a .pt file
+    checkpoint: str | None = None  # best | last | path to a .pt file; None: best, or --run's own file
     split: str = "test"
     ways: int | None = None  # None: the run's test_ways (the seed's 5)
     shots: tuple[int, ...] = (1, 5)
@@ -58,4 +58,6 @@ class EvalConfig:
         return replace(self, ways=ways, queries=queries)
 
     def head_options(self) -> dict[str, dict[str, float]]:
-        return {"logreg": {"C": self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}
+        """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""
+        every = {"logreg": {"C": self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}
+        return {h: o for h, o in every.items() if h in self.heads}

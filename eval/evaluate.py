@@ -13,7 +13,7 @@ import torch
 from eval.config import EvalConfig
 from eval.heads.finetune import FinetuneConfig
 from eval.protocol import evaluate_backbone
-from eval.run import Run, load_run
+from eval.run import CLI_ARGS, Run, open_run
 from fsmtl.errors import FsmtlError
 
 REPORT_FORMAT = "fsmtl-eval"
@@ -85,7 +85,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
         "precision", "config", "results": {"<shots>": {head: {"acc", "ci95", "n_tasks", "per_task",
         "seconds"}}}}``; accuracies in percent.
     """
-    run = load_run(cfg.run, cfg.checkpoint, cfg.device, cfg.precision)
+    run = open_run(cfg.run, cfg.checkpoint, cfg.device, cfg.precision, CLI_ARGS)  # errors name the flags
     cfg = cfg.for_run(run.config)
     data, split = _open_split(run, cfg)
     amp = run.amp_dtype or torch.float32

@@ -8,6 +8,7 @@ Accuracies are percentages; the 95% interval is 1.96 * std / sqrt(n_tasks) (std 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Any, Sequence
 
@@ -15,13 +16,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval.heads import HEAD_NAMES, adapt
+from eval.heads import HEAD_NAMES, adapt, check_options
 from eval.heads.finetune import FinetuneConfig, finetune_predict
+from eval.run import PYTHON_ARGS, pick_device
 from fsmtl.errors import FsmtlError
 from pipelines.episodes import sample_episode_indices
 from pipelines.transforms import normalize_batch
 
 EMBED_CHUNK = 512  # images per forward pass: bounds activation memory whatever batch_tasks is
+AMP_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)  # float32 and None: no autocast
 
 
 def summarize(per_task: Tensor) -> dict[str, Any]:
@@ -71,8 +74,21 @@ def evaluate_features(
     Args:
         features: float [T, ways, shots + queries, D]; the first ``shots`` of each way are support.
         heads: feature-head names (see ``eval.heads.feature_heads``).
-        head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``.
+        head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``; a key must be one of ``heads``.
+
+    Raises:
+        FsmtlError: features not float [T, ways, per, D] with ways >= 2 and 1 <= shots < per,
+            an unknown head, or options for a head not in ``heads``.
     """
+    if not isinstance(features, Tensor) or features.ndim != 4 or not features.dtype.is_floating_point:
+        found = f"{features.dtype} {list(features.shape)}" if isinstance(features, Tensor) else type(features).__name__
+        raise FsmtlError(f"evaluate_features: features must be float [T, ways, shots + queries, D], got {found}")
+    per = features.shape[2]
+    if not _is_int(shots) or not 1 <= shots < per:
+        raise FsmtlError(f"evaluate_features: shots must be an integer in 1..{per - 1} (features have {per} "
+                         f"images a way: shots + queries), got {shots!r}")  # fmt: skip
+    heads = _check_heads(heads, feature_only=True)
+    _check_head_options(heads, head_options)
     t, ways, per, d = features.shape
     queries = per - shots
     support = features[:, :, :shots].reshape(t, ways * shots, d)
@@ -129,19 +145,28 @@ def evaluate_backbone(
         mean, std: the run's per-channel normalisation (0..1 scale).
         ways, shots, queries, n_tasks: the episode shape; ``seed`` fixes the episodes.
         heads: names from ``eval.heads.HEAD_NAMES`` ("finetune" tunes the model per task and restores its weights).
-        dtype: autocast dtype of the forward pass (float32: none; bfloat16 for a bf16-trained run).
-        batch_tasks: tasks whose images are embedded together (unique images once per batch).
+        ways, shots, queries, n_tasks: integers, ways >= 2 and the others >= 1.
+        device: "cpu", "cuda", "cuda:N" or "auto"; CUDA must be available for "cuda".
+        dtype: autocast dtype of the forward pass: None or torch.float32 (none), torch.bfloat16
+            (for a bf16-trained run) or torch.float16.
+        batch_tasks: tasks whose images are embedded together (unique images once per batch), >= 1.
+        head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``; every key must be one of
+            ``heads`` (not "finetune": its settings are ``finetune``).
+        finetune: the settings of the "finetune" head (default ``FinetuneConfig()``).
 
     Returns:
         ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
         "per_task": list[float] percent, "seconds": the head's own time (fit + predict; finetune: its
         tuning incl. its forward passes), "embed_seconds": the shared frozen-backbone embedding time}}``.
+
+    Raises:
+        FsmtlError: any argument out of range (checked before any image is embedded), or a split
+            with fewer than ``ways`` classes or ``shots + queries`` images a class.
     """
-    device = torch.device(device)
-    amp = None if dtype in (None, torch.float32) else dtype
-    unknown = [h for h in heads if h not in HEAD_NAMES]
-    if unknown or not heads:
-        raise FsmtlError(f"heads: expected some of {', '.join(HEAD_NAMES)}, got {list(heads)}")
+    device, amp = _check_backbone_args(model, split, mean, std, ways, shots, queries, n_tasks, seed, device, dtype,
+                                       batch_tasks, finetune)  # fmt: skip
+    heads = _check_heads(heads)
+    _check_head_options(heads, head_options)
     rows = episode_rows(split, ways, shots, queries, n_tasks, seed)
     feature_heads = [h for h in heads if h != "finetune"]
     per_task: dict[str, list[Tensor]] = {h: [] for h in heads}
@@ -150,7 +175,7 @@ def evaluate_backbone(
     was_training = model.training
     model.eval()
     try:
-        for chunk in rows.split(max(1, int(batch_tasks))):
+        for chunk in rows.split(int(batch_tasks)):
             t0 = time.perf_counter()
             uniq, inverse = torch.unique(chunk, return_inverse=True)  # each image embedded once
             images = gather_images(split, uniq, device)
@@ -160,7 +185,8 @@ def evaluate_backbone(
                 embed_s += time.perf_counter() - t0
                 for h in feature_heads:  # one head at a time, so that each is timed on its own
                     t0 = time.perf_counter()
-                    per_task[h].append(evaluate_features(feats, shots, [h], head_options)[h].cpu())
+                    opts = {h: head_options[h]} if head_options and h in head_options else None
+                    per_task[h].append(evaluate_features(feats, shots, [h], opts)[h].cpu())
                     seconds[h] += time.perf_counter() - t0
             if "finetune" in heads:
                 t0 = time.perf_counter()
@@ -171,6 +197,69 @@ def evaluate_backbone(
     finally:
         model.train(was_training)
     return {h: {**summarize(torch.cat(v)), "seconds": seconds[h], "embed_seconds": embed_s} for h, v in per_task.items()}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)  # numpy integers too
+
+
+def _check_backbone_args(
+    model: Any, split: Any, mean: Any, std: Any, ways: Any, shots: Any, queries: Any, n_tasks: Any, seed: Any,
+    device: Any, dtype: Any, batch_tasks: Any, finetune: Any,
+) -> tuple[torch.device, torch.dtype | None]:
+    """The checks of :func:`evaluate_backbone`, all cheap; returns (device, autocast dtype or None)."""
+    if not isinstance(model, nn.Module):
+        raise FsmtlError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if not (hasattr(split, "images") and hasattr(split, "class_offsets")):
+        raise FsmtlError(f"split: expected a preprocess.shards.SplitData (images, class_offsets), got {type(split).__name__}")
+    for name, value, least in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
+                               ("n_tasks", n_tasks, 1), ("batch_tasks", batch_tasks, 1)):  # fmt: skip
+        if not _is_int(value) or value < least:
+            raise FsmtlError(f"{name}: expected an integer >= {least}, got {value!r}")
+    if not _is_int(seed):
+        raise FsmtlError(f"seed: expected an integer, got {seed!r}")
+    channels = split.images.shape[-1]
+    for name, values in (("mean", mean), ("std", std)):
+        try:
+            vals = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise FsmtlError(f"{name}: expected {channels} numbers (one per channel), got {values!r}") from None
+        ok = all(math.isfinite(v) for v in vals) and (name == "mean" or all(v > 0 for v in vals))
+        if len(vals) != channels or not ok:
+            what = "finite numbers" if name == "mean" else "finite numbers > 0"
+            raise FsmtlError(f"{name}: expected {channels} {what} (one per channel of the split), got {values!r}")
+    if not any(dtype is d for d in AMP_DTYPES):
+        raise FsmtlError(f"dtype: expected None, torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
+    if finetune is not None and not isinstance(finetune, FinetuneConfig):
+        raise FsmtlError(f"finetune: expected an eval.heads.finetune.FinetuneConfig, got {type(finetune).__name__}")
+    dev = pick_device(device, PYTHON_ARGS)
+    return dev, (None if dtype in (None, torch.float32) else dtype)
+
+
+def _check_heads(heads: Any, feature_only: bool = False) -> list[str]:
+    names = [h for h in HEAD_NAMES if not (feature_only and h == "finetune")]
+    if isinstance(heads, str) or not isinstance(heads, Sequence):
+        raise FsmtlError(f"heads: expected a list of head names such as ['logreg'], got {heads!r}")
+    if not heads or any(not isinstance(h, str) or h not in names for h in heads):
+        raise FsmtlError(f"heads: expected some of {', '.join(names)}, got {list(heads)}")
+    return list(heads)
+
+
+def _check_head_options(heads: list[str], head_options: Any) -> None:
+    """Options must name requested feature heads (a typo would otherwise be silently ignored)."""
+    if head_options is None:
+        return
+    if not isinstance(head_options, dict):
+        raise FsmtlError(f"head_options: expected a dict of head name -> options dict, got {type(head_options).__name__}")
+    stray = [h for h in head_options if h not in heads or h == "finetune"]
+    if stray:
+        hint = " (the finetune head's settings are finetune=FinetuneConfig(...))" if "finetune" in stray else ""
+        raise FsmtlError(f"head_options: options for {stray}, which are not among the feature heads requested "
+                         f"{[h for h in heads if h != 'finetune']}{hint}")  # fmt: skip
+    for h, opts in head_options.items():
+        if not isinstance(opts, dict):
+            raise FsmtlError(f"head_options[{h!r}]: expected a dict of options such as {{'C': 3.0}}, got {opts!r}")
+        check_options(h, opts)
 
 
 def _sync(device: torch.device) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,24 +22,74 @@ _REQUIRED = ("model_name", "model_kwargs", "model", "config", "data_meta")
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def resolve_checkpoint(run: str | os.PathLike[str] | None, checkpoint: str = "best") -> Path:
-    """The checkpoint file: RUN/checkpoints/{best,last}.pt, RUN itself if a file, or ``checkpoint``."""
-    if checkpoint not in ("best", "last"):
-        path = Path(checkpoint)
-        if run is not None and not path.is_absolute() and not path.exists():
-            path = Path(run) / checkpoint
-    elif run is None:
-        raise FsmtlError(f"--checkpoint {checkpoint}: needs --run RUN (or give a checkpoint file)")
-    elif Path(run).is_file():
+@dataclass(frozen=True)
+class ArgNames:
+    """How error messages name the user's inputs: Python argument names, or the CLI's flags."""
+
+    run: str
+    checkpoint: str
+    device: str
+    cli: bool
+
+    def show(self, name: str, value: Any) -> str:
+        """``--checkpoint best`` on the command line, ``checkpoint='best'`` in Python."""
+        return f"{name} {value}" if self.cli else f"{name}={value!r}"
+
+
+PYTHON_ARGS = ArgNames(run="path", checkpoint="checkpoint", device="device", cli=False)
+CLI_ARGS = ArgNames(run="--run", checkpoint="--checkpoint", device="--device", cli=True)
+
+
+def resolve_checkpoint(
+    run: str | os.PathLike[str] | None, checkpoint: str | None = None, names: ArgNames = PYTHON_ARGS
+) -> Path:
+    """The checkpoint file to load.
+
+    ``run`` a directory: RUN/checkpoints/{checkpoint}.pt for "best" (the default, None) or "last",
+    else ``checkpoint`` as a file path (relative to the working directory, or else to RUN).
+    ``run`` a file: that file; ``checkpoint`` must then be None, or "best"/"last" matching the
+    file's name (best.pt/last.pt), or the same file: a name that disagrees is an error, never
+    silently ignored. ``run`` None: ``checkpoint`` must be a file path.
+    """
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise FsmtlError(f"{names.checkpoint}: expected best, last or a file path, got {checkpoint!r}")
+    named = checkpoint in (None, "best", "last")
+    if run is not None and Path(run).is_file():
         path = Path(run)
+        if named:
+            agrees = checkpoint is None or path.name == f"{checkpoint}.pt"
+        else:
+            agrees = _same_file(path, checkpoint)  # type: ignore[arg-type]
+        if not agrees:
+            raise FsmtlError(
+                f"{names.show(names.checkpoint, checkpoint)}: {names.show(names.run, str(run))} is itself a "
+                f"checkpoint file; give the run directory to pick another checkpoint, or leave "
+                f"{names.checkpoint} out"
+            )
+    elif not named:
+        path = Path(checkpoint)  # type: ignore[arg-type]
+        if run is not None and not path.is_absolute() and not path.exists():
+            path = Path(run) / path
+    elif run is None:
+        picked = f" ({names.show(names.checkpoint, checkpoint)} picks from a run directory)" if checkpoint else ""
+        got = "" if names.cli else ", got None"
+        raise FsmtlError(f"{names.run}: expected a run directory or a checkpoint file{got}{picked}")
     else:
-        path = Path(run) / "checkpoints" / f"{checkpoint}.pt"
+        path = Path(run) / "checkpoints" / f"{checkpoint or 'best'}.pt"
     if not path.is_file():
         hint = ""
-        if checkpoint == "best" and path.name == "best.pt" and (path.parent / "last.pt").is_file():
-            hint = "; the run has last.pt (it has not finished a validated epoch): pass --checkpoint last"
+        if checkpoint in (None, "best") and path.name == "best.pt" and (path.parent / "last.pt").is_file():
+            last = names.show(names.checkpoint, "last")
+            hint = f"; the run has last.pt (it has not finished a validated epoch): pass {last}"
         raise FsmtlError(f"{path}: checkpoint not found (expected a file written by fsmtl train){hint}")
     return path
+
+
+def _same_file(a: Path, b: str | os.PathLike[str]) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -75,15 +126,20 @@ def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
     return _AMP[precision]
 
 
-def pick_device(device: str | torch.device) -> torch.device:
+def pick_device(device: str | torch.device, names: ArgNames = PYTHON_ARGS) -> torch.device:
+    """``device`` as a torch.device ("auto": CUDA when available); FsmtlError when it cannot be used."""
+    shown = names.show(names.device, str(device))
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise FsmtlError(f"--device: expected auto, cpu or cuda[:N], got {device!r}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FsmtlError(f"--device {device}: CUDA is not available on this machine")
+    except (RuntimeError, TypeError) as e:
+        raise FsmtlError(f"{shown}: expected auto, cpu or cuda[:N]") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FsmtlError(f"{shown}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise FsmtlError(f"{shown}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -121,10 +177,11 @@ class Run:
         """
         from eval.protocol import embed_images
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise FsmtlError(f"embed: batch_size must be an integer >= 1, got {batch_size!r}")
         self._check_images(images, "embed")
         out = []
+        batch_size = int(batch_size)
         for i in range(0, images.shape[0], batch_size):
             chunk = images[i : i + batch_size]
             # a private copy: memory-mapped arrays are read-only, and the copy goes to the device anyway
@@ -150,7 +207,8 @@ class Run:
         """One task from images: fit ``head`` on the support images, predict the queries.
 
         Args:
-            support_images, query_images: uint8 [S, H, W, C] and [Q, H, W, C] in the run's shape.
+            support_images, query_images: uint8 [S, H, W, C] and [Q, H, W, C] in the run's shape
+                (Q may be 0: an empty prediction, after the same checks).
             support_labels: integers [S] in 0..ways-1, every class present.
             head: a feature head of :func:`eval.adapt` (embeds with the frozen backbone, then fits),
                 or "finetune" (the seed's tune-all: Adam on the whole network and a centroid-initialised
@@ -159,55 +217,85 @@ class Run:
 
         Returns:
             int64 [Q] predicted labels on ``self.device``.
+
+        Raises:
+            FsmtlError: images not uint8 [N, H, W, C] of the run's shape, labels not [S] integers
+                0..ways-1 with every class present, an unknown head or option.
         """
-        from eval.heads import adapt
+        from eval.heads import adapt, check_options
         from eval.heads.checks import as_task_batch
         from eval.heads.finetune import FinetuneConfig, finetune_predict
         from pipelines.transforms import normalize_batch
 
-        if head != "finetune":
-            return adapt(self.embed(support_images), torch.as_tensor(support_labels).to(self.device),
-                         self.embed(query_images), head=head, **options)  # fmt: skip
-        for images, what in ((support_images, "predict support"), (query_images, "predict query")):
-            self._check_images(images, what)
+        self._check_images(support_images, "predict: support_images")
+        self._check_images(query_images, "predict: query_images")
+        n_support = support_images.shape[0]
+        if n_support == 0:
+            raise FsmtlError("predict: support_images is empty (expected at least one image of every class)")
         try:
+            labels = torch.as_tensor(support_labels)
+        except (TypeError, ValueError, RuntimeError):
+            raise FsmtlError(f"predict: support_labels must be an array or tensor, got {type(support_labels).__name__}") from None
+        if labels.shape != (n_support,):
+            raise FsmtlError(f"predict: support_labels must be [{n_support}] (one per support image: support_images is "
+                             f"{list(support_images.shape)}), got {list(labels.shape)}")  # fmt: skip
+        labels = labels.to(self.device)
+        # the label checks of every head (integers 0..ways-1, every class present), without features yet
+        stand_in = torch.zeros(n_support, 1, device=self.device)
+        b = as_task_batch(stand_in, labels, torch.zeros(0, 1, device=self.device), what="predict")
+        if head == "finetune":
+            known = [f.name for f in fields(FinetuneConfig)]
+            unknown = sorted(set(options) - set(known))
+            if unknown:
+                raise FsmtlError(f"head finetune: unknown option(s) {unknown}; it takes {known}")
             cfg = FinetuneConfig(**options)
-        except TypeError as e:
-            raise FsmtlError(f"head finetune: {e}") from None
-        if cfg.steps < 1 or not cfg.lr > 0:
-            raise FsmtlError(f"head finetune: expected steps >= 1 and lr > 0, got {cfg.steps}, {cfg.lr}")
+        else:
+            check_options(head, options)  # an unknown head or option fails here, before any embedding
+        if query_images.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.int64, device=self.device)
+        if head != "finetune":
+            return adapt(self.embed(support_images), b.labels[0], self.embed(query_images), head=head, **options)
 
         def on_device(x: np.ndarray | Tensor) -> Tensor:
             return (x if isinstance(x, Tensor) else torch.from_numpy(np.array(x))).to(self.device)
 
-        s, q = on_device(support_images), on_device(query_images)
-        labels = torch.as_tensor(support_labels).to(self.device)
-        dummy = torch.zeros(s.shape[0], 1, device=self.device)
-        b = as_task_batch(dummy, labels, torch.zeros(q.shape[0], 1, device=self.device))  # label checks only
-        xs = normalize_batch(s, self.mean, self.std)
-        xq = normalize_batch(q, self.mean, self.std)
+        xs = normalize_batch(on_device(support_images), self.mean, self.std)
+        xq = normalize_batch(on_device(query_images), self.mean, self.std)
         return finetune_predict(self.model, xs, b.labels[0], xq, b.ways, cfg, self.amp_dtype)
 
 
 def load_run(
-    path: str | os.PathLike[str] | None, checkpoint: str = "best", device: str | torch.device = "cpu",
+    path: str | os.PathLike[str] | None, checkpoint: str | None = None, device: str | torch.device = "cpu",
     precision: str | None = None,
 ) -> Run:
     """Load a run's checkpoint and rebuild its backbone.
 
     Args:
         path: the run directory (holding checkpoints/best.pt, last.pt), or a checkpoint file.
-        checkpoint: "best", "last", or a checkpoint file path.
+        checkpoint: for a run directory: "best" (None, the default), "last", or a checkpoint file
+            path. For a checkpoint file ``path``: leave it None (a "best"/"last" that does not
+            match the file's name is an error, not ignored).
         device: "cpu", "cuda", "cuda:N" or "auto".
         precision: override the run's training precision ("auto", "bf16", "fp16", "fp32").
 
     Returns:
         A :class:`Run` whose ``model`` is frozen and in eval mode.
+
+    Raises:
+        FsmtlError: no such checkpoint, a foreign or damaged file, CUDA asked for but missing.
     """
+    return open_run(path, checkpoint, device, precision, PYTHON_ARGS)
+
+
+def open_run(
+    path: str | os.PathLike[str] | None, checkpoint: str | None, device: str | torch.device,
+    precision: str | None, names: ArgNames,
+) -> Run:
+    """:func:`load_run`, with errors naming the inputs as ``names`` says (``CLI_ARGS`` for fsmtl eval)."""
     from models import build_model
 
-    dev = pick_device(device)
-    ckpt_path = resolve_checkpoint(path, checkpoint)
+    dev = pick_device(device, names)
+    ckpt_path = resolve_checkpoint(path, checkpoint, names)
     ckpt = read_checkpoint(ckpt_path)
     meta = ckpt["data_meta"]
     kwargs = dict(ckpt["model_kwargs"])

@@ -7,6 +7,7 @@ Every backbone maps float [B, C, H, W] to features float [B, D]; D comes from
 from __future__ import annotations
 
 import inspect
+import numbers
 from typing import Any, Callable
 
 import torch
@@ -43,16 +44,24 @@ def model_kwarg_names(name: str) -> set[str]:
 def build_model(name: str, in_channels: int = 3, image_size: int = 84, **kwargs: Any) -> nn.Module:
     """Build backbone ``name`` for ``in_channels`` x ``image_size`` x ``image_size`` inputs.
 
+    Args:
+        name: one of ``MODEL_NAMES``.
+        in_channels: 1 or 3 (an int).
+        image_size: the input side in px, an int the model can take: >= 16 for conv4 and
+            resnet12 (four 2x2 max-pools), >= 1 for resnet18 and wrn28_10.
+        kwargs: the model's own options (``model_kwarg_names(name)``), e.g. ``drop_rate`` in [0, 1).
+
     Raises:
-        FsmtlError: for an unknown name or an option the model does not take.
+        FsmtlError: for an unknown name, an option the model does not take, or a value out of range.
     """
     unknown = set(kwargs) - model_kwarg_names(name)
     if unknown:
         raise FsmtlError(
             f"model {name}: unknown option(s) {sorted(unknown)}; it takes {sorted(model_kwarg_names(name))}"
         )
-    if in_channels not in (1, 3):
-        raise FsmtlError(f"model {name}: expected 1 or 3 input channels, got {in_channels}")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels not in (1, 3):
+        raise FsmtlError(f"model {name}: in_channels must be the int 1 or 3, got {in_channels!r}")
+    in_channels = int(in_channels)
     return _BUILDERS[name](in_channels=in_channels, image_size=image_size, **kwargs)
 
 

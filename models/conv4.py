@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.checks import check_image_size, check_int
+
 
 class Conv4(nn.Module):
     """``forward(x float [B,C,H,W]) -> float [B, 64 * (H/16) * (W/16)]`` (flattened final map).
 
     The final map is flattened, as in Prototypical Networks: 1600-d at 84x84, 256-d at 32x32,
-    64-d at 28x28.
+    64-d at 28x28. Inputs need at least 16 px (four 2x2 max-pools).
     """
 
     def __init__(self, in_channels: int = 3, image_size: int = 84, width: int = 64) -> None:
         super().__init__()
+        check_image_size("conv4", image_size, halvings=4)
+        width = check_int("conv4", "width", width, 1)
         layers: list[nn.Module] = []
         cin = in_channels
         for _ in range(4):

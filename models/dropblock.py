@@ -54,6 +54,8 @@ class RampedDropBlock(nn.Module):
 
     def __init__(self, drop_rate: float, block_size: int, ramp_steps: int) -> None:
         super().__init__()
+        if not 0.0 <= drop_rate < 1.0:  # 1 would drop everything (and the rescale would divide by 0)
+            raise ValueError(f"DropBlock drop_rate must be in [0, 1), got {drop_rate!r}")
         self.drop_rate = float(drop_rate)
         self.block_size = int(block_size)
         self.ramp_steps = max(1, int(ramp_steps))

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.init import init_conv_bn
-
+from fsmtl.errors import FsmtlError
+from models.checks import check_drop_rate, check_image_size, check_int
 from models.dropblock import RampedDropBlock
+from models.init import init_conv_bn
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:
@@ -50,11 +51,16 @@ class ResNet12(nn.Module):
 
     Args:
         in_channels: input channels (3 for colour, 1 for Omniglot).
-        image_size: input side; DropBlock's block size is 5 at >= 64 px and 2 below (RFS).
-        drop_rate: dropout rate in blocks 1-2 and final DropBlock rate in blocks 3-4 (0.1 in the seed).
-        dropblock_size: override the block size.
-        ramp_steps: batches over which DropBlock's rate ramps from 0 (40,000 in RFS).
+        image_size: input side, >= 16 (four 2x2 max-pools); DropBlock's block size is 5 at >= 64 px
+            and 2 below (RFS).
+        drop_rate: dropout rate in blocks 1-2 and final DropBlock rate in blocks 3-4 (0.1 in the
+            seed), in [0, 1).
+        dropblock_size: override the block size (>= 1).
+        ramp_steps: batches over which DropBlock's rate ramps from 0 (40,000 in RFS; 0: no ramp).
         widths: channel widths of the four blocks (64, 160, 320, 640 as published).
+
+    Raises:
+        FsmtlError: any of these out of range.
     """
 
     def __init__(
@@ -67,8 +73,15 @@ class ResNet12(nn.Module):
         widths: Sequence[int] = (64, 160, 320, 640),
     ) -> None:
         super().__init__()
+        check_image_size("resnet12", image_size, halvings=4)
+        drop_rate = check_drop_rate("resnet12", drop_rate)
+        if dropblock_size is not None:
+            dropblock_size = check_int("resnet12", "dropblock_size", dropblock_size, 1)
+        ramp_steps = check_int("resnet12", "ramp_steps", ramp_steps, 0)
+        widths = list(widths)
         if len(widths) != 4:
-            raise ValueError(f"resnet12 needs 4 widths, got {list(widths)}")
+            raise FsmtlError(f"model resnet12: widths must be 4 channel counts, got {widths}")
+        widths = [check_int("resnet12", "widths", w, 1) for w in widths]
         block_size = dropblock_size if dropblock_size is not None else (5 if image_size >= 64 else 2)
         chans = [in_channels, *widths]
         self.blocks = nn.ModuleList(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from models.checks import check_image_size
 from models.init import init_conv_bn
 
 
@@ -33,10 +34,15 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18(nn.Module):
-    """``forward(x float [B,C,H,W]) -> float [B, 512]`` (global average pool)."""
+    """``forward(x float [B,C,H,W]) -> float [B, 512]`` (global average pool).
+
+    Any input side >= 1 px works (padded strided convolutions keep at least one pixel);
+    ``image_size`` picks the stem.
+    """
 
     def __init__(self, in_channels: int = 3, image_size: int = 84) -> None:
         super().__init__()
+        check_image_size("resnet18", image_size, halvings=0)
         if image_size >= 64:
             self.stem = nn.Sequential(
                 nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsmtl.errors import FsmtlError
+from models.checks import check_drop_rate, check_image_size
 from models.init import init_conv_bn
 
 
@@ -33,14 +35,20 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """``forward(x float [B,C,H,W]) -> float [B, 64 * widen]`` (640-d for WRN-28-10)."""
+    """``forward(x float [B,C,H,W]) -> float [B, 64 * widen]`` (640-d for WRN-28-10).
+
+    Any input side >= 1 px works (padded strided convolutions); ``drop_rate`` is in [0, 1).
+    """
 
     def __init__(
         self, in_channels: int = 3, image_size: int = 84, depth: int = 28, widen: int = 10, drop_rate: float = 0.0
     ) -> None:
         super().__init__()
-        if (depth - 4) % 6 != 0:
-            raise ValueError(f"WRN depth must be 6n+4, got {depth}")
+        name = f"wrn{depth}_{widen}"
+        check_image_size(name, image_size, halvings=0)
+        drop_rate = check_drop_rate(name, drop_rate)
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
+            raise FsmtlError(f"model {name}: depth must be 6n+4 with n >= 1, got {depth!r}")
         n = (depth - 4) // 6
         widths = (16 * widen, 32 * widen, 64 * widen)
         self.stem = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)

@@ -125,3 +125,70 @@ def test_channels_last_bf16_forward_matches_fp32_roughly() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = m2(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(out.float(), ref, rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    "name,size,least", [("conv4", 0, 16), ("conv4", 8, 16), ("resnet12", -1, 16), ("resnet12", 8, 16),
+                        ("resnet12", 15, 16), ("resnet18", 0, 1), ("resnet12", 32.0, 16)],
+)
+def test_build_model_rejects_an_image_size_the_model_cannot_take(name: str, size, least: int) -> None:
+    with pytest.raises(FsmtlError, match=rf"model {name}: image_size must be an integer >= {least}.*got {size!r}$"):
+        build_model(name, image_size=size)
+
+
+@pytest.mark.parametrize("name,size", [("conv4", 16), ("resnet12", 16), ("resnet18", 4)])
+def test_the_smallest_accepted_image_size_gives_a_valid_forward(name: str, size: int) -> None:
+    assert feature_dim(build_model(name, image_size=size), 3, size) > 0
+
+
+@pytest.mark.parametrize("name", ["resnet12", "wrn28_10"])
+@pytest.mark.parametrize("rate", [2.0, 1.0, -1, float("nan"), True, "0.1"])
+def test_models_require_a_drop_rate_in_zero_to_one(name: str, rate) -> None:
+    with pytest.raises(FsmtlError, match=rf"model {name}: drop_rate must be a number in \[0, 1\), got"):
+        build_model(name, image_size=32, drop_rate=rate)
+
+
+def test_resnet12_rejects_a_drop_rate_of_one_when_built_directly() -> None:
+    from models.resnet12 import ResNet12
+
+    with pytest.raises(FsmtlError, match="drop_rate"):
+        ResNet12(image_size=32, drop_rate=1.0)
+
+
+@pytest.mark.parametrize("channels", ["3", 3.0, True, 2])
+def test_build_model_shows_the_repr_of_bad_in_channels(channels) -> None:
+    with pytest.raises(FsmtlError, match=rf"model conv4: in_channels must be the int 1 or 3, got {channels!r}$"):
+        build_model("conv4", in_channels=channels, image_size=32)
+
+
+def test_build_model_accepts_numpy_integer_sizes_and_channels() -> None:
+    np = pytest.importorskip("numpy")
+    model = build_model("conv4", in_channels=np.int64(1), image_size=np.int64(28))
+    assert feature_dim(model, 1, 28) == 64
+
+
+DOCUMENTED_REBUILD = 'build_model(ckpt["model_name"], in_channels=c, image_size=h, **ckpt["model_kwargs"])'
+
+
+@pytest.mark.parametrize("name", ["resnet12", "resnet18"])
+def test_the_documented_call_rebuilds_a_trained_checkpoints_backbone_exactly(name: str, tiny_shards, tmp_path) -> None:
+    from pathlib import Path
+
+    from train.config import TrainConfig
+    from train.run import train
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert DOCUMENTED_REBUILD in doc and 'h, w, c = ckpt["data_meta"]["image_shape"]' in doc
+    out = tmp_path / name
+    cfg = TrainConfig(data=str(tiny_shards), out=str(out), model=name, meta_batch_size=2, epoch_length=2,
+                      val_epoch_length=2, train_shots=1, train_queries=1, test_queries=2, max_epochs=1,
+                      wandb="disabled", progress=False, log_every=1, precision="fp32")  # fmt: skip
+    train(cfg)
+    ckpt = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    h, w, c = ckpt["data_meta"]["image_shape"]
+    assert (h, w, c) == (32, 32, 3)
+    model = build_model(ckpt["model_name"], in_channels=c, image_size=h, **ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model"], strict=True)
+    rebuilt = model.state_dict()
+    assert rebuilt.keys() == ckpt["model"].keys()
+    assert all(torch.equal(rebuilt[k], ckpt["model"][k]) for k in rebuilt)

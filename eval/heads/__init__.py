@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from eval.heads.checks import as_task_batch, l2_normalize
+from eval.heads.checks import TaskBatch, as_task_batch, check_finite, l2_normalize
 from eval.heads.logreg import LogregFit, fit_logreg, fit_predict_logreg, logreg_logits
 from eval.heads.proto import class_centroids, proto_logits
 from eval.heads.ridge import ridge_logits
@@ -74,44 +74,73 @@ def head_options(head: str) -> dict[str, Any]:
 
 _POSITIVE = ("C", "lam", "tol")  # real options that must be > 0
 _COUNTS = ("max_iter", "iters")  # integer options that must be >= 1
+_FLAGS = ("normalize",)  # options that must be a bool
 
 
 def check_options(head: str, options: dict[str, Any]) -> None:
-    """Raise FsmtlError for a head option out of range (C <= 0, lam <= 0, iters < 1, ...)."""
+    """Raise FsmtlError for an option ``head`` does not take, or one out of range (C <= 0,
+    lam <= 0, iters < 1, normalize not a bool, ...)."""
+    known = head_options(head)
+    unknown = set(options) - set(known)
+    if unknown:
+        raise FsmtlError(f"head {head}: unknown option(s) {sorted(unknown)}; it takes {sorted(known)}")
     for name, value in options.items():
         real = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars too
         if name in _POSITIVE and not (real and 0 < value < float("inf")):
             raise FsmtlError(f"head {head}: {name} must be a finite number > 0, got {value!r}")
         if name in _COUNTS and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
             raise FsmtlError(f"head {head}: {name} must be an integer >= 1, got {value!r}")
+        if name in _FLAGS and not isinstance(value, bool):
+            raise FsmtlError(f"head {head}: {name} must be True or False, got {value!r}")
 
 
 def _lookup(head: str) -> Callable[..., Tensor]:
     heads = feature_heads()
-    if head not in heads:
+    if not isinstance(head, str) or head not in heads:
         extra = " ('finetune' needs the network: use eval.heads.finetune)" if head == "finetune" else ""
         raise FsmtlError(f"head: expected one of {', '.join(heads)}, got {head!r}{extra}")
     return heads[head]
+
+
+def _checked(
+    support_features: Tensor, support_labels: Tensor, query_features: Tensor, head: str, ways: int | None,
+    options: dict[str, Any], what: str,
+) -> tuple[Callable[..., Tensor], TaskBatch]:
+    """The head's scores function and the checked batch; raises FsmtlError for any bad input."""
+    fn = _lookup(head)
+    check_options(head, options)
+    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, numbers.Integral)):
+        raise FsmtlError(f"{what}: ways must be an int, got {ways!r}")
+    ways = None if ways is None else int(ways)
+    return fn, as_task_batch(support_features, support_labels, query_features, ways, what)
+
+
+def _scores(fn: Callable[..., Tensor], b: TaskBatch, head: str, options: dict[str, Any], what: str) -> Tensor:
+    scores = fn(b.support, b.labels, b.query, b.ways, **options)
+    if not bool(torch.isfinite(scores).all()):  # the support is finite (checked): the queries, or overflow
+        check_finite(what, query=b.query)
+        raise FsmtlError(
+            f"{what}: head {head} gave non-finite scores from finite features: values too large for "
+            f"{b.support.dtype} (normalize=True, the default, avoids this)"
+        )
+    return scores
 
 
 def adapt_scores(
     support_features: Tensor, support_labels: Tensor, query_features: Tensor, head: str = "logreg",
     ways: int | None = None, **options: Any,
 ) -> Tensor:
-    """Like :func:`adapt`, but returns the head's scores float [T?, Q, ways] instead of labels."""
-    fn = _lookup(head)
-    known = head_options(head)
-    unknown = set(options) - set(known)
-    if unknown:
-        raise FsmtlError(f"head {head}: unknown option(s) {sorted(unknown)}; it takes {sorted(known)}")
-    check_options(head, options)
-    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, numbers.Integral)):
-        raise FsmtlError(f"adapt: ways must be an int, got {ways!r}")
-    ways = None if ways is None else int(ways)
-    b = as_task_batch(support_features, support_labels, query_features, ways)
-    scores = fn(b.support, b.labels, b.query, b.ways, **options)
-    if not bool(torch.isfinite(scores).all()):
-        raise FsmtlError(f"adapt: head {head} gave non-finite scores: the features contain NaN or infinite values")
+    """Like :func:`adapt`, but returns the head's scores float [T?, Q, ways] instead of labels.
+
+    An empty batch (T = 0) gives empty scores [0, Q, ways] and needs ``ways`` (there are no labels
+    to infer it from).
+    """
+    fn, b = _checked(support_features, support_labels, query_features, head, ways, options, "adapt_scores")
+    if b.ways is None:
+        raise FsmtlError(
+            "adapt_scores: an empty batch of tasks (T = 0) needs ways= to shape its scores [0, Q, ways]"
+        )
+    scores = _scores(fn, b, head, options, "adapt_scores")
     return scores[0] if b.single else scores
 
 
@@ -122,24 +151,31 @@ def adapt(
     """Fit ``head`` on each task's support set and predict its queries.
 
     Args:
-        support_features: float [S, D] (one task) or [T, S, D] (a batch), any float dtype, any device.
+        support_features: float [S, D] (one task) or [T, S, D] (a batch), any float dtype, any
+            device, finite.
         support_labels: integer [S] or [T, S], values 0..ways-1, every class present in every task.
-        query_features: float [Q, D] or [T, Q, D].
+        query_features: float [Q, D] or [T, Q, D], finite; Q may be 0.
         head: "logreg" (default; options C=3.0, tol, max_iter, normalize=True), "proto" (cosine),
-            "proto_euclidean", "ridge" (lam=1.0), "svm" (C=0.1, iters=300).
-        ways: classes per task; ``max(label) + 1`` when None.
+            "proto_euclidean", "ridge" (lam=1.0), "svm" (C=0.1, iters=300); every head takes
+            ``normalize`` (a bool, True by default: L2-normalise the features first).
+        ways: classes per task (an int >= 2); ``max(label) + 1`` when None.
 
     Returns:
-        int64 [Q] or [T, Q]: predicted labels in 0..ways-1, on the features' device.
+        int64 [Q] or [T, Q]: predicted labels in 0..ways-1, on the features' device. An empty
+        batch (T = 0) gives an empty int64 [0, Q] after the same checks (no head is fitted).
 
     Raises:
-        FsmtlError: bad shapes or dtypes, labels outside 0..ways-1, a class with no support, an
-            unknown head or option.
+        FsmtlError: bad shapes or dtypes, NaN or infinite features, labels outside 0..ways-1, a
+            class with no support, an unknown head or option, an option out of range.
     """
-    return adapt_scores(support_features, support_labels, query_features, head, ways, **options).argmax(-1)
+    fn, b = _checked(support_features, support_labels, query_features, head, ways, options, "adapt")
+    if b.support.shape[0] == 0:
+        return torch.zeros(b.query.shape[:2], dtype=torch.int64, device=b.query.device)
+    pred = _scores(fn, b, head, options, "adapt").argmax(-1)
+    return pred[0] if b.single else pred
 
 
 __all__ = [
-    "HEAD_NAMES", "LogregFit", "adapt", "adapt_scores", "class_centroids", "feature_heads", "fit_logreg",
+    "HEAD_NAMES", "LogregFit", "adapt", "adapt_scores", "check_options", "class_centroids", "feature_heads", "fit_logreg",
     "fit_predict_logreg", "head_options", "logreg_logits", "proto_logits", "ridge_logits", "svm_logits",
 ]

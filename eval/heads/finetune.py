@@ -8,6 +8,8 @@ back exactly as they were. Tasks are sequential because each one changes the who
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eval.heads.proto import class_centroids
+from fsmtl.errors import FsmtlError
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,16 @@ class FinetuneConfig:
     steps: int = 10
     lr: float = 1e-3
     train_mode: bool = False  # BatchNorm/dropout in eval mode: 5-25 support images make poor batch statistics
+
+    def __post_init__(self) -> None:
+        """Raise FsmtlError for steps not an integer >= 1, lr not a finite number > 0, a non-bool train_mode."""
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
+            raise FsmtlError(f"head finetune: steps must be an integer >= 1, got {self.steps!r}")
+        lr_ok = isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool) and 0 < self.lr < math.inf
+        if not lr_ok:
+            raise FsmtlError(f"head finetune: lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.train_mode, bool):
+            raise FsmtlError(f"head finetune: train_mode must be True or False, got {self.train_mode!r}")
 
 
 def _features(model: nn.Module, images: Tensor, amp_dtype: torch.dtype | None) -> Tensor:
