@@ -15,11 +15,17 @@ epochs (``--max-minutes`` at twice the budget only guards against a bad step-tim
 inside an epoch would leave that epoch unvalidated). Each run's
 ``metrics.jsonl`` gives validation accuracy against wall-clock time (validation time included,
 the same for every algorithm); all curves go on one plot.
+
+Output: the JSON (``--json``, default OUT/algorithms.json) with the plots beside it, named after
+it (``algorithms_step_cost.png``, ``algorithms_time_to_accuracy.png``); (b)'s training runs go
+under ``--out``. Interrupted (Ctrl-C, SIGTERM), it writes the rows measured so far, marked
+partial, then exits 130 (143).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +34,8 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.bench_train import make_batch
-from benchmarks.common import format_table, median, nonnegative_int, positive_int, synchronize, time_runs, write_results
+from benchmarks.common import (check_writable, check_writable_dir, device_name, format_table, median, nonnegative_int,
+                               parse_names, positive_int, synchronize, time_runs, write_results)
 from fsmtl.cli import plain_doc
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
@@ -146,8 +153,8 @@ def time_algorithm(name: str, a: argparse.Namespace, shape: StepShape, device: t
 
 
 def step_costs(names: list[str], a: argparse.Namespace, shape: StepShape, device: torch.device,
-               amp: torch.dtype | None) -> list[dict[str, Any]]:
-    rows = []
+               amp: torch.dtype | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """(a): one row per algorithm, appended to ``rows`` as it is measured (an interrupt keeps them)."""
     for name in names:
         rows.append(time_algorithm(name, a, shape, device, amp))
         print(f"  {name}: {rows[-1]['s_per_step']:.3f} s/step", flush=True)
@@ -183,18 +190,25 @@ def tta_argv(name: str, a: argparse.Namespace, data: Path, out: Path, epoch_leng
 
 
 def time_to_accuracy(names: list[str], a: argparse.Namespace, sec_per_step: dict[str, float],
-                     root: Path) -> dict[str, list[dict[str, float]]]:
-    """Train each algorithm for ``--minutes``; its curve is [{"wall_s", "val_acc", "step"}] per epoch."""
+                     root: Path, curves: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    """Train each algorithm for ``--minutes``; its curve is [{"wall_s", "val_acc", "step"}] per
+    epoch, added to ``curves`` as each run ends (an interrupt keeps the finished ones)."""
+    from fsmtl.cli import Terminated
     from train.__main__ import main as train_main
     from train.runlog import read_metrics
 
     data = tta_data(a, root)
-    curves = {}
     for name in names:
         steps = max(1, min(1000, round(a.val_every / max(sec_per_step[name], 1e-6))))
         out = root / f"tta-{name}"
         print(f"  training {name} for {a.minutes} min (epochs of {steps} steps) -> {out}", flush=True)
         code = train_main(tta_argv(name, a, data, out, steps * a.tasks))  # --epoch-length counts tasks
+        # the trainer turns Ctrl-C / SIGTERM into a checkpoint and exit code 130 / 143: the same
+        # signal stops this benchmark, as an interrupt, not as a failed training run
+        if code == 130:
+            raise KeyboardInterrupt
+        if code == 143:
+            raise Terminated
         if code:
             raise FsmtlError(f"bench algorithms: fsmtl train --algorithm {name} exited with {code}")
         curves[name] = [{"wall_s": r["wall_s"], "val_acc": r["val_acc"], "step": r["step"]}
@@ -225,15 +239,17 @@ def plot_tta(curves: dict[str, list[dict[str, float]]], out: Path, title: str) -
 
 
 def tta_summary(curves: dict[str, list[dict[str, float]]]) -> list[dict[str, Any]]:
-    """Per algorithm: best validation accuracy, when it was first reached, steps done."""
+    """Per algorithm: best validation accuracy (fraction, and percent as fsmtl train prints it),
+    when it was first reached, steps done."""
     rows = []
     for name, pts in curves.items():
         if not pts:
             rows.append({"algorithm": name, "epochs": 0})
             continue
         best = max(pts, key=lambda p: p["val_acc"])
-        rows.append({"algorithm": name, "best_val_acc": best["val_acc"], "at_wall_s": best["wall_s"],
-                     "final_val_acc": pts[-1]["val_acc"], "steps": pts[-1]["step"], "epochs": len(pts)})
+        rows.append({"algorithm": name, "best_val_acc": best["val_acc"], "best_val_acc_pct": 100 * best["val_acc"],
+                     "at_wall_s": best["wall_s"], "final_val_acc": pts[-1]["val_acc"],
+                     "final_val_acc_pct": 100 * pts[-1]["val_acc"], "steps": pts[-1]["step"], "epochs": len(pts)})
     return rows
 
 
@@ -241,7 +257,7 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fsmtl bench algorithms", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="conv4", choices=MODEL_NAMES, help="backbone (default conv4)")
-    p.add_argument("--size", type=positive_int, default=32, help="image side (default 32)")
+    p.add_argument("--size", type=positive_int, default=None, help="image side (default 32, or --data's)")
     p.add_argument("--ways", type=positive_int, default=5, help="classes per task (default 5)")
     p.add_argument("--shots", type=positive_int, default=5, help="support images per class (default 5)")
     p.add_argument("--queries", type=nonnegative_int, default=5, help="query images per class (default 5)")
@@ -251,65 +267,106 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
     p.add_argument("--runs", type=positive_int, default=5 if cuda else 3, help="timed runs, median taken (default 5 on CUDA, 3 on CPU)")
     p.add_argument("--warmup", type=nonnegative_int, default=2 if cuda else 1, help="untimed runs after the first call")
     p.add_argument("--precision", default="fp32", choices=("auto", "bf16", "fp16", "fp32"), help="autocast precision (default fp32)")
-    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--skip-tta", action="store_true", help="only (a), the step costs")
     p.add_argument("--minutes", type=float, default=1.5, help="training time per algorithm in (b)")
     p.add_argument("--val-every", type=float, default=15.0, help="seconds between validations in (b)")
     p.add_argument("--val-tasks", type=positive_int, default=50, help="validation tasks per epoch in (b)")
     p.add_argument("--data", type=Path, default=None, help="shards for (b) (default: synthetic at --size)")
-    p.add_argument("--out", type=Path, default=Path("runs/bench-algorithms"), help="plots and (b)'s runs")
-    p.add_argument("--json", type=Path, default=None, help="results JSON (default OUT/algorithms.json)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench-algorithms"),
+                   help="(b)'s training runs, and the JSON and plots without --json (default runs/bench-algorithms)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="results JSON, the plots beside it as <name>_*.png (default OUT/algorithms.json)")
     a = p.parse_args(argv)
-    for k in ("ways", "shots", "queries", "tasks", "steps", "runs", "val_tasks"):
-        if getattr(a, k) < 1:
-            raise FsmtlError(f"bench algorithms: --{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
-    if a.warmup < 0 or a.size < 16 or a.minutes <= 0 or a.val_every <= 0:
-        raise FsmtlError("bench algorithms: expected --warmup >= 0, --size >= 16, --minutes > 0, --val-every > 0")
+    if a.queries < 1:
+        raise FsmtlError(f"--queries {a.queries}: expected >= 1 (every algorithm's loss needs query images)")
+    if a.size is not None and a.size < 16:
+        raise FsmtlError(f"--size {a.size}: expected an image side >= 16")
+    if a.minutes <= 0 or a.val_every <= 0:
+        raise FsmtlError("bench algorithms: expected --minutes > 0 and --val-every > 0")
     return a
+
+
+def resolve_size(a: argparse.Namespace) -> int:
+    """The image side of (a) and (b): --size, or --data's (32 without either). (b) trains on
+    --data's images, so a --size that differs from them is refused rather than mislabelled."""
+    if a.data is None or a.skip_tta:
+        return a.size or 32
+    from preprocess.shards import open_shards
+
+    try:
+        h, w = (int(v) for v in open_shards(a.data).image_shape[:2])  # checks --data now, before (a)
+    except FsmtlError as e:
+        raise FsmtlError(f"--data: {e}") from None
+    if a.size is not None and a.size != h:
+        raise FsmtlError(f"--size {a.size}: --data {a.data} holds {h}x{w} images, which (b) trains on; "
+                         f"give --size {h} or leave --size out")  # fmt: skip
+    if a.size is None:
+        print(f"  image size {h} px: --data {a.data}'s")
+    return h
 
 
 def main(argv: list[str] | None = None) -> int:
     from train.setup import resolve_device, resolve_precision
 
     a = parse_args(list(argv or []), torch.cuda.is_available())
+    names = parse_names("--algorithms", a.algorithms, list(ALGORITHMS))
+    a.size = resolve_size(a)
+    path = a.json or a.out / "algorithms.json"
+    check_writable(path, "--json" if a.json else "--out")
+    if not a.skip_tta:
+        check_writable_dir(a.out)
     device = resolve_device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fsmtl train sets it
     amp = resolve_precision(a.precision, device)
-    wanted = [n.strip() for n in a.algorithms.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in ALGORITHMS]
-    if unknown:
-        raise FsmtlError(f"--algorithms: unknown {unknown}; expected names from {', '.join(ALGORITHMS)}")
-    names, skipped = available_algorithms(wanted)
+    names, skipped = available_algorithms(names)
     for name, why in skipped.items():
         print(f"  skipping {name}: {why}")
     shape = StepShape(a.tasks, a.ways, a.shots, a.queries, False)
-    rows = step_costs(names, a, shape, device, amp)
-    print(format_table(rows, ["algorithm", "s_per_step", "cost_vs_mtl", "images_per_s", "peak_mem_mb", "first_call_s"]))
-    from fsmtl.report import plot_bars
-
-    a.out.mkdir(parents=True, exist_ok=True)
     title = f"{a.model} {a.size}px, {a.tasks} x {a.ways}-way {a.shots}+{a.queries}, {device.type}"
-    plots = {"step_cost": str(plot_bars([r["algorithm"] for r in rows], [r["s_per_step"] for r in rows],
-                                        a.out / "step_cost.png", "seconds per step", title))}
-    curves, summary = None, None
-    if not a.skip_tta:
-        curves = time_to_accuracy(names, a, {r["algorithm"]: r["s_per_step"] for r in rows}, a.out)
-        summary = tta_summary(curves)
-        print(format_table(summary, ["algorithm", "best_val_acc", "at_wall_s", "final_val_acc", "steps", "epochs"]))
-        plots["time_to_accuracy"] = str(plot_tta(curves, a.out / "time_to_accuracy.png", title))
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
-    path = a.json or a.out / "algorithms.json"
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[dict[str, float]]] = {}
+    plots: dict[str, str] = {}
     mem = "cuda max_memory_allocated" if device.type == "cuda" else "sampled RSS rise during the steps"
-    write_results(path, "algorithms", config, rows, device, skipped=skipped, amp_dtype=str(amp), memory_measure=mem,
-                  tta_curves=curves, tta_summary=summary, plots=plots)
+
+    def save(**extra: Any) -> None:
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+        write_results(path, "algorithms", config, rows, device, skipped=skipped, amp_dtype=str(amp), memory_measure=mem,
+                      tta_curves=None if a.skip_tta else curves, tta_summary=None if a.skip_tta else tta_summary(curves),
+                      plots=plots, **extra)  # fmt: skip
+
+    try:
+        step_costs(names, a, shape, device, amp, rows)
+        print(format_table(rows, ["algorithm", "s_per_step", "cost_vs_mtl", "images_per_s", "peak_mem_mb", "first_call_s"]))
+        from fsmtl.report import plot_bars
+
+        plots["step_cost"] = str(plot_bars([r["algorithm"] for r in rows], [r["s_per_step"] for r in rows],
+                                           _plot_path(path, "step_cost"), "seconds per step", title))
+        if not a.skip_tta:
+            time_to_accuracy(names, a, {r["algorithm"]: r["s_per_step"] for r in rows}, a.out, curves)
+    except (KeyboardInterrupt, Exception):
+        if not rows:
+            raise
+        save(partial=True)  # what was measured before the stop or failure is not lost
+        print(f"wrote {path} (partial: {len(rows)} step-cost rows, {len(curves)} finished training runs)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        raise
+    if not a.skip_tta:
+        summary = tta_summary(curves)
+        print(format_table(summary, ["algorithm", "best_val_acc_pct", "at_wall_s", "final_val_acc_pct", "steps", "epochs"]))
+        plots["time_to_accuracy"] = str(plot_tta(curves, _plot_path(path, "time_to_accuracy"), title))
+    save()
     print(f"wrote {path} and {', '.join(plots.values())}")
     return 0
 
 
-if __name__ == "__main__":
-    import sys
+def _plot_path(json_path: Path, what: str) -> Path:
+    """A plot beside the results JSON, named after it: algorithms.json -> algorithms_step_cost.png."""
+    return json_path.with_name(f"{json_path.stem}_{what}.png")
 
+
+if __name__ == "__main__":
     from fsmtl.cli import run_stage_main
 
     sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -54,7 +54,7 @@ def write_fake_cifar100(
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.common import format_table, median, positive_int, write_results
+    from benchmarks.common import check_writable, format_table, median, positive_int, write_results
     from preprocess.config import PreprocessConfig
     from preprocess.run import convert
 
@@ -63,6 +63,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--runs", type=positive_int, default=3, help="timed conversions, median taken (default 3)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: all CPUs)")
     args = p.parse_args(argv)
+    check_writable(args.json)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-convert-") as tmp:
         t0 = time.perf_counter()
@@ -97,4 +98,6 @@ def main(argv: list[str]) -> int:
         rows,
         times_s=times,
     )
+    if args.json:
+        print(f"wrote {args.json}")
     return 0

@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from benchmarks.common import format_table, positive_int, write_results
+from benchmarks.common import check_writable, format_table, image_sizes, positive_int, write_results
 from fsmtl.cli import plain_doc
 
 
@@ -77,20 +77,25 @@ def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fsmtl bench traffic", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--sizes", default="84,32", help="image sides (default 84,32)")
+    p.add_argument("--sizes", type=image_sizes, default=(84, 32), help="comma-separated image sides >= 8 (default 84,32)")
     p.add_argument("--tasks", type=positive_int, default=6, help="tasks per batch (5 ways x 10 images each)")
     p.add_argument("--batches", type=positive_int, default=2, help="launches counted per row")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default: not written)")
     a = p.parse_args(argv)
-    rows = [count(int(size), a.tasks, group, a.batches) for size in a.sizes.split(",") for group in (1, 2048)]
+    check_writable(a.json)
+    rows = [count(size, a.tasks, group, a.batches) for size in a.sizes for group in (1, 2048)]
     cols = ["size", "kernel", "batches_per_launch", "device_ops_per_batch", "full_size_ops_per_batch",
             "aten_mb_per_image", "kernel_bytes_per_image", "planning_ops_per_batch"]  # fmt: skip
     print(format_table(rows, [c for c in cols if any(c in r for r in rows)]))
-    write_results(a.json, "traffic", vars(a) | {"json": str(a.json)}, rows, "cpu")
+    write_results(a.json, "traffic", vars(a) | {"json": str(a.json), "sizes": list(a.sizes)}, rows, "cpu")
+    if a.json:
+        print(f"wrote {a.json}")
     return 0
 
 
 if __name__ == "__main__":
     import sys
 
-    sys.exit(main(sys.argv[1:]))
+    from fsmtl.cli import run_stage_main
+
+    sys.exit(run_stage_main(main, sys.argv[1:]))

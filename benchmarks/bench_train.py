@@ -27,7 +27,8 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 
-from benchmarks.common import format_table, median, nonnegative_int, positive_int, synchronize, time_runs, write_results
+from benchmarks.common import (check_writable, device_name, format_table, median, nonnegative_int, positive_int, synchronize,
+                               time_runs, write_results)
 from fsmtl.cli import plain_doc
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
@@ -158,7 +159,7 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
                    help="add the torch.compile row (default: on with CUDA; on CPU inductor's warm-up takes minutes)")
     p.add_argument("--no-data", dest="data", action="store_false", help="skip the data-wait measurement")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the preset peak-memory step")
-    p.add_argument("--device", default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default: not written)")
     a = p.parse_args(argv)
     if a.tasks < 1 or a.steps < 1 or a.runs < 1 or a.size < 16:
@@ -179,6 +180,14 @@ def _speedups(rows: list[dict[str, Any]]) -> None:
             r["speedup_vs_fp32_eager"] = r["images_per_s"] / base
 
 
+def row_line(row: dict[str, Any]) -> str:
+    """One row as a line of progress output: ``bf16-cl: 1,234 images/s, 40.5 ms/step (first call 2.1 s)``."""
+    if "error" in row:
+        return f"{row['config']}: FAILED {row['error']}"
+    return (f"{row['config']}: {row['images_per_s']:,.0f} images/s, {row['ms_per_step']:.1f} ms/step "
+            f"(first call {row['first_call_s']:.1f} s)")
+
+
 @contextlib.contextmanager
 def tf32(enabled: bool) -> Iterator[None]:
     """TF32 for CUDA matmuls and cuDNN convolutions on or off inside the block; restored after."""
@@ -195,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cuda = torch.cuda.is_available()
     a = parse_args(list(argv or []), cuda)
+    check_writable(a.json)
     device = resolve_device(a.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fsmtl train sets it; TF32 is set per row (tf32())
@@ -218,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         # after every row, so that a run cut short (gpu_check.sh's time limit) keeps the rows it has
         write_results(a.json, "train", _config(a), rows, device, partial=True, data_wait=wait,
                       preset_memory=memory, amp_dtype=str(amp))  # fmt: skip
-        print(f"  {name}: {rows[-1]}", flush=True)
+        print(f"  {row_line(rows[-1])}", flush=True)
     print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "batch_images", "first_call_s"]))
     if wait:
         print(f"data wait (real torch loader, bf16 + channels_last, synchronised steps): {100 * wait['data_wait_frac']:.2f}% of wall time")
@@ -227,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     write_results(a.json, "train", _config(a), rows, device, data_wait=wait, preset_memory=memory,
                   amp_dtype=str(amp), tf32={"matmul": torch.backends.cuda.matmul.allow_tf32,
                                             "cudnn": torch.backends.cudnn.allow_tf32})
+    if a.json:
+        print(f"wrote {a.json}")
     return 0
 
 

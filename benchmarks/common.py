@@ -6,12 +6,14 @@ import argparse
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from fsmtl.errors import FsmtlError
 from fsmtl.fileio import atomic_write_json
 
 
@@ -129,8 +131,47 @@ def write_results(path: str | os.PathLike[str] | None, name: str, config: dict[s
     """Build the benchmark's JSON document (name, config, hardware, rows) and write it if asked."""
     doc = {"benchmark": name, "config": config, "hardware": hardware_info(device), "rows": rows, **extra}
     if path is not None:
-        atomic_write_json(path, doc)
+        write_json(path, doc)
     return doc
+
+
+def write_json(path: str | os.PathLike[str], doc: Any, flag: str = "--json") -> None:
+    """Atomically write ``doc`` to ``path``; a failure names ``path`` (not the hidden temporary file)."""
+    try:
+        atomic_write_json(path, doc)
+    except OSError as e:
+        raise FsmtlError(f"{flag} {path}: cannot be written ({e.strerror or e})") from None
+
+
+def check_writable(path: str | os.PathLike[str] | None, flag: str = "--json") -> None:
+    """Fail now, not after minutes of measuring, if the results file ``path`` cannot be written.
+
+    Creates missing parent folders (as the final write would) and writes and removes a probe file
+    beside ``path``. Raises FsmtlError naming ``flag`` and the path as given."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise FsmtlError(f"{flag} {path}: is a directory (expected the path of a file to write)")
+    _probe_folder(path.parent, f"{flag} {path}", path.name)
+
+
+def check_writable_dir(path: str | os.PathLike[str], flag: str = "--out") -> None:
+    """Fail now if the output folder ``path`` cannot be created or written (see :func:`check_writable`)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FsmtlError(f"{flag} {path}: is a file (expected a folder)")
+    _probe_folder(path, f"{flag} {path}", "out")
+
+
+def _probe_folder(folder: Path, what: str, name: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FsmtlError(f"{what}: cannot write there ({e.strerror or e}); expected a writable folder") from None
 
 
 def positive_int(text: str) -> int:
@@ -148,3 +189,44 @@ def nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
     return value
 
+
+
+def image_sizes(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated image sides >= 8 (``84,32``), duplicates dropped, order kept."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        sizes = [int(t) for t in parts]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 8:
+        raise argparse.ArgumentTypeError(f"expected comma-separated image sides >= 8 such as 84,32, got {text!r}")
+    return tuple(dict.fromkeys(sizes))
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, a CUDA device only where one exists."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return text
+
+
+def parse_names(flag: str, text: str, choices: Sequence[str]) -> list[str]:
+    """A comma-separated selection (``--backends torch,dali``): at least one known name, each once."""
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise FsmtlError(f"{flag}: unknown {unknown}; choose from {', '.join(choices)}")
+    if not names:
+        raise FsmtlError(f"{flag}: empty selection; expected one or more of {', '.join(choices)}")
+    return names

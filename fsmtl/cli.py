@@ -23,7 +23,7 @@ _COMMANDS: dict[str, tuple[str, bool, str]] = {
     "verify": ("preprocess.__main__", True, "re-hash a shard directory and name any file that differs"),
     "train": ("train.__main__", False, "train a backbone by multi-task learning (or a meta-learning baseline)"),
     "eval": ("eval.__main__", False, "evaluate a trained run on fixed, seeded test tasks"),
-    "bench": ("benchmarks.__main__", False, "throughput and cost benchmarks (pipeline, train, eval, algorithms, all)"),
+    "bench": ("benchmarks.__main__", False, "throughput and cost benchmarks (convert, pipeline, train, eval, algorithms, traffic, all)"),
     "demo": ("fsmtl.demo", False, "the main job on the embedded synthetic data: convert, train, eval, report"),
     "plot": ("fsmtl.report", False, "draw the curves of runs from their metrics.jsonl, and compare runs"),
     "doctor": ("fsmtl.doctor", False, "what this machine gives fsmtl: devices, precision, optional back ends"),

@@ -29,7 +29,7 @@ def test_step_costs_write_one_json_row_per_available_algorithm_and_a_bar_chart(t
         assert r["peak_mem_mb"] >= 0
     assert doc["rows"][0]["cost_vs_mtl"] == 1.0
     assert doc["tta_curves"] is None
-    assert (tmp_path / "step_cost.png").stat().st_size > 0
+    assert (tmp_path / "bench_step_cost.png").stat().st_size > 0  # beside the JSON, named after it
 
 
 def test_time_to_accuracy_trains_each_algorithm_and_plots_its_validation_curve(tiny_shards: Path, tmp_path: Path) -> None:
@@ -41,7 +41,8 @@ def test_time_to_accuracy_trains_each_algorithm_and_plots_its_validation_curve(t
     for name, pts in doc["tta_curves"].items():
         assert pts and all(0.0 <= p["val_acc"] <= 1.0 and p["wall_s"] > 0 for p in pts), name
     assert [r["algorithm"] for r in doc["tta_summary"]] == ["mtl", "metaoptnet"]
-    assert (tmp_path / "time_to_accuracy.png").stat().st_size > 0
+    assert (tmp_path / "algorithms_time_to_accuracy.png").stat().st_size > 0
+    assert "partial" not in doc
 
 
 def test_unknown_algorithm_names_are_a_one_line_error(tmp_path: Path) -> None:

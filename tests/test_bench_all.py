@@ -14,10 +14,12 @@ _TINY = {"eval": ["--tasks", "20", "--sklearn-tasks", "10", "--runs", "1", "--di
                       "--step-model", ""]}
 
 
-def test_bench_all_writes_one_json_with_each_benchmarks_rows(tmp_path):
+def test_bench_all_writes_one_json_with_each_benchmarks_rows(tmp_path, capsys):
     out = tmp_path / "all.json"
-    assert bench_all.main(["--json", str(out)], plan=_TINY) == 0
+    assert bench_all.main(["--json", str(out), "--out", str(tmp_path / "each")], plan=_TINY) == 0
     doc = json.loads(out.read_text())
+    assert json.loads((tmp_path / "each" / "pipeline.json").read_text())["rows"] == doc["results"]["pipeline"]["rows"]
+    assert "fsmtl-bench-" not in capsys.readouterr().out  # no temporary paths printed
     assert set(doc["results"]) == {"eval", "pipeline"} and doc["errors"] == {}
     assert doc["results"]["eval"]["rows"][0]["tasks"] == 10
     assert doc["results"]["pipeline"]["rows"][0]["backend"] == "torch"
@@ -27,11 +29,11 @@ def test_bench_all_writes_one_json_with_each_benchmarks_rows(tmp_path):
 def test_a_failing_benchmark_is_recorded_and_the_others_still_run(tmp_path):
     out = tmp_path / "all.json"
     plan = {"eval": ["--tasks", "0"], "pipeline": _TINY["pipeline"]}
-    assert bench_all.main(["--json", str(out)], plan=plan) == 1
+    assert bench_all.main(["--json", str(out), "--out", str(tmp_path / "each")], plan=plan) == 1
     doc = json.loads(out.read_text())
     assert "eval" in doc["errors"] and "pipeline" in doc["results"]
 
 
 def test_bench_all_rejects_an_unknown_benchmark_name(tmp_path):
-    with pytest.raises(FsmtlError, match="unknown benchmark"):
-        bench_all.main(["--only", "nope", "--json", str(tmp_path / "x.json")])
+    with pytest.raises(FsmtlError, match="--only: unknown"):
+        bench_all.main(["--only", "nope", "--json", str(tmp_path / "x.json"), "--out", str(tmp_path / "each")])
