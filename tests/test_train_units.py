@@ -318,3 +318,9 @@ def test_a_checkpoint_path_that_cannot_be_read_is_named_as_such(tmp_path) -> Non
 
     with pytest.raises(FsmtlError, match=r"cannot be read \(IsADirectoryError"):
         load_weights_only(tmp_path)
+
+
+def test_the_run_log_names_precision_as_the_flag_spells_it() -> None:
+    from train.run import precision_name
+
+    assert [precision_name(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]

@@ -245,6 +245,11 @@ def _epoch_line(rec: dict[str, Any]) -> str:
     )
 
 
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The --precision spelling of an autocast dtype: bf16, fp16, or fp32 for None."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32") if amp_dtype else "fp32"
+
+
 def _best(p: Progress) -> float | None:
     return p.best_val_acc if p.best_val_acc >= 0 else None
 
@@ -359,7 +364,7 @@ def fit(run: Run) -> dict[str, Any]:
         deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
         run.log.message(
             f"fsmtl train: {cfg.algorithm} {cfg.model} on {cfg.data} ({run.data.meta['n_train_classes']} classes), "
-            f"device {run.device}, precision {run.amp_dtype or 'fp32'}, pipeline {cfg.pipeline}, "
+            f"device {run.device}, precision {precision_name(run.amp_dtype)}, pipeline {cfg.pipeline}, "
             f"ranks {run.dist.world_size}, from epoch {run.progress.epoch}"
             + (f" (+{run.progress.epoch_step} steps)" if run.progress.epoch_step else "")
             + (f", cudnn.benchmark {torch.backends.cudnn.benchmark}, tf32 {torch.backends.cuda.matmul.allow_tf32}"
