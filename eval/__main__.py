@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")
     p.add_argument("--json", help="report file (default RUN/reports/eval_<split>_<checkpoint>.json; a checkpoint "
-                   "from outside RUN/checkpoints/ adds _from_<its run>-<hash>)")
+                   "from outside RUN/checkpoints/ adds _from_<its run>-<hash>, --data other than the run's _on_<data>-<hash>)")
     return p
 
 

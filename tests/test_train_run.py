@@ -331,7 +331,12 @@ def test_a_smaller_max_epochs_on_resume_is_a_budget_not_a_shorter_cosine(tiny_sh
     a, b = read_metrics(full), read_metrics(cut)
     assert [r["epoch"] for r in b] == [1, 2] and [r["lr"] for r in b] == [r["lr"] for r in a[:2]]
     assert b[1]["lr"] > 0  # a cosine compressed to 2 epochs would be at 0 here
-    assert json.loads((cut / "config.json").read_text())["cosine_epochs"] == 4
+    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["cosine_length"] == 4
+    # and a later, larger budget still stretches it (the length was kept, not pinned as given)
+    assert run_stage_main(main, ["--resume", str(cut), "--max-epochs", "6", "--no-progress"]) == 0
+    rows = read_metrics(cut)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(r["lr"] > 0 for r in rows[:5])
+    assert torch.load(cut / "checkpoints" / "last.pt", weights_only=True)["cosine_length"] == 6
 
 
 def test_a_run_from_when_epoch_length_counted_steps_resumes_with_the_same_epochs(tiny_shards: Path, tmp_path: Path,

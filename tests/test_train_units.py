@@ -302,15 +302,13 @@ def test_the_last_line_of_a_run_names_its_result_and_an_eval_command_that_works_
 
 
 def test_a_resumed_cosine_keeps_its_length_unless_it_follows_a_larger_max_epochs() -> None:
-    from train.__main__ import _cosine_horizon
+    from train.optim import resumed_cosine_length
 
-    follows = {"scheduler": "cosine", "max_epochs": 20, "cosine_epochs": None}
-    assert _cosine_horizon(follows, 2) == 20  # a smaller budget: the length stays
-    assert _cosine_horizon(follows, 40) == 40  # a larger one stretches a cosine that follows it
-    assert _cosine_horizon(follows, None) == 20
-    assert _cosine_horizon({**follows, "max_epochs": None}, 150) == 150  # unbounded: 100, stretched
-    pinned = {"scheduler": "cosine", "max_epochs": 100, "cosine_epochs": 50}
-    assert _cosine_horizon(pinned, 100) == 50 and _cosine_horizon(pinned, 200) == 50  # given: never moves
+    assert resumed_cosine_length(None, 20, 2) == 20  # a smaller budget: the length stays
+    assert resumed_cosine_length(None, 20, 40) == 40  # a larger one stretches a cosine that follows it
+    assert resumed_cosine_length(None, 20, None) == 20
+    assert resumed_cosine_length(None, 100, 150) == 150  # unbounded (100), stretched
+    assert resumed_cosine_length(50, 50, 100) == 50 and resumed_cosine_length(50, 50, 200) == 50  # given: never moves
 
 
 def test_a_checkpoint_path_that_cannot_be_read_is_named_as_such(tmp_path) -> None:

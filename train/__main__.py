@@ -91,15 +91,6 @@ FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "
                    "val_split")  # fmt: skip
 
 
-def _cosine_horizon(stored: dict[str, Any], max_epochs: int | None) -> int:
-    """A resumed cosine's length: the run's own, pinned from now on, so that a smaller --max-epochs is
-    only a budget. A cosine that follows --max-epochs (no --cosine-epochs was given) is stretched by
-    a larger one, the one change of schedule a resume allows."""
-    horizon = TrainConfig.from_dict(stored).cosine_length()
-    follows_budget = stored.get("cosine_epochs") is None
-    return max_epochs if follows_budget and max_epochs is not None and max_epochs > horizon else horizon
-
-
 def config_from_args(argv: list[str]) -> TrainConfig:
     """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
     given = vars(build_parser().parse_args(argv))
@@ -114,8 +105,6 @@ def config_from_args(argv: list[str]) -> TrainConfig:
         if note and os.environ.get("RANK", "0") == "0":
             print(f"fsmtl train: --resume {run}: {note}", file=sys.stderr)
         base = TrainConfig.from_dict(stored).to_dict()
-        if base.get("scheduler") == "cosine":
-            base["cosine_epochs"] = _cosine_horizon(base, given.get("max_epochs"))
         changed = [k for k in FIXED_ON_RESUME if k in given and given[k] != base.get(k)]
         if changed:
             flags = ", ".join(f"--{k.replace('_', '-')} {base.get(k)} -> {given[k]}" for k in changed)

@@ -90,6 +90,25 @@ def cosine_factor(length: int) -> Callable[[int], float]:
     return factor
 
 
+def resumed_cosine_length(given: int | None, stored: int, max_epochs: int | None) -> int:
+    """The length of a resumed cosine schedule.
+
+    ``given``: --cosine-epochs (None: the cosine follows --max-epochs); ``stored``: the length in
+    effect when the checkpoint was written; ``max_epochs``: the resumed run's budget. A given length
+    never moves; one that follows the budget keeps its length under a smaller budget (which then
+    only stops the run earlier) and stretches to a larger one.
+    """
+    if given is not None:
+        return given
+    return max(stored, max_epochs or 0)
+
+
+def set_cosine_length(scheduler, length: int) -> None:
+    """Give a cosine LambdaLR (from :func:`build_scheduler`) the length ``length``; call
+    :func:`sync_scheduler_lr` after it."""
+    scheduler.lr_lambdas = [cosine_factor(length) for _ in scheduler.lr_lambdas]
+
+
 def upgrade_scheduler_state(state: dict[str, Any], scheduler) -> dict[str, Any]:
     """A checkpoint's scheduler state, made loadable by ``scheduler``: runs saved before cosine
     became a LambdaLR hold CosineAnnealingLR state (``T_max``, no ``lr_lambdas``); its epoch count

@@ -21,7 +21,10 @@ from train.distributed import (
 )
 from train.loop import StepTools, TrainNet, combine_stats, train_epoch
 from train.mtl import init_heads
-from train.optim import build_optimizer, build_scheduler, scheduler_step, sync_scheduler_lr, upgrade_scheduler_state
+from train.optim import (
+    build_optimizer, build_scheduler, resumed_cosine_length, scheduler_step, set_cosine_length, sync_scheduler_lr,
+    upgrade_scheduler_state,
+)
 from train.runlog import RunLog, peak_memory_mb
 from train.signals import StopRequest
 from train.setup import (
@@ -59,6 +62,7 @@ class Run:
     log: RunLog
     progress: Progress
     steps_per_epoch: int  # cfg.steps_per_epoch(world size)
+    cosine_length: int | None = None  # the cosine schedule's length in effect (None: another scheduler)
 
 
 def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
@@ -110,7 +114,7 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
     log = RunLog(Path(cfg.out), enabled=dist.is_main)
     scheduler = build_scheduler(optimizer, cfg)
     return Run(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress(),
-               cfg.steps_per_epoch(dist.world_size))
+               cfg.steps_per_epoch(dist.world_size), cfg.cosine_length() if cfg.scheduler == "cosine" else None)
 
 
 def _state(run: Run, wall_s: float) -> dict[str, Any]:
@@ -127,6 +131,7 @@ def _state(run: Run, wall_s: float) -> dict[str, Any]:
         "best_val_acc": p.best_val_acc, "epochs_since_best": p.epochs_since_best,
         "epoch_step": p.epoch_step, "partial": p.partial, "wall_s": wall_s,
         "config": run.cfg.to_dict(), "data_meta": run.data.meta, "epoch_unit": "tasks",
+        "cosine_length": run.cosine_length,
     }  # fmt: skip
 
 
@@ -165,7 +170,11 @@ def _resume(run: Run) -> None:
             f"{run.cfg.epoch_length} tasks at {run.cfg.meta_batch_size} x {run.dist.world_size} tasks a step have "
             f"{run.steps_per_epoch} steps (keep the run's --epoch-length {ck.upgrade_stored_config(c)[0]['epoch_length']}, "
             f"--meta-batch-size {c['config']['meta_batch_size']} and number of ranks)")
-    sync_scheduler_lr(run.scheduler)  # a cosine stretched by a larger --max-epochs: its lr at this epoch
+    if run.cosine_length is not None:  # the run's own length, or stretched to a larger --max-epochs
+        stored = c.get("cosine_length") or TrainConfig.from_dict(ck.upgrade_stored_config(c)[0]).cosine_length()
+        run.cosine_length = resumed_cosine_length(run.cfg.cosine_epochs, int(stored), run.cfg.max_epochs)
+        set_cosine_length(run.scheduler, run.cosine_length)
+    sync_scheduler_lr(run.scheduler)  # the lr of the (possibly stretched) schedule at this epoch
 
 
 def _validate(run: Run) -> dict | None:
