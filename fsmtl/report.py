@@ -118,7 +118,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = ""
         ax.set_ylabel(ylabel)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-    ax_acc.legend()
+    if ax_acc.get_legend_handles_labels()[0]:
+        ax_acc.legend()
+    else:
+        ax_acc.text(0.5, 0.5, "no validation", transform=ax_acc.transAxes, ha="center", va="center", color="0.5")
     if title:
         fig.suptitle(title)
     return _save(plt, fig, out)
@@ -193,7 +196,10 @@ def plot_compare(runs: dict[str, Sequence[dict[str, Any]]], out: str | Path, x: 
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # runs without validation draw nothing here
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no validation", transform=ax.transAxes, ha="center", va="center", color="0.5")
     return _save(plt, fig, out)
 
 

@@ -109,7 +109,7 @@ class DaliBackend:
 
         @pipeline_def(
             batch_size=self.cfg.batch_images,
-            num_threads=default_workers(self.cfg),
+            num_threads=max(1, default_workers(self.cfg)),  # --workers 0: no worker processes; DALI still needs one thread
             device_id=(self.device.index or 0) if self.gpu else None,
             prefetch_queue_depth=2 if self.cfg.prefetch else 1,
         )

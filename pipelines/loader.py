@@ -169,6 +169,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def _stream_family(backend: str) -> str:
+    """Back ends whose batches come from the same planned stream ("planned"), or "reference"."""
+    return "reference" if backend == "reference" else "planned"
+
+
 class TaskLoader:
     """An infinite iterator of :class:`TaskBatch`, prefetching one batch ahead.
 
@@ -268,13 +273,18 @@ class TaskLoader:
         missing = [k for k in ("backend", "seed", "batches", "generator") if k not in state]
         if missing:
             raise FsmtlError(f"loader state: missing {', '.join(missing)} (expected the dict TaskLoader.state_dict() returns)")
-        ours = {"backend": self.cfg.backend, "seed": self.cfg.seed, **_stream_config(self.cfg)}
-        saved = {"backend": state["backend"], "seed": state["seed"], **dict(state.get("config") or {})}
+        # torch, ffcv and dali plan every batch with plan_batch on this generator: one task stream,
+        # so a run may switch among them; the reference back end draws its own
+        ours = {"stream": _stream_family(self.cfg.backend), "seed": self.cfg.seed, **_stream_config(self.cfg)}
+        saved = {"stream": _stream_family(state["backend"]), "seed": state["seed"], **dict(state.get("config") or {})}
         differ = [k for k in ours if k in saved and saved[k] != ours[k]]  # (older states hold no config)
         if differ:
             was = ", ".join(f"{k}={saved[k]!r}" for k in differ)
             now = ", ".join(f"{k}={ours[k]!r}" for k in differ)
-            raise FsmtlError(f"loader state: saved by a loader with {was}; this loader has {now} (resume with the same settings)")
+            hint = (" (the torch, ffcv and dali back ends share one task stream and may replace each other; "
+                    "reference has its own)" if "stream" in differ else "")
+            raise FsmtlError(f"loader state: saved by a loader with {was}; this loader has {now}: resume with the same "
+                             f"settings{hint}")  # fmt: skip
         batches = state["batches"]
         if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 0:
             raise FsmtlError(f"loader state: batches: expected an integer >= 0, got {describe(batches)}")

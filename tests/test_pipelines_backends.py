@@ -70,6 +70,12 @@ def test_dali_back_end_equals_torch_for_the_same_seed(exported: Path) -> None:
     _same(dali, _take(split, mean, std, CFG))
 
 
+def test_dali_with_workers_0_runs_on_one_thread(exported: Path) -> None:
+    optional_import("nvidia.dali")
+    split, mean, std = _open(exported)
+    _same(_take(split, mean, std, replace(CFG, backend="dali", workers=0), 1), _take(split, mean, std, CFG, 1))
+
+
 def test_ffcv_back_end_equals_torch_for_the_same_seed(exported: Path) -> None:
     optional_import("ffcv")
     split, mean, std = _open(exported)

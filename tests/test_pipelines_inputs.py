@@ -214,7 +214,7 @@ def _bad_states(good: dict) -> dict[str, tuple[object, str]]:
         "negative_batches": ({**good, "batches": -1}, "batches: expected an integer >= 0"),
         "not_a_dict": ([1, 2], "expected the dict TaskLoader.state_dict"),
         "another_seed": ({**good, "seed": 1}, "saved by a loader with seed=1; this loader has seed=0"),
-        "another_backend": ({**good, "backend": "reference"}, "backend='reference'"),
+        "another_stream": ({**good, "backend": "reference"}, "stream='reference'.*reference has its own"),
         "another_config": ({**good, "config": {**good["config"], "shots": 1, "jitter": False}}, "shots=1, jitter=False; this loader has shots=2, jitter=True"),
     }  # fmt: skip
 

@@ -273,6 +273,12 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tiny_shards: Path, tmp_
     run = tmp_path / "r"
     train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=4, wandb="offline"))
     assert list((run / "wandb").glob("offline-run-*"))
+    assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", "--no-progress"]) == 0
+    ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # a resume continues the same wandb run (one id), not a new one
+    train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=4, wandb="offline", overwrite=True))
+    fresh = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
+    assert len(fresh) == 1 and fresh != ids  # --overwrite starts a new wandb run and drops the old one
 
 
 @pytest.mark.parametrize("backend,module", [("reference", None), ("dali", "nvidia.dali"), ("ffcv", "ffcv")])
@@ -364,3 +370,61 @@ def test_resume_from_a_file_that_is_no_checkpoint_says_so_in_one_plain_line(tmp_
     err = capsys.readouterr().err
     assert "last.pt: not an fsmtl checkpoint: it holds objects beyond tensors" in err
     assert err.count("\n") == 1 and "\x1b[" not in err and "weights_only=False" not in err
+
+
+def test_resume_may_switch_among_the_back_ends_that_share_one_task_stream(tiny_shards: Path, tmp_path: Path) -> None:
+    optional_import("ffcv")
+    full, mixed = tmp_path / "full", tmp_path / "mixed"
+    train(tiny_cfg(tiny_shards, full, max_epochs=2))
+    train(tiny_cfg(tiny_shards, mixed, max_epochs=1))
+    assert run_stage_main(main, ["--resume", str(mixed), "--max-epochs", "2", "--pipeline", "ffcv", "--no-progress"]) == 0
+    a, b = read_metrics(full), read_metrics(mixed)
+    assert [r["val_acc"] for r in a] == [r["val_acc"] for r in b]  # the same tasks and images: ffcv loads, fsmtl augments
+    sa = torch.load(full / "checkpoints" / "last.pt", weights_only=True)["model"]
+    sb = torch.load(mixed / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert run_stage_main(main, ["--resume", str(mixed), "--max-epochs", "3", "--pipeline", "reference", "--no-progress"]) == 2
+
+
+def test_resume_refuses_a_changed_validation_protocol_or_epoch_length(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))
+    for flags in (["--test-shots", "1"], ["--test-queries", "3"], ["--val-epoch-length", "8"], ["--epoch-length", "16"]):
+        assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", *flags]) == 2
+        assert flags[0] in capsys.readouterr().err
+
+
+def test_metrics_log_the_rate_each_epoch_trained_with(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=3, scheduler="step", step_size=1, step_gamma=0.5))
+    assert [r["lr"] for r in read_metrics(run)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+def test_an_out_that_is_a_file_is_refused_before_anything_is_built(tiny_shards: Path, tmp_path: Path) -> None:
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(FsmtlError, match="--out .*afile: is a file"):
+        train(tiny_cfg(tiny_shards, f))
+
+
+def test_resuming_a_run_that_early_stopping_ended_trains_no_further(tiny_shards: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=None, early_stop_patience=1, max_steps=400))
+    rows = read_metrics(run)
+    assert "early stop" in capsys.readouterr().err
+    assert run_stage_main(main, ["--resume", str(run), "--no-progress"]) == 0
+    assert "early stopping already ended this run" in capsys.readouterr().err and read_metrics(run) == rows
+    assert run_stage_main(main, ["--resume", str(run), "--early-stop-patience", "50", "--max-epochs",
+                                 str(len(rows) + 1), "--no-progress"]) == 0
+    assert len(read_metrics(run)) == len(rows) + 1
+
+
+def test_an_epoch_stopped_midway_must_finish_on_as_many_ranks_as_it_began(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=None, max_steps=2))  # 2 of 4 steps of epoch 1
+    path = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["rng"]["ranks"] = ckpt["rng"]["ranks"] * 2  # as if two ranks had written it
+    torch.save(ckpt, path)
+    with pytest.raises(FsmtlError, match="stopped 2 steps into an epoch with 2 rank"):
+        build_run(TrainConfig.from_dict({**ckpt["config"], "resume": str(run), "max_steps": None}))

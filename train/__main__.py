@@ -83,12 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# settings the checkpoint's optimizer/scheduler state embodies: a resume that changed them would
-# silently keep the old ones (the restored state wins), so it is refused instead
+# settings the checkpoint's optimizer/scheduler state embodies, or that the best validation accuracy
+# so far and the epoch-counted schedule were measured with: a resume that changed them would silently
+# keep the old state or compare unlike numbers, so it is refused instead
 FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "plateau_factor",
                    "plateau_patience", "step_size", "step_gamma", "seed", "meta_batch_size", "train_ways",
                    "train_shots", "train_queries", "algorithm", "norm_train_features", "cosine_epochs",
-                   "val_split")  # fmt: skip
+                   "val_split", "test_ways", "test_shots", "test_queries", "val_epoch_length",
+                   "epoch_length")  # fmt: skip
 
 
 def config_from_args(argv: list[str]) -> TrainConfig:

@@ -73,6 +73,8 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
         print(f"fsmtl train: --optimizer {cfg.optimizer}: torch-optimizer reshapes parameters with view(), which "
               "channels_last weights do not allow; training with --no-channels-last", file=sys.stderr)  # fmt: skip
         cfg = replace(cfg, channels_last=False)
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise FsmtlError(f"--out {cfg.out}: is a file (expected a run directory, or a path to create one at)")
     if not cfg.resume and not cfg.overwrite:
         left = ck.previous_run_files(cfg.out)
         if left:
@@ -152,6 +154,9 @@ def _resume(run: Run) -> None:
         run.tools.scaler.load_state_dict(c["scaler"])
     ranks = c["rng"]["ranks"]
     mine = ranks[run.dist.rank] if run.dist.rank < len(ranks) else None
+    if len(ranks) != run.dist.world_size and int(c.get("epoch_step", 0)):
+        raise FsmtlError(f"{path}: stopped {c['epoch_step']} steps into an epoch with {len(ranks)} rank(s); finish that epoch "
+                         f"with {len(ranks)} (this run has {run.dist.world_size}), then resume with any number")  # fmt: skip
     if len(ranks) != run.dist.world_size:  # said by rank 0, the one that logs
         run.log.message(
             f"resume: the checkpoint was written by {len(ranks)} rank(s), this run has {run.dist.world_size}: "
@@ -159,6 +164,9 @@ def _resume(run: Run) -> None:
             + ("ranks beyond the checkpoint's start their task streams fresh; " if run.dist.world_size > len(ranks) else "")
             + "the run continues, but not as an uninterrupted one would"
         )
+    if run.cfg.pipeline == "reference":
+        run.log.message("resume: the reference pipeline (the seed's DataLoader) is not exactly resumable: the run "
+                        "continues with fresh tasks, not the ones an uninterrupted run would have drawn")  # fmt: skip
     if mine is not None:
         run.loader.load_state_dict(mine["loader"])
         ck.restore_rng(mine, run.device)
@@ -202,17 +210,18 @@ def _stop_reason(run: Run, deadline: float | None, stop: StopRequest) -> str | N
         return f"stopped {p.epoch_step} steps into epoch {p.epoch + 1}"
     if run.validate is not None or run.dist.enabled:
         if p.epochs_since_best >= cfg.early_stop_patience:
-            return f"early stop: no validation improvement for {cfg.early_stop_patience} epochs"
+            n = cfg.early_stop_patience
+            return f"early stop: no validation improvement for {n} epoch{'s' if n != 1 else ''}"
     return None
 
 
-def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float) -> dict[str, Any]:
+def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float, lr: float) -> dict[str, Any]:
     images = stats.steps * run.cfg.meta_batch_size * run.cfg.train_ways * (run.cfg.train_shots + run.cfg.train_queries)
     return {
         "epoch": run.progress.epoch, "step": run.progress.step, "train_loss": stats.loss, "train_acc": stats.acc,
         "val_acc": None if val is None else val["acc"], "val_ci95": None if val is None else val["ci95"],
         "val_head": None if val is None else val["head"], "best_val_acc": _best(run.progress),
-        "lr": run.tools.optimizer.param_groups[0]["lr"],
+        "lr": lr,  # the rate this epoch trained with (the scheduler has stepped since)
         "images_per_s": images * run.dist.world_size / max(stats.seconds, 1e-9),
         "data_wait_frac": stats.data_seconds / max(stats.seconds, 1e-9),
         "peak_mem_mb": peak_memory_mb(run.device), "epoch_s": stats.seconds,
@@ -231,8 +240,9 @@ def _after_epoch(run: Run, stats: Any, t_run: float) -> dict[str, Any]:
         p.best_val_acc, p.epochs_since_best = float(val["acc"]), 0
     elif val is not None:
         p.epochs_since_best += 1
+    lr = float(run.tools.optimizer.param_groups[0]["lr"])
     scheduler_step(run.scheduler, None if val is None else val["acc"])
-    record = {**_epoch_record(run, stats, val, t_run), "val_s": val_s}
+    record = {**_epoch_record(run, stats, val, t_run, lr), "val_s": val_s}
     run.log.epoch(record)
     state = _state(run, record["wall_s"])  # collective in DDP: every rank takes part
     if run.dist.is_main:
@@ -263,7 +273,10 @@ def _best(p: Progress) -> float | None:
     return p.best_val_acc if p.best_val_acc >= 0 else None
 
 
-def _budget_spent(cfg: TrainConfig, p: Progress) -> str | None:
+def _budget_spent(cfg: TrainConfig, p: Progress, validates: bool) -> str | None:
+    if validates and not p.epoch_step and p.epoch and p.epochs_since_best >= cfg.early_stop_patience:
+        return (f"early stopping already ended this run ({p.epochs_since_best} epochs without a better validation "
+                f"accuracy, patience {cfg.early_stop_patience}); raise --early-stop-patience to train on")
     if cfg.max_epochs is not None and p.epoch >= cfg.max_epochs:
         return f"--max-epochs {cfg.max_epochs} already reached at epoch {p.epoch}; raise it to train on"
     if cfg.max_steps is not None and p.step >= cfg.max_steps:
@@ -284,7 +297,7 @@ def _save_partial(run: Run, t_run: float) -> None:
 
 def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
     cfg, p, t_run = run.cfg, run.progress, time.monotonic()
-    spent = _budget_spent(cfg, p)
+    spent = _budget_spent(cfg, p, run.data.val is not None or run.dist.enabled)
     if spent:
         return spent
     while True:
@@ -392,7 +405,7 @@ def fit(run: Run) -> dict[str, Any]:
         with StopRequest(announce=run.dist.is_main) as stop:
             reason = _run_epochs(run, deadline, stop)
         best = _best(run.progress)
-        told = "no validation yet" if best is None else f"best val acc {100 * best:.2f}%"
+        told = ("no validation yet" if run.data.val is not None else "no validation") if best is None else f"best val acc {100 * best:.2f}%"
         run.log.message(f"fsmtl train: stopped ({reason}); {told}")
         hint = _resume_hint(cfg, reason, stop, run.dist.world_size)
         if hint:

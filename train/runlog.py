@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import secrets
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,31 +56,37 @@ class RunLog:
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
-        if wandb_mode != "disabled":  # first: a wandb that cannot start leaves no config.json behind
-            self._start_wandb(config, wandb_mode)
+        if resume_epoch is None:  # a new run (build_run refused an --out holding one unless --overwrite)
+            from train.checkpoint import previous_run_files
+
+            for old in previous_run_files(self.run):
+                old.unlink()
+            shutil.rmtree(self.run / "wandb", ignore_errors=True)  # the old run's wandb runs too
+        if wandb_mode != "disabled":  # before config.json: a wandb that cannot start leaves none behind
+            self._start_wandb(config, wandb_mode, resume_epoch is not None)
         atomic_write_json(self.run / "config.json", config)
         metrics = self.run / "metrics.jsonl"
         if resume_epoch is not None:
             kept = [r for r in read_metrics(self.run) if r.get("epoch", 0) <= resume_epoch]
             text = "".join(json.dumps(r) + "\n" for r in kept).encode()
             atomic_write(metrics, lambda f: f.write(text))
-        else:  # a new run (build_run refused an --out holding one unless --overwrite)
-            from train.checkpoint import previous_run_files
 
-            for old in previous_run_files(self.run):
-                old.unlink()
-
-    def _start_wandb(self, config: dict[str, Any], mode: str) -> None:
+    def _start_wandb(self, config: dict[str, Any], mode: str, resuming: bool) -> None:
         try:
             import wandb
         except ImportError as e:
             raise FsmtlError(f"--wandb {mode}: wandb is not importable ({e}); use --wandb disabled") from None
         os.environ.setdefault("WANDB_SILENT", "true")
+        # one wandb run per training run: a resume continues the id the run started with
+        id_file = self.run / "wandb" / "fsmtl_run_id.txt"
+        run_id = id_file.read_text().strip() if resuming and id_file.is_file() else secrets.token_hex(4)
         try:
             self._wandb = wandb.init(
                 mode=mode, dir=str(self.run), project="fsmtl", config=config,
-                name=self.run.name, reinit="finish_previous",
+                name=self.run.name, reinit="finish_previous", id=run_id, resume="allow",
             )  # fmt: skip
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id + "\n")
         except Exception as e:  # noqa: BLE001 - no API key, no network, a bad WANDB_* setting
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             hint = "use --wandb offline (no account needed) or run 'wandb login'" if mode == "online" else "use --wandb disabled"
