@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,21 @@ def default_report_path(cfg: EvalConfig, checkpoint_path: str | Path, run_data: 
     return base / "reports" / f"eval_{cfg.split}_{tag}.json"
 
 
+def optimism_notes(run_config: dict[str, Any], split: str, checkpoint_file: str) -> list[str]:
+    """Why an accuracy on ``split`` is not a held-out one for this run, if it is not (else []).
+
+    ``checkpoint_file``: the evaluated file's name (best.pt is the one validation chose)."""
+    notes = []
+    if run_config.get("trainval") and split == "val":
+        notes.append("the run trained on the val classes too (--trainval): this val accuracy is not a held-out one")
+    val_split = run_config.get("val_split", "val")
+    chose_on = ("test" if run_config.get("trainval") else "val") if val_split == "auto" else val_split
+    if split == "test" and chose_on == "test" and checkpoint_file == "best.pt":
+        notes.append("best.pt was chosen by validating on the test split (as the seed's --trainval): this test "
+                     "accuracy is optimistic; evaluate --checkpoint last, or train with --val-split none")  # fmt: skip
+    return notes
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Load the run, draw the fixed episodes, score every head for every shot count.
 
@@ -98,11 +114,15 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             batch_tasks=cfg.batch_tasks, head_options=cfg.head_options(), finetune=ft,
         )  # fmt: skip
         results[str(shots)] = res
+    notes = optimism_notes(run.config, cfg.split, Path(run.path).name)
+    for note in notes:
+        print(f"fsmtl eval: note: {note}", file=sys.stderr)
     return {
         "format": REPORT_FORMAT, "version": 1, "run": cfg.run, "checkpoint": os.path.abspath(run.path),
         "checkpoint_info": run.info, "model": run.config.get("model"), "data": str(Path(data).resolve()), "run_data": run.config.get("data"), "split": cfg.split,
         "device": str(run.device), "precision": str(run.amp_dtype or "fp32").replace("torch.", ""),
         "config": {**asdict(cfg), "shots": list(cfg.shots), "heads": list(cfg.heads)}, "results": results,
+        "notes": notes,
     }  # fmt: skip
 
 

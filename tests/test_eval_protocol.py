@@ -295,3 +295,15 @@ def test_finetune_works_under_no_grad_and_inference_mode(run_dir, tiny_shards):
     with torch.inference_mode():
         b = run.predict(support, labels, query, head="finetune", steps=1)
     assert torch.equal(a, b) and a.shape == (2,)
+
+
+def test_eval_notes_when_an_accuracy_is_not_a_held_out_one() -> None:
+    from eval.evaluate import optimism_notes
+
+    assert optimism_notes({"trainval": False, "val_split": "auto"}, "test", "best.pt") == []
+    assert optimism_notes({"trainval": False}, "val", "best.pt") == []  # a run from before val_split
+    tv = {"trainval": True, "val_split": "auto"}  # the seed's --trainval: best.pt chosen on test
+    assert "optimistic" in optimism_notes(tv, "test", "best.pt")[0]
+    assert optimism_notes(tv, "test", "last.pt") == []
+    assert "not a held-out one" in optimism_notes(tv, "val", "last.pt")[0]
+    assert optimism_notes({**tv, "val_split": "none"}, "test", "best.pt") == []
