@@ -36,7 +36,7 @@ import torch
 from benchmarks.bench_train import make_batch
 from benchmarks.common import (check_writable, check_writable_dir, device_name, format_table, median, nonnegative_int,
                                parse_names, positive_int, synchronize, time_runs, write_results)
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
 from train.algorithms import ALGORITHMS, StepShape, get_algorithm
@@ -254,7 +254,7 @@ def tta_summary(curves: dict[str, list[dict[str, float]]]) -> list[dict[str, Any
 
 
 def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fsmtl bench algorithms", description=plain_doc(__doc__),
+    p = CliParser(prog="fsmtl bench algorithms", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="conv4", choices=MODEL_NAMES, help="backbone (default conv4)")
     p.add_argument("--size", type=positive_int, default=None, help="image side (default 32, or --data's)")

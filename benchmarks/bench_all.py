@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import check_writable, check_writable_dir, hardware_info, parse_names, write_json
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
 
 # name -> extra CLI arguments giving CPU-sized defaults
@@ -37,7 +37,7 @@ _TAKES_OUT = {"algorithms"}  # benchmarks that write more than their JSON: given
 def main(argv: list[str] | None = None, plan: dict[str, list[str]] | None = None) -> int:
     """Run the benchmarks of ``plan`` (default: every one, CPU-sized) and gather their JSON."""
     plan = _PLAN if plan is None else plan
-    p = argparse.ArgumentParser(prog="fsmtl bench all", description=plain_doc(__doc__))
+    p = CliParser(prog="fsmtl bench all", description=plain_doc(__doc__))
     p.add_argument("--json", type=Path, default=Path("benchmarks/results/bench_all.json"),
                    help="results JSON (default benchmarks/results/bench_all.json)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-all"),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from preprocess.splitlists import cifar100_names
 
 TARGET_S = 30.0
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
     from preprocess.config import PreprocessConfig
     from preprocess.run import convert
 
-    p = argparse.ArgumentParser(prog="fsmtl bench convert", description=plain_doc(__doc__))
+    p = CliParser(prog="fsmtl bench convert", description=plain_doc(__doc__))
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--runs", type=positive_int, default=3, help="timed conversions, median taken (default 3)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: all CPUs)")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import check_writable, format_table, median, positive_int, synchronize, time_runs, write_results
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 
 
 def clustered_features(tasks: int, ways: int, per_class: int, dim: int, noise: float, seed: int) -> torch.Tensor:
@@ -120,7 +120,7 @@ def blas_info() -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fsmtl bench eval", description=plain_doc(__doc__))
+    p = CliParser(prog="fsmtl bench eval", description=plain_doc(__doc__))
     p.add_argument("--tasks", type=positive_int, default=2000, help="tasks (default 2000)")
     p.add_argument("--ways", type=positive_int, default=5, help="classes per task (default 5)")
     p.add_argument("--shots", type=positive_int, default=5, help="support features per class (default 5)")

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
 
 ALL = ("torch", "torch-ops", "dali", "ffcv", "reference", "seed-literal")
@@ -204,7 +204,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     from benchmarks.common import device_name, image_sizes, nonnegative_int, positive_int
 
-    p = argparse.ArgumentParser(prog="fsmtl bench pipeline", description=plain_doc(__doc__))
+    p = CliParser(prog="fsmtl bench pipeline", description=plain_doc(__doc__))
     p.add_argument("--data", nargs="+", type=Path, help="shard directories (default: synthetic 84 and 32 px)")
     p.add_argument("--sizes", type=image_sizes, default=None, help="image sides of the synthetic shards (default 84,32; not with --data)")
     p.add_argument("--backends", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from benchmarks.common import check_writable, format_table, image_sizes, positive_int, write_results
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 
 
 class OpCounter(TorchDispatchMode):
@@ -75,7 +75,7 @@ def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fsmtl bench traffic", description=plain_doc(__doc__),
+    p = CliParser(prog="fsmtl bench traffic", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sizes", type=image_sizes, default=(84, 32), help="comma-separated image sides >= 8 (default 84,32)")
     p.add_argument("--tasks", type=positive_int, default=6, help="tasks per batch (5 ways x 10 images each)")

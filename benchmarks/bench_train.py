@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.common import (check_writable, device_name, format_table, median, nonnegative_int, positive_int, synchronize,
                                time_runs, write_results)
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
 from models import MODEL_NAMES, build_model, feature_dim
 from train.algorithms import StepShape, get_algorithm
@@ -146,7 +146,7 @@ def preset_memory(device: torch.device, amp: torch.dtype | None) -> dict[str, An
 
 
 def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="fsmtl bench train", description=plain_doc(__doc__),
+    p = CliParser(prog="fsmtl bench train", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet12", choices=MODEL_NAMES, help="backbone (default resnet12)")
     p.add_argument("--size", type=positive_int, default=84, help="image side (default 84)")

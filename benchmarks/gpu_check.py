@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.common import format_table, hardware_info, positive_int
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.fileio import atomic_write_json
 
 
@@ -184,7 +184,7 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=plain_doc(__doc__),
+    p = CliParser(prog="python -m benchmarks.gpu_check", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--json", type=Path, default=Path("gpu_check.json"))
     p.add_argument("--device", default="cuda")

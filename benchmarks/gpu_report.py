@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 
 # the targets of the pipeline, trainer and GPU-check issues
 TARGETS = {
@@ -138,7 +138,7 @@ def markdown(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_report", description=plain_doc(__doc__),
+    p = CliParser(prog="python -m benchmarks.gpu_report", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("json", type=Path, help="gpu_check.json from benchmarks/gpu_check.sh")
     a = p.parse_args(argv)

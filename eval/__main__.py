@@ -9,14 +9,14 @@ from pathlib import Path
 
 from eval.config import EvalConfig
 from eval.heads import HEAD_NAMES
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.fileio import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
     # every default is None: EvalConfig holds the real defaults, in one place
     d = EvalConfig()
-    p = argparse.ArgumentParser(prog="fsmtl eval", description=plain_doc(__doc__), argument_default=None)
+    p = CliParser(prog="fsmtl eval", description=plain_doc(__doc__), argument_default=None)
     p.add_argument("--run", help="run directory written by fsmtl train (or a checkpoint file)")
     p.add_argument("--checkpoint", help="best (default), last, or a path to a .pt file; leave it out when --run is a checkpoint file")
     p.add_argument("--split", choices=["test", "val"], help="classes to test on (default: test)")

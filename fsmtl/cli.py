@@ -7,13 +7,14 @@ imported lazily: ``fsmtl verify`` does not pay for importing torch.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import re
 import signal
 import sys
 import threading
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from fsmtl.errors import EXIT_USER_ERROR, FsmtlError
 
@@ -31,6 +32,14 @@ _COMMANDS: dict[str, tuple[str, bool, str]] = {
 
 
 _REST_ROLE = re.compile(r":(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|ref|doc):`~?([^`]+)`")
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with a one-line usage error: ``PROG: error: MESSAGE (see PROG --help)``, exit 2,
+    instead of the whole usage block before it (``--help`` still shows everything)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def plain_doc(text: str | None) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
 from fsmtl.report import load_metrics, plot_bars, plot_curves
 
@@ -199,7 +199,7 @@ def _bench(data: Path, run: Path) -> dict[str, Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fsmtl demo", description=plain_doc(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="fsmtl demo", description=plain_doc(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help=f"run directory (default {d.out})")
     p.add_argument("--size", dest="image_size", type=int, default=d.image_size, help="synthetic image size")

@@ -20,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from fsmtl.cli import plain_doc
+from fsmtl.cli import CliParser, plain_doc
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def defaults_here(dev: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="fsmtl doctor", description=plain_doc(__doc__),
+    p = CliParser(prog="fsmtl doctor", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--json", type=Path, default=None, help="also write the findings here")
     a = p.parse_args(argv)

@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     """``fsmtl plot RUN [RUN ...] [--out FILE] [--x time|step|epoch]``: draw a run's curves from its
     metrics.jsonl, or several runs on shared axes, and print a table of their best validation
     accuracy, budget and speed."""
-    from fsmtl.cli import plain_doc
+    from fsmtl.cli import CliParser, plain_doc
 
-    p = argparse.ArgumentParser(prog="fsmtl plot", description=plain_doc(main.__doc__))
+    p = CliParser(prog="fsmtl plot", description=plain_doc(main.__doc__))
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories holding metrics.jsonl")
     p.add_argument("--out", type=Path, default=None,
                    help="PNG to write (default RUN/curves.png for one run, compare.png for several)")

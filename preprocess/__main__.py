@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fsmtl.cli import CliParser
 from fsmtl.errors import FsmtlError
 from preprocess.config import (
     BENCHMARKS,
@@ -37,7 +38,7 @@ _floats.__name__ = "comma-separated numbers"
 
 def _parser() -> argparse.ArgumentParser:
     d = PreprocessConfig("synthetic", Path("."))  # the defaults, from the one config dataclass
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="fsmtl", description="Offline conversion of few-shot benchmarks into checked shards."
     )
     sub = p.add_subparsers(dest="command", required=True)

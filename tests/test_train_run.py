@@ -274,10 +274,13 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tiny_shards: Path, tmp_
     train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=4, wandb="offline"))
     assert list((run / "wandb").glob("offline-run-*"))
     assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", "--no-progress"]) == 0
-    ids = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
+    def run_ids() -> set[str]:  # offline-run-<date>_<time>-<id>[-<n> when the second repeats]
+        return {p.name.split("-")[3] for p in (run / "wandb").glob("offline-run-*")}
+
+    ids = run_ids()
     assert len(ids) == 1  # a resume continues the same wandb run (one id), not a new one
     train(tiny_cfg(tiny_shards, run, max_epochs=1, epoch_length=4, wandb="offline", overwrite=True))
-    fresh = {p.name.rsplit("-", 1)[1] for p in (run / "wandb").glob("offline-run-*")}
+    fresh = run_ids()
     assert len(fresh) == 1 and fresh != ids  # --overwrite starts a new wandb run and drops the old one
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from fsmtl.cli import CliParser
 from fsmtl.errors import FsmtlError
 from train.config import TrainConfig
 from train.presets import PRESETS, preset_overrides
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, grouped; nothing is defaulted here (the dataclass is the source)."""
     from train.config import FIELD_HELP
 
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="fsmtl train", argument_default=argparse.SUPPRESS,
         description="Train a few-shot backbone by multi-task learning (the seed's recipe by default). "
         "Defaults are the seed's; --preset NAME applies one of its published commands, then any flag overrides it. "
