@@ -71,3 +71,14 @@ def test_python_m_fsmtl_runs_the_fsmtl_command(tmp_path):
     assert plot.returncode == 2
     assert plot.stderr == f"fsmtl: error: {tmp_path / 'metrics.jsonl'}: not found (expected the metrics of a training run)\n"
     assert "commands:" in _python_m_fsmtl("--help").stdout
+
+
+@pytest.mark.parametrize("command", [["train"], ["eval"], ["convert", "synthetic"], ["plot", "x"], ["demo"],
+                                     ["bench", "pipeline"], ["bench", "eval"]], ids=" ".join)
+def test_a_usage_error_is_one_line_naming_the_help(command, capsys):
+    try:
+        rc = fsmtl_main([*command, "--no-such-flag"])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--no-such-flag" in err and "--help)" in err
