@@ -73,7 +73,7 @@ def test_python_m_fsmtl_runs_the_fsmtl_command(tmp_path):
     assert "commands:" in _python_m_fsmtl("--help").stdout
 
 
-@pytest.mark.parametrize("command", [["train"], ["eval"], ["convert", "synthetic"], ["plot", "x"], ["demo"],
+@pytest.mark.parametrize("command", [["train"], ["eval"], ["convert", "synthetic", "--out", "unused"], ["plot", "x"], ["demo"],
                                      ["bench", "pipeline"], ["bench", "eval"]], ids=" ".join)
 def test_a_usage_error_is_one_line_naming_the_help(command, capsys):
     try:
