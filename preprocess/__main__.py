@@ -174,7 +174,11 @@ def _verify(root: Path) -> int:
 def main(argv: list[str]) -> int:
     """Run ``convert`` or ``verify``; returns the exit code (FsmtlError propagates to the CLI)."""
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the subcommand's help, not the top-level one
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # argparse already printed its message
         return int(e.code or 0) if e.code in (0, None) else 2
     if args.command == "verify":

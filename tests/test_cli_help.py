@@ -82,3 +82,8 @@ def test_a_usage_error_is_one_line_naming_the_help(command, capsys):
         rc = e.code
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "--no-such-flag" in err and "--help)" in err
+
+
+def test_an_unknown_flag_after_convert_names_converts_help(capsys):
+    assert fsmtl_main(["convert", "synthetic", "--out", "unused", "--bogus"]) == 2
+    assert "(see fsmtl convert --help)" in capsys.readouterr().err

@@ -431,3 +431,36 @@ def test_an_epoch_stopped_midway_must_finish_on_as_many_ranks_as_it_began(tiny_s
     torch.save(ckpt, path)
     with pytest.raises(FsmtlError, match="stopped 2 steps into an epoch with 2 rank"):
         build_run(TrainConfig.from_dict({**ckpt["config"], "resume": str(run), "max_steps": None}))
+
+
+def test_a_fresh_run_leaves_a_wandb_folder_it_did_not_write_alone(tiny_shards: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "wandb" / "run-20260101_000000-userrun1").mkdir(parents=True)  # the user's own wandb data
+    train(tiny_cfg(tiny_shards, project, max_epochs=1, wandb="disabled"))
+    assert (project / "wandb" / "run-20260101_000000-userrun1").is_dir()
+    train(tiny_cfg(tiny_shards, project, max_epochs=1, wandb="offline", overwrite=True))
+    assert (project / "wandb" / "run-20260101_000000-userrun1").is_dir()  # --overwrite drops fsmtl's own only
+
+
+def test_an_overwrite_whose_wandb_cannot_start_leaves_the_old_run_intact(tiny_shards: Path, tmp_path: Path,
+                                                                        monkeypatch) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    import wandb
+
+    def refuse(*a, **k):
+        raise RuntimeError("no API key")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    with pytest.raises(FsmtlError, match="wandb could not start"):
+        train(tiny_cfg(tiny_shards, run, max_epochs=1, wandb="online", overwrite=True))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before and read_metrics(run)
+
+
+def test_a_cosine_resumed_with_max_epochs_none_follows_the_unbounded_length(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, scheduler="cosine", max_epochs=2))
+    assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "none", "--max-steps", "16", "--no-progress"]) == 0
+    assert all(r["lr"] > 0 for r in read_metrics(run))
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["cosine_length"] == 100

@@ -306,7 +306,7 @@ def test_a_resumed_cosine_keeps_its_length_unless_it_follows_a_larger_max_epochs
 
     assert resumed_cosine_length(None, 20, 2) == 20  # a smaller budget: the length stays
     assert resumed_cosine_length(None, 20, 40) == 40  # a larger one stretches a cosine that follows it
-    assert resumed_cosine_length(None, 20, None) == 20
+    assert resumed_cosine_length(None, 20, None) == 100  # --max-epochs none: unbounded, 100 as a fresh run
     assert resumed_cosine_length(None, 100, 150) == 150  # unbounded (100), stretched
     assert resumed_cosine_length(50, 50, 100) == 50 and resumed_cosine_length(50, 50, 200) == 50  # given: never moves
 

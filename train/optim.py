@@ -100,7 +100,7 @@ def resumed_cosine_length(given: int | None, stored: int, max_epochs: int | None
     """
     if given is not None:
         return given
-    return max(stored, max_epochs or 0)
+    return max(stored, max_epochs if max_epochs is not None else 100)  # unbounded: 100, as a fresh run
 
 
 def set_cosine_length(scheduler, length: int) -> None:

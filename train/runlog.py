@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import secrets
 import shutil
@@ -50,20 +51,33 @@ class RunLog:
         self.run = Path(run)
         self.enabled = enabled
         self._wandb = None
+        self._run_id: str | None = None
+
+    @property
+    def _run_id_file(self) -> Path:
+        return self.run / "wandb" / "fsmtl_run_id.txt"
+
+    def _wandb_dirs(self, run_id: str) -> list[Path]:
+        """The wandb folders of one wandb run id under RUN/wandb (offline-run-<time>-<id>[-n], run-...)."""
+        name = re.compile(rf"(?:offline-)?run-\d{{8}}_\d{{6}}-{re.escape(run_id)}(?:-\d+)?")
+        return [d for d in (self.run / "wandb").iterdir() if d.is_dir() and name.fullmatch(d.name)] if (self.run / "wandb").is_dir() else []
 
     def start(self, config: dict[str, Any], wandb_mode: str, resume_epoch: int | None) -> None:
         """Write config.json; on resume keep only metrics of epochs up to the checkpoint's."""
         if not self.enabled:
             return
         self.run.mkdir(parents=True, exist_ok=True)
+        old_id = self._run_id_file.read_text().strip() if self._run_id_file.is_file() else None
+        if wandb_mode != "disabled":  # first: a wandb that cannot start leaves the old run as it was
+            self._start_wandb(config, wandb_mode, resume_epoch is not None)
         if resume_epoch is None:  # a new run (build_run refused an --out holding one unless --overwrite)
             from train.checkpoint import previous_run_files
 
             for old in previous_run_files(self.run):
                 old.unlink()
-            shutil.rmtree(self.run / "wandb", ignore_errors=True)  # the old run's wandb runs too
-        if wandb_mode != "disabled":  # before config.json: a wandb that cannot start leaves none behind
-            self._start_wandb(config, wandb_mode, resume_epoch is not None)
+            if config.get("overwrite") and old_id and old_id != self._run_id:  # the old run's wandb runs, only
+                for d in self._wandb_dirs(old_id):
+                    shutil.rmtree(d, ignore_errors=True)
         atomic_write_json(self.run / "config.json", config)
         metrics = self.run / "metrics.jsonl"
         if resume_epoch is not None:
@@ -78,7 +92,7 @@ class RunLog:
             raise FsmtlError(f"--wandb {mode}: wandb is not importable ({e}); use --wandb disabled") from None
         os.environ.setdefault("WANDB_SILENT", "true")
         # one wandb run per training run: a resume continues the id the run started with
-        id_file = self.run / "wandb" / "fsmtl_run_id.txt"
+        id_file = self._run_id_file
         run_id = id_file.read_text().strip() if resuming and id_file.is_file() else secrets.token_hex(4)
         try:
             self._wandb = wandb.init(
@@ -87,6 +101,7 @@ class RunLog:
             )  # fmt: skip
             id_file.parent.mkdir(parents=True, exist_ok=True)
             id_file.write_text(run_id + "\n")
+            self._run_id = run_id
         except Exception as e:  # noqa: BLE001 - no API key, no network, a bad WANDB_* setting
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             hint = "use --wandb offline (no account needed) or run 'wandb login'" if mode == "online" else "use --wandb disabled"
