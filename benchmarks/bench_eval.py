@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import check_writable, format_table, median, positive_int, synchronize, time_runs, write_results
+from benchmarks.common import check_writable, device_name, format_table, median, positive_int, synchronize, time_runs, write_results
 from fsmtl.cli import CliParser, plain_doc
 
 
@@ -59,23 +59,6 @@ def sklearn_warmup(support: np.ndarray, labels: np.ndarray, query: np.ndarray, C
     """Import scikit-learn and fit one task, untimed: the timed loop then measures fits, not the
     one-time import (the batched head gets a warm-up call too)."""
     sklearn_loop(support[:1], labels[:1], query[:1], C)
-
-
-def _device(name: str) -> torch.device:
-    """``--device``: cpu, cuda[:N] or auto, checked before any work (one-line errors)."""
-    from fsmtl.errors import FsmtlError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FsmtlError(f"--device: expected cpu, cuda[:N] or auto, got {name!r}") from None
-    if device.type not in ("cpu", "cuda"):
-        raise FsmtlError(f"--device: expected cpu, cuda[:N] or auto, got {name!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FsmtlError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 def _check(a: argparse.Namespace) -> None:
@@ -132,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="batched head's stopping tolerance on the gradient (default 1e-4, sklearn lbfgs's own; "
                         "fsmtl eval uses 1e-6)")
     p.add_argument("--batch-tasks", type=positive_int, default=None, help="default: 500 on CPU, all tasks on CUDA")
-    p.add_argument("--device", default="cpu", help="device of the batched head: cpu (default), cuda[:N] or auto")
+    p.add_argument("--device", type=device_name, default="cpu", help="device of the batched head: cpu (default), cuda[:N] or auto")
     p.add_argument("--runs", type=positive_int, default=3, help="timed runs of the batched head (median)")
     p.add_argument("--sklearn-tasks", type=positive_int, default=None, help="tasks for the sklearn loop (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic features (default 0)")
@@ -146,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)  # set here, in main, and recorded in the JSON's hardware
     _check(a)
-    device = _device(a.device)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else torch.device(a.device)
     check_writable(a.json)  # now, not after the measuring
     bt = a.batch_tasks or (a.tasks if device.type == "cuda" else 500)
     feats = clustered_features(a.tasks, a.ways, a.shots + a.queries, a.dim, a.noise, a.seed)

@@ -285,9 +285,7 @@ class TaskLoader:
                     "reference has its own)" if "stream" in differ else "")
             raise FsmtlError(f"loader state: saved by a loader with {was}; this loader has {now}: resume with the same "
                              f"settings{hint}")  # fmt: skip
-        batches = state["batches"]
-        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or batches < 0:
-            raise FsmtlError(f"loader state: batches: expected an integer >= 0, got {describe(batches)}")
+        batches = check_int(state["batches"], "loader state: batches", 0)
         gen = state["generator"]
         want = self._gen.get_state()
         if not isinstance(gen, Tensor) or gen.dtype != want.dtype or gen.shape != want.shape:
@@ -299,7 +297,7 @@ class TaskLoader:
             torch.Generator().set_state(gen)  # a scratch generator: ours stays as it is if this fails
         except RuntimeError as e:
             raise FsmtlError(f"loader state: generator: not a valid generator state ({str(e).splitlines()[0]})") from None
-        return gen, int(batches)
+        return gen, batches
 
     def close(self) -> None:
         """Stop prefetching and release the back end's threads, processes and caches."""
