@@ -44,6 +44,7 @@ from train.config import TrainConfig
 from train.loop import StepTools, TrainNet, train_step
 from train.mtl import init_heads
 from train.optim import build_optimizer
+from train.runlog import reset_peak_memory
 
 N_CLASSES = 64  # global head rows for MTL in (a): mini-ImageNet's train classes
 
@@ -106,7 +107,7 @@ def _measure_memory(device: torch.device, fn: Callable[[], None]) -> float:
     """Peak memory (MiB) while ``fn`` runs: CUDA max_memory_allocated, else the RSS rise."""
     if device.type == "cuda":
         synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
+        reset_peak_memory(device)
         fn()
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2**20

@@ -11,6 +11,13 @@ Then, with the real torch-back-end loader on synthetic shards of the same image 
 of wall time spent waiting in ``next(loader)`` (``data_wait_frac``, each step synchronised), and
 the peak memory of one step of the mini-ImageNet 5-shot preset (2 tasks x 5 ways x (5+5) images,
 ResNet-12 at 84x84): ``torch.cuda.max_memory_allocated`` on a GPU, the process's peak RSS on CPU.
+Model FLOPs are counted, not guessed: one fp32 eager training step (forward and backward of the
+backbone, heads and loss) under ``torch.utils.flop_counter.FlopCounterMode``, which counts the
+matrix products and convolutions (elementwise ops, BatchNorm and the optimizer are not counted, as
+MFU conventionally leaves them out). Each row's model FLOP utilisation (MFU) is its achieved model
+FLOP/s over a dense matrix product's FLOP/s measured in the same run on the same device: a square
+product in the row's own dtype (bf16 for the bf16 rows, true fp32 for fp32-eager), and for all rows
+also over the bf16 product (the card's best).
 Timing: one untimed first call (compile, autotune), ``--warmup`` untimed runs, then the median
 over ``--runs`` runs of ``--steps`` steps each, synchronised. CPU defaults are tiny (1 task, 1 step,
 no compile) because one ResNet-12 step at 84x84 takes seconds on 2 cores.
@@ -37,7 +44,7 @@ from train.config import TrainConfig
 from train.loop import StepTools, TrainNet, train_step
 from train.mtl import init_heads
 from train.optim import build_optimizer
-from train.runlog import peak_memory_mb
+from train.runlog import peak_memory_mb, reset_peak_memory
 
 
 class FakeBatch(NamedTuple):
@@ -97,6 +104,64 @@ def time_config(name: str, a: argparse.Namespace, device: torch.device, amp: tor
             "first_call_s": first_s}
 
 
+def count_step_flops(model: str, size: int, tasks: int, device: torch.device) -> dict[str, Any]:
+    """Model FLOPs of one fp32 eager training step of ``tasks`` 5-way x 10-image tasks, counted.
+
+    Returns ``{"flops_per_step", "flops_per_image", "forward_flops_per_image", "by_op"}``: the
+    matrix products and convolutions of the forward and backward passes, as counted by
+    ``FlopCounterMode`` (a multiply-add is 2 FLOPs).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tools = make_tools(model, size, tasks, device, None, False, False)
+    batch = make_batch(tasks, 5, 10, size, 64, device, False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(tools, batch, 0)
+    total = int(counter.get_total_flops())
+    by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    with torch.no_grad(), FlopCounterMode(display=False) as fwd:  # the forward alone: the usual "FLOPs of a model"
+        tools.backbone.eval()
+        tools.backbone(batch.images[:1])
+    n = batch.images.shape[0]
+    return {"flops_per_step": total, "flops_per_image": total / n, "forward_flops_per_image": int(fwd.get_total_flops()),
+            "by_op": by_op}  # fmt: skip
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 10) -> float:
+    """A dense ``n x n @ n x n`` product's TFLOP/s on ``device`` in ``dtype`` (TF32 off for float32).
+
+    ``n`` defaults to 8192 on CUDA (a few hundred microseconds a product on a Hopper card: well past
+    launch overhead) and 1024 on the CPU. Three untimed products, then the mean of ``reps``.
+    """
+    n = n or (8192 if device.type == "cuda" else 1024)
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    y = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    with tf32(False):
+        for _ in range(3):
+            torch.mm(x, y)
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.mm(x, y)
+        synchronize(device)
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def add_utilisation(rows: list[dict[str, Any]], flops: dict[str, Any], peaks: dict[str, float]) -> None:
+    """Each timed row gains ``model_tflops`` and ``mfu`` (over its dtype's measured matmul peak) and
+    ``mfu_vs_bf16_peak``; rows that failed are left as they are."""
+    for r in rows:
+        if "ms_per_step" not in r:
+            continue
+        achieved = flops["flops_per_step"] / (r["ms_per_step"] / 1e3) / 1e12
+        own = peaks["float32"] if r["config"].startswith("fp32") else peaks["bfloat16"]
+        r["model_tflops"] = achieved
+        r["mfu"] = achieved / own
+        r["mfu_vs_bf16_peak"] = achieved / peaks["bfloat16"]
+
+
 def data_wait(a: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     """Fraction of wall time in next(loader), real torch-back-end loader, bf16 + channels_last step."""
     from pipelines.loader import PipelineConfig, build_task_loader
@@ -133,9 +198,7 @@ def data_wait(a: argparse.Namespace, device: torch.device, amp: torch.dtype | No
 
 def preset_memory(device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     """Peak memory of one mini-ImageNet 5-shot preset step (ResNet-12, 84x84, 2 x 5 x (5+5) images)."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_memory(device)
     tools = make_tools("resnet12", 84, 2, device, amp, True, False)
     batch = make_batch(2, 5, 10, 84, 64, device, True)
     for i in range(2):
@@ -215,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         plan.append(("bf16-cl-compile", amp, True, True))
     # the data wait first: cheap, and a time limit during the compile row must not cost it
     wait = data_wait(a, device, amp) if a.data else None
+    flops = count_step_flops(a.model, a.size, a.tasks, device)
+    peaks = {"float32": matmul_tflops(device, torch.float32), "bfloat16": matmul_tflops(device, torch.bfloat16)}
+    print(f"model FLOPs (counted): {flops['flops_per_image'] / 1e9:.3f} GFLOP an image a training step "
+          f"({flops['forward_flops_per_image'] / 1e9:.3f} forward); dense matmul peaks measured: "
+          f"fp32 {peaks['float32']:.1f}, bf16 {peaks['bfloat16']:.1f} TFLOP/s", flush=True)
     rows = []
     for name, dt, cl, comp in plan:
         # fp32-eager is true float32, as the seed ran it on its V100 (no TF32 there); the bf16 rows
@@ -225,17 +293,19 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 - e.g. no compiler for inductor: report, keep the others
                 rows.append({"config": name, "error": f"{type(e).__name__}: {e}"[:200]})
         _speedups(rows)
+        add_utilisation(rows, flops, peaks)
         # after every row, so that a run cut short (gpu_check.sh's time limit) keeps the rows it has
         write_results(a.json, "train", _config(a), rows, device, partial=True, data_wait=wait,
-                      preset_memory=memory, amp_dtype=str(amp))  # fmt: skip
+                      preset_memory=memory, amp_dtype=str(amp), flops=flops, matmul_peak_tflops=peaks)  # fmt: skip
         print(f"  {row_line(rows[-1])}", flush=True)
-    print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "batch_images", "first_call_s"]))
+    print(format_table(rows, ["config", "images_per_s", "ms_per_step", "speedup_vs_fp32_eager", "model_tflops", "mfu",
+                              "batch_images", "first_call_s"]))
     if wait:
         print(f"data wait (real torch loader, bf16 + channels_last, synchronised steps): {100 * wait['data_wait_frac']:.2f}% of wall time")
     if memory:
         print(f"peak memory, {memory['preset']} step ({memory['measure']}): {memory['peak_mem_mb']:.0f} MiB")
     write_results(a.json, "train", _config(a), rows, device, data_wait=wait, preset_memory=memory,
-                  amp_dtype=str(amp), tf32={"matmul": torch.backends.cuda.matmul.allow_tf32,
+                  amp_dtype=str(amp), flops=flops, matmul_peak_tflops=peaks, tf32={"matmul": torch.backends.cuda.matmul.allow_tf32,
                                             "cudnn": torch.backends.cudnn.allow_tf32})
     if a.json:
         print(f"wrote {a.json}")

@@ -13,9 +13,12 @@ Steps:
   4. pipeline: torch back end images/s at 84 and 32 px, with its Triton kernel and forced onto
      torch ops, on CUDA and CPU (and reference on CPU), share of a ResNet-12 step;
   5. eval: 2,000 tasks of 5-way 5-shot batched logreg, tasks/s, against sklearn on a sample;
-  6. epoch: seconds per epoch of the mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic
+  6. ddp: a one-rank torchrun training run under DistributedDataParallel (NCCL on CUDA, gloo on
+     the CPU), stopped after one epoch and resumed for a second;
+  7. epoch: seconds per epoch of the mini-ImageNet 5-shot preset on mini-ImageNet-shaped synthetic
      shards, and the GPU-hours projected for the seed's schedule;
-  7. train: ResNet-12 84x84 images/s, fp32 eager vs bf16 + channels_last (+ compile); data wait.
+  8. train: ResNet-12 84x84 at the mini-ImageNet 5-shot preset's step shape (2 tasks x 5 ways x 10
+     images): images/s, FLOPs counted and MFU, fp32 eager vs bf16 + channels_last (+ compile); data wait.
      Last, because torch.compile's warm-up is the least predictable cost: should the time limit
      cut it, every other step is already in the JSON.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import tempfile
 import time
@@ -142,11 +146,58 @@ def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict[str, Any]:
-    """Seconds per epoch of the mini-ImageNet 5-shot preset, projected to the seed's schedule."""
+def ddp_resume(device: torch.device, tmp: Path, quick: bool, timeout_s: float = 150.0) -> dict[str, Any]:
+    """``torchrun --nproc_per_node 1 -m train`` for one epoch, then ``--resume`` for a second.
+
+    One rank still joins a process group (NCCL on CUDA) and trains under DistributedDataParallel,
+    so this is the multi-GPU code path on one card. Checks that the log names the back end, that
+    both epochs are in metrics.jsonl and that the resumed run continued from the first's step.
+    """
+    import subprocess
+    import sys
+
+    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
+    from train.distributed import process_group_backend
+
+    size = 84 if not quick else 32
+    root = write_synthetic(tmp / "ddp-data", SyntheticConfig(image_size=size, classes=(16, 5, 5), per_class=20))
+    run = tmp / "ddp-run"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "train"]
+    common = ["--device", str(device), "--wandb", "disabled", "--no-progress"]
+    first = [*launch, "--data", str(root), "--preset", "mini-imagenet-5shot", "--out", str(run), "--epoch-length", "40",
+             "--max-epochs", "1", "--val-epoch-length", "20", "--test-queries", "15", *common,
+             *(["--model", "conv4"] if quick else [])]  # fmt: skip
+    resume = [*launch, "--resume", str(run), "--max-epochs", "2", *common]
+    out: dict[str, Any] = {"backend_expected": process_group_backend(device)}
+    logs = []
+    for name, cmd in (("first", first), ("resume", resume)):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "OMP_NUM_THREADS": "4"})
+        out[f"{name}_s"] = round(time.perf_counter() - t0, 1)
+        out[f"{name}_rc"] = proc.returncode
+        logs.append(proc.stderr)
+        if proc.returncode:
+            out[f"{name}_log_tail"] = (proc.stdout + proc.stderr)[-1500:]
+            out["ok"] = False
+            return out
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    out["epochs"] = [r.get("epoch") for r in rows]
+    out["steps"] = [r.get("step") for r in rows]
+    out["train_loss"] = [r.get("train_loss") for r in rows]
+    out["ddp_in_log"] = all(f"DDP over {out['backend_expected']}" in log for log in logs)
+    out["resumed_from_epoch_1"] = "from epoch 1" in logs[1]
+    out["ok"] = bool(out["ddp_in_log"] and out["resumed_from_epoch_1"] and out["epochs"] == [1, 2]
+                     and out["steps"][1] == 2 * out["steps"][0])  # fmt: skip
+    return out
+
+
+def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int, compile_: bool = False) -> dict[str, Any]:
+    """Seconds per epoch of the mini-ImageNet 5-shot preset, projected to the seed's schedule
+    (``compile_``: with ``--compile``, whose warm-up falls in the first, untimed epoch)."""
     from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
     from train.__main__ import main as train_main
     from train.presets import PRESETS
+    from train.runlog import reset_peak_memory
 
     size, per_class = (84, 100) if not quick else (32, 20)
     root = write_synthetic(tmp / "mini", SyntheticConfig(image_size=size, classes=(64, 16, 20), per_class=per_class))
@@ -157,9 +208,9 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict
             "--wandb", "disabled", "--no-progress", "--test-queries", "15" if quick else "30"]  # fmt: skip
     if quick:
         args += ["--model", "conv4"]
-    if device.type == "cuda":  # this step's peak, not the earlier steps' (the counter is per process)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    if compile_:
+        args.append("--compile")
+    reset_peak_memory(device)  # this step's peak, not the earlier steps' (the counter is per process)
     t0 = time.perf_counter()
     rc = train_main(args)
     if rc == 143:  # the time limit's SIGTERM, taken by the trainer's own graceful stop
@@ -176,7 +227,7 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int) -> dict
     out = {"steps_per_epoch_measured": steps, "train_s_per_step": train_s_per_step, "val_s": val_s,
            "images_per_s": last.get("images_per_s"), "data_wait_frac": last.get("data_wait_frac"),
            "peak_mem_mb": last.get("peak_mem_mb"), "seconds_per_seed_epoch": epoch_s,
-           "total_s": time.perf_counter() - t0}  # fmt: skip
+           "total_s": time.perf_counter() - t0, "compile": compile_}  # fmt: skip
     # The seed trains with early stopping (patience 15); its published run took 3.7 V100-hours.
     out["projected_gpu_hours"] = {f"{e}_epochs": epoch_s * e / 3600 for e in (30, 60, 100)}
     out["seed_published_gpu_hours"] = 3.7
@@ -191,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="toy sizes (for a CPU dry run)")
     p.add_argument("--only", default="", help="comma-separated step names to run (default: all)")
     p.add_argument("--epoch-steps", type=positive_int, default=300, help="steps timed per epoch in the epoch step")
+    p.add_argument("--epoch-compile", action="store_true", help="the epoch step trains with --compile (warm-up in its first epoch)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     if device.type == "cuda":
@@ -214,9 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                "--step-model", "" if q else "resnet12"], tmp)),
             ("eval", lambda: run_bench("bench_eval", ["--device", str(device), "--tasks", "40" if q else "2000",
                                                       "--sklearn-tasks", "20" if q else "200"], tmp)),
-            ("epoch", lambda: epoch_time(device, tmp, q, 4 if q else a.epoch_steps)),
+            ("ddp", lambda: ddp_resume(device, tmp, q)),
+            ("epoch", lambda: epoch_time(device, tmp, q, 4 if q else a.epoch_steps, a.epoch_compile)),
+            # the mini-ImageNet 5-shot preset's step: 2 tasks (meta_batch_size) x 5 ways x (5 + 5) images
             ("train", lambda: run_bench("bench_train", ["--model", "conv4" if q else "resnet12", "--size", "32" if q else "84",
-                                                        "--device", str(device), *(["--no-compile", "--no-memory"] if q else [])], tmp)),
+                                                        "--tasks", "2", "--device", str(device),
+                                                        *(["--no-compile", "--no-memory"] if q else [])], tmp)),
         ]  # fmt: skip
         only = {s for s in a.only.split(",") if s}
         for name, fn in steps:

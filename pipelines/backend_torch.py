@@ -170,6 +170,7 @@ class TorchBackend:
         self.use_numba = not self.device_path and cpu_kernel != "torch" and _numba_available()
         self.pool = BufferPool()
         self.group = max(1, cfg.group_images // cfg.batch_images) if self.device_path else 1
+        self.chunk = self.group  # TaskLoader's prefetch hands over a whole group at a time
         self.kernel = self._pick_kernel(cpu_kernel) if self.device_path else ("numba" if self.use_numba else "torch ops")
         log.info("pipeline torch back end on %s: %s kernel, %d batch(es) per launch", self.device, self.kernel, self.group)
 

@@ -69,6 +69,32 @@ def _select_rows(keys, lengths, k, out):  # type: ignore[no-untyped-def]
                 out[r, i] = j
 
 
+@numba.njit(nogil=True, cache=True)
+def _episode_rows(class_keys, within_keys, offsets, ways, per_class, classes_out, rows_out):  # type: ignore[no-untyped-def]
+    """Both selections of :func:`sample_episode_indices` in one call (the same results as
+    :func:`sample_classes` then :func:`_sample_within_classes` on the same keys).
+
+    ``class_keys`` float32 [T, n_classes] -> ``classes_out`` int64 [T, ways]; ``within_keys``
+    float32 [T * ways, max_count] -> ``rows_out`` int64 [T * ways, per_class], split rows.
+    """
+    n_classes = class_keys.shape[1]
+    full = np.empty(class_keys.shape[0], dtype=np.int64)
+    full[:] = n_classes
+    _select_rows(class_keys, full, ways, classes_out)
+    t = classes_out.shape[0]
+    lengths = np.empty(t * ways, dtype=np.int64)
+    for i in range(t):
+        for j in range(ways):
+            c = classes_out[i, j]
+            lengths[i * ways + j] = offsets[c + 1] - offsets[c]
+    _select_rows(within_keys, lengths, per_class, rows_out)
+    for i in range(t):
+        for j in range(ways):
+            base = offsets[classes_out[i, j]]
+            for m in range(per_class):
+                rows_out[i * ways + j, m] += base
+
+
 def smallest_keys(keys: Tensor, k: int, lengths: Tensor | None = None) -> Tensor:
     """Column indices int64 [R, k] of each row's ``k`` smallest keys, ascending, ties to the lower
     index: what a stable argsort's first ``k`` columns give.
@@ -208,9 +234,20 @@ def sample_episode_indices(
         is class ``classes[t, j]``, so the within-task label of ``rows[t, j, :]`` is ``j``.
     """
     counts = _check(class_offsets, ways, per_class)  # per_class <= every class: no per-draw check
-    classes = sample_classes(class_offsets.numel() - 1, n_tasks, ways, generator)
-    rows = _sample_within_classes(class_offsets, counts, classes, per_class, generator)
-    return rows, classes
+    n_classes = class_offsets.numel() - 1
+    if max(ways, per_class) > _BUFFER_MAX:
+        classes = sample_classes(n_classes, n_tasks, ways, generator)
+        rows = _sample_within_classes(class_offsets, counts, classes, per_class, generator)
+        return rows, classes
+    # the same draws in the same order as the two calls above, then one numba call for both
+    # selections (the per-batch planning cost is mostly these small calls' overhead)
+    class_keys = torch.rand(n_tasks, n_classes, generator=generator)
+    within_keys = torch.rand(n_tasks * ways, int(counts.max()), generator=generator)
+    classes = torch.empty(n_tasks, ways, dtype=torch.int64)
+    rows = torch.empty(n_tasks * ways, per_class, dtype=torch.int64)
+    _episode_rows(class_keys.numpy(), within_keys.numpy(), class_offsets.contiguous().numpy(), ways, per_class,
+                  classes.numpy(), rows.numpy())  # fmt: skip
+    return rows.reshape(n_tasks, ways, per_class), classes
 
 
 def remap_labels(labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -110,3 +110,29 @@ def test_episode_sampling_given_numpy_offsets_asks_for_a_torch_tensor() -> None:
         sample_episode_indices(np.array([0, 5, 10]), 1, 2, 2, torch.Generator())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="got torch.int32"):
         sample_episode_indices(torch.tensor([0, 5, 10], dtype=torch.int32), 1, 2, 2, torch.Generator())
+
+
+def test_one_call_episodes_equal_the_two_step_sampler_draw_for_draw() -> None:
+    # sample_episode_indices selects classes and images in one numba call; it must give what
+    # sample_classes then sample_within_classes give, and leave the generator at the same state
+    from pipelines.episodes import sample_classes
+
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        sizes = torch.randint(10, 40, (int(torch.randint(5, 30, (1,), generator=g)),), generator=g)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+        t, n, k = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (8, 5, 10))
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        rows, classes = sample_episode_indices(offsets, t, n, k, g1)
+        want_classes = sample_classes(len(sizes), t, n, g2)
+        want_rows = sample_within_classes(offsets, want_classes, k, g2)
+        assert torch.equal(classes, want_classes) and torch.equal(rows, want_rows), seed
+        assert torch.equal(g1.get_state(), g2.get_state())
+    # past the numba buffer (k > 64) the two-step path runs: still distinct rows of the right class
+    offsets = torch.tensor([0, 80, 170, 260])
+    rows, classes = sample_episode_indices(offsets, 2, 3, 70, torch.Generator().manual_seed(0))
+    for t in range(2):
+        for j in range(3):
+            c = int(classes[t, j])
+            r = rows[t, j]
+            assert r.unique().numel() == 70 and bool(((r >= offsets[c]) & (r < offsets[c + 1])).all())

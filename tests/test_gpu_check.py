@@ -72,6 +72,10 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
                 {"config": "bf16-cl-compile", "images_per_s": 2500.0, "ms_per_step": 120.0, "speedup_vs_fp32_eager": 2.5}],
                 "data_wait": {"data_wait_frac": 0.004}, "preset_memory": {"peak_mem_mb": 2100.0}}, "seconds": 150.0},
             "eval": {"error": "RuntimeError: boom", "seconds": 2.0},
+            "ddp": {"result": {"backend_expected": "nccl", "ok": True, "first_s": 20.0, "resume_s": 15.0, "steps": [20, 40]},
+                    "seconds": 35.0},
+            "epoch": {"result": {"train_s_per_step": 0.01, "seconds_per_seed_epoch": 9.0,
+                                 "projected_gpu_hours": {"30_epochs": 0.075, "60_epochs": 0.15, "100_epochs": 0.25}}, "seconds": 40.0},
         },
     }  # fmt: skip
     path = tmp_path / "gc.json"
@@ -85,6 +89,9 @@ def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
     assert "| 330 s (script; Python part 301 s) | PASS |" in text
     assert "check-augment FAILED" in text and "The fused Triton kernel failed on the GPU: CompilationError" in text
     assert "| 84px torch | triton | cuda | 2,500,000 | 0.120 | 1.10% |" in text  # every pipeline row, with its kernel
+    assert "projected at 60 epochs) | 0.150 h | PASS |" in text  # at most 0.15 h
+    assert "logreg on the GPU >= 500x scikit-learn's per-task loop | - | not measured |" in text  # eval failed
+    assert "DistributedDataParallel over nccl: a first run of one epoch and its --resume to a second both finished" in text
 
 
 def test_a_step_cut_by_the_time_limit_keeps_what_it_wrote(tmp_path, monkeypatch):
@@ -110,3 +117,23 @@ def test_a_step_cut_by_the_time_limit_keeps_what_it_wrote(tmp_path, monkeypatch)
     doc = json.loads(out.read_text())
     assert rc == 1 and "TimeUp" in doc["steps"]["train"]["error"]
     assert [r["config"] for r in doc["steps"]["train"]["partial_result"]["rows"]] == ["fp32-eager"]
+
+
+def test_the_ddp_step_trains_one_torchrun_rank_and_resumes_it(tmp_path):
+    out = tmp_path / "gc.json"
+    assert gpu_check.main(["--device", "cpu", "--quick", "--only", "ddp", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["steps"]["ddp"]["result"]
+    assert res["backend_expected"] == "gloo" and res["ddp_in_log"] and res["resumed_from_epoch_1"]
+    assert res["epochs"] == [1, 2] and res["steps"] == [20, 40]
+
+
+def test_the_pipeline_probe_measures_planning_and_the_loader(tmp_path):
+    from benchmarks import gpu_probe
+
+    out = tmp_path / "probe.json"
+    assert gpu_probe.main(["--device", "cpu", "--calls", "5", "--batches", "2", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["plan_batch_us_600_per_class"] > 0 and res["plan_batch_us_60_per_class"] > 0
+    assert {k for k in res if k.startswith("loader_")} == {
+        f"loader_group{g}_prefetch{p}_images_per_s" for g in (2048, 8192) for p in (0, 1)}
+    assert all(v > 0 for v in res.values())

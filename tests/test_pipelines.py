@@ -215,3 +215,32 @@ def test_the_device_code_path_equals_the_cpu_kernel(tiny_shards_84: Path, budget
     want = TorchBackend(split, list(mean), list(std), cfg, 8).make_cpu(plan)
     assert (got.images - want.images).abs().max().item() < 1e-4
     assert torch.equal(got.global_class, want.global_class)
+
+
+def test_a_loader_handing_over_whole_groups_gives_the_same_batches_and_resumes_mid_group(tiny_shards_84: Path) -> None:
+    # the device path's CPU twin makes batches in groups, and the prefetch thread hands over a
+    # group at a time (TorchBackend.chunk): batches and per-batch states as without the thread
+    split, mean, std = _open(tiny_shards_84)
+    cfg = replace(CFG, group_images=3 * CFG.batch_images)  # 3 batches a group
+    pad = loader_mod.check_request(split, mean, std, cfg)
+
+    def make(prefetch: bool) -> TaskLoader:
+        c = replace(cfg, prefetch=prefetch)
+        return TaskLoader(TorchBackend(split, list(mean), list(std), c, pad, cpu_kernel="device"), c)
+
+    with make(True) as grouped, make(False) as plain:
+        assert grouped.backend.chunk == 3
+        got, states, want, want_states = [], [], [], []
+        for _ in range(5):
+            got.append(next(grouped))
+            states.append(grouped.state_dict()["generator"])
+            want.append(next(plain))
+            want_states.append(plain.state_dict()["generator"])
+        for x, y in zip(got, want):
+            assert all(torch.equal(u, v) for u, v in zip(x, y))
+        assert all(torch.equal(a, b) for a, b in zip(states, want_states))
+        assert not torch.equal(states[0], states[1])  # a state per batch, not per group
+        grouped.load_state_dict({**grouped.state_dict(), "batches": 2, "generator": states[1]})  # mid-group
+        again = [next(grouped) for _ in range(3)]
+    for x, y in zip(again, want[2:5]):
+        assert all(torch.equal(u, v) for u, v in zip(x, y))

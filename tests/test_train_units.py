@@ -322,3 +322,20 @@ def test_the_run_log_names_precision_as_the_flag_spells_it() -> None:
     from train.run import precision_name
 
     assert [precision_name(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]
+
+
+def test_reset_peak_memory_initialises_cuda_before_resetting_its_counter(monkeypatch) -> None:
+    # on an H200, reset_peak_memory_stats as a process's first CUDA call failed with "Invalid
+    # device argument" (the allocator keeps no per-device stats before CUDA is initialised)
+    import torch
+
+    from train.runlog import reset_peak_memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d: calls.append(f"reset {d}"))
+    reset_peak_memory(torch.device("cpu"))
+    assert calls == []
+    reset_peak_memory(torch.device("cuda", 0))
+    assert calls == ["init", "empty_cache", "reset cuda:0"]

@@ -1,6 +1,9 @@
 """torchrun / DistributedDataParallel plumbing: one process per device, gloo on CPU, nccl on CUDA.
 
-Read from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK); a plain run is rank 0 of 1.
+Read from the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR); a plain run is
+rank 0 of 1 without a process group. A run launched by torchrun joins a process group and trains
+under DistributedDataParallel even with one rank (``--nproc_per_node 1``), so that a one-GPU
+torchrun exercises the same NCCL path as a many-GPU one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launched: bool = False  # started by torchrun (its rendezvous variables are set)
 
     @property
     def is_main(self) -> bool:
@@ -25,7 +29,13 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
+        """More than one rank: collectives are needed to agree."""
         return self.world_size > 1
+
+    @property
+    def uses_process_group(self) -> bool:
+        """A process group and DistributedDataParallel: any torchrun launch, one rank included."""
+        return self.enabled or self.launched
 
 
 def dist_info_from_env() -> DistInfo:
@@ -33,14 +43,20 @@ def dist_info_from_env() -> DistInfo:
         rank=int(os.environ.get("RANK", 0)),
         world_size=int(os.environ.get("WORLD_SIZE", 1)),
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        launched="WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ,
     )
 
 
+def process_group_backend(device: torch.device) -> str:
+    """The collective back end for ``device``: nccl on CUDA, gloo on CPU."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Join the process group (env:// rendezvous) if this is a multi-process run."""
-    if not info.enabled or dist.is_initialized():
+    """Join the process group (env:// rendezvous) if torchrun launched this process."""
+    if not info.uses_process_group or dist.is_initialized():
         return
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = process_group_backend(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)

@@ -18,6 +18,7 @@ from train.algorithms import StepShape, get_algorithm
 from train.config import TrainConfig
 from train.distributed import (
     DistInfo, any_rank, any_rank_flags, broadcast_float, dist_info_from_env, gather_objects, init_distributed,
+    process_group_backend,
 )
 from train.loop import StepTools, TrainNet, combine_stats, train_epoch
 from train.mtl import init_heads
@@ -96,7 +97,7 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
     optimizer = build_optimizer([p for p in net.parameters() if p.requires_grad], cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     stepper: torch.nn.Module = net
-    if dist.enabled:
+    if dist.uses_process_group:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         stepper = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -342,9 +343,9 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
             return reason
 
 
-def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, world_size: int = 1) -> str | None:
+def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, torchrun: bool = False) -> str | None:
     """How to continue a run that a budget or a signal ended (None after early stopping)."""
-    launcher = "<the same torchrun command> -m train" if world_size > 1 else "fsmtl train"
+    launcher = "<the same torchrun command> -m train" if torchrun else "fsmtl train"
     base = f"{launcher} --resume {cfg.out}"
     if reason.startswith("max_epochs"):
         return f"{base} --max-epochs N (N > {cfg.max_epochs})"
@@ -387,7 +388,9 @@ def fit(run: Run) -> dict[str, Any]:
         run.log.message(
             f"fsmtl train: {cfg.algorithm} {cfg.model} on {cfg.data} ({run.data.meta['n_train_classes']} classes), "
             f"device {run.device}, precision {precision_name(run.amp_dtype)}, pipeline {cfg.pipeline}, "
-            f"ranks {run.dist.world_size}, from epoch {run.progress.epoch}"
+            f"ranks {run.dist.world_size}"
+            + (f" (DDP over {process_group_backend(run.device)})" if run.dist.uses_process_group else "")
+            + f", from epoch {run.progress.epoch}"
             + (f" (+{run.progress.epoch_step} steps)" if run.progress.epoch_step else "")
             + (f", cudnn.benchmark {torch.backends.cudnn.benchmark}, tf32 {torch.backends.cuda.matmul.allow_tf32}"
                if run.device.type == "cuda" else "")
@@ -407,7 +410,7 @@ def fit(run: Run) -> dict[str, Any]:
         best = _best(run.progress)
         told = ("no validation yet" if run.data.val is not None else "no validation") if best is None else f"best val acc {100 * best:.2f}%"
         run.log.message(f"fsmtl train: stopped ({reason}); {told}")
-        hint = _resume_hint(cfg, reason, stop, run.dist.world_size)
+        hint = _resume_hint(cfg, reason, stop, run.dist.uses_process_group)
         if hint:
             run.log.message(f"fsmtl train: continue with: {hint}")
         return {"reason": reason, "epoch": run.progress.epoch, "step": run.progress.step,

@@ -28,6 +28,20 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start ``device``'s CUDA peak-memory counter afresh (free cached blocks first); no-op on CPU.
+
+    CUDA is initialised first: on a process's first CUDA call the allocator has no per-device
+    stats yet, and ``reset_peak_memory_stats`` fails with "Invalid device argument" (seen on an
+    H200 when ``fsmtl bench train`` measured memory before anything else touched the GPU).
+    """
+    if device.type != "cuda":
+        return
+    torch.cuda.init()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+
+
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     """The epoch records of a run's ``metrics.jsonl``."""
     path = Path(run) / "metrics.jsonl"
