@@ -6,13 +6,13 @@ import importlib
 import sys
 
 _BENCHES = {
-    "convert": "benchmarks.bench_convert",
-    "pipeline": "benchmarks.bench_pipeline",
-    "train": "benchmarks.bench_train",
-    "eval": "benchmarks.bench_eval",
-    "algorithms": "benchmarks.bench_algorithms",
-    "traffic": "benchmarks.bench_traffic",
-    "all": "benchmarks.bench_all",
+    "convert": "fsmtl.benchmarks.bench_convert",
+    "pipeline": "fsmtl.benchmarks.bench_pipeline",
+    "train": "fsmtl.benchmarks.bench_train",
+    "eval": "fsmtl.benchmarks.bench_eval",
+    "algorithms": "fsmtl.benchmarks.bench_algorithms",
+    "traffic": "fsmtl.benchmarks.bench_traffic",
+    "all": "fsmtl.benchmarks.bench_all",
 }
 _HELP = {
     "convert": "60,000 CIFAR-100-shaped images converted to CIFAR-FS shards, seconds",

@@ -33,18 +33,18 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.bench_train import make_batch
-from benchmarks.common import (check_writable, check_writable_dir, device_name, format_table, median, nonnegative_int,
+from fsmtl.benchmarks.bench_train import make_batch
+from fsmtl.benchmarks.common import (check_writable, check_writable_dir, device_name, format_table, median, nonnegative_int,
                                parse_names, positive_int, synchronize, time_runs, write_results)
 from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
-from models import MODEL_NAMES, build_model, feature_dim
-from train.algorithms import ALGORITHMS, StepShape, get_algorithm
-from train.config import TrainConfig
-from train.loop import StepTools, TrainNet, train_step
-from train.mtl import init_heads
-from train.optim import build_optimizer
-from train.runlog import reset_peak_memory
+from fsmtl.models import MODEL_NAMES, build_model, feature_dim
+from fsmtl.train.algorithms import ALGORITHMS, StepShape, get_algorithm
+from fsmtl.train.config import TrainConfig
+from fsmtl.train.loop import StepTools, TrainNet, train_step
+from fsmtl.train.mtl import init_heads
+from fsmtl.train.optim import build_optimizer
+from fsmtl.train.runlog import reset_peak_memory
 
 N_CLASSES = 64  # global head rows for MTL in (a): mini-ImageNet's train classes
 
@@ -169,7 +169,7 @@ def tta_data(a: argparse.Namespace, root: Path) -> Path:
     """``--data``, or small synthetic shards at ``--size`` written once under ``root``."""
     if a.data is not None:
         return a.data
-    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards
+    from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards
 
     out = root / f"synthetic{a.size}"
     if not (out / "meta.json").exists():
@@ -195,8 +195,8 @@ def time_to_accuracy(names: list[str], a: argparse.Namespace, sec_per_step: dict
     """Train each algorithm for ``--minutes``; its curve is [{"wall_s", "val_acc", "step"}] per
     epoch, added to ``curves`` as each run ends (an interrupt keeps the finished ones)."""
     from fsmtl.cli import Terminated
-    from train.__main__ import main as train_main
-    from train.runlog import read_metrics
+    from fsmtl.train.__main__ import main as train_main
+    from fsmtl.train.runlog import read_metrics
 
     data = tta_data(a, root)
     for name in names:
@@ -293,7 +293,7 @@ def resolve_size(a: argparse.Namespace) -> int:
     --data's images, so a --size that differs from them is refused rather than mislabelled."""
     if a.data is None or a.skip_tta:
         return a.size or 32
-    from preprocess.shards import open_shards
+    from fsmtl.preprocess.shards import open_shards
 
     try:
         h, w = (int(v) for v in open_shards(a.data).image_shape[:2])  # checks --data now, before (a)
@@ -308,7 +308,7 @@ def resolve_size(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.setup import resolve_device, resolve_precision
+    from fsmtl.train.setup import resolve_device, resolve_precision
 
     a = parse_args(list(argv or []), torch.cuda.is_available())
     names = parse_names("--algorithms", a.algorithms, list(ALGORITHMS))

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import check_writable, check_writable_dir, hardware_info, parse_names, write_json
+from fsmtl.benchmarks.common import check_writable, check_writable_dir, hardware_info, parse_names, write_json
 from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
 
@@ -70,7 +70,7 @@ def run_one(name: str, args: list[str], out: Path, doc: dict[str, Any]) -> None:
     print(f"\n=== fsmtl bench {name} ===", flush=True)
     t0 = time.perf_counter()
     try:
-        module = importlib.import_module(f"benchmarks.bench_{name}")
+        module = importlib.import_module(f"fsmtl.benchmarks.bench_{name}")
         rc = module.main([*args, *extra, "--json", str(path)])
         if rc:
             raise RuntimeError(f"exit code {rc}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from fsmtl.cli import CliParser, plain_doc
-from preprocess.splitlists import cifar100_names
+from fsmtl.preprocess.splitlists import cifar100_names
 
 TARGET_S = 30.0
 
@@ -54,9 +54,9 @@ def write_fake_cifar100(
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.common import check_writable, format_table, median, positive_int, write_results
-    from preprocess.config import PreprocessConfig
-    from preprocess.run import convert
+    from fsmtl.benchmarks.common import check_writable, format_table, median, positive_int, write_results
+    from fsmtl.preprocess.config import PreprocessConfig
+    from fsmtl.preprocess.run import convert
 
     p = CliParser(prog="fsmtl bench convert", description=plain_doc(__doc__))
     p.add_argument("--json", type=Path, default=None, help="write the results here")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import check_writable, device_name, format_table, median, positive_int, synchronize, time_runs, write_results
+from fsmtl.benchmarks.common import check_writable, device_name, format_table, median, positive_int, synchronize, time_runs, write_results
 from fsmtl.cli import CliParser, plain_doc
 
 
@@ -77,7 +77,7 @@ def batched(
     support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, C: float, batch_tasks: int, tol: float = 1e-6
 ) -> torch.Tensor:
     """fsmtl's head through the public API, ``batch_tasks`` tasks per call. Returns int64 [T, Q]."""
-    from eval.heads import adapt
+    from fsmtl.eval.heads import adapt
 
     return torch.cat([
         adapt(s, y, q, head="logreg", C=C, tol=tol)

@@ -38,9 +38,9 @@ def synthetic_roots(out: Path, sizes: tuple[int, ...] = (84, 32), per_class: int
                     exports: tuple[str, ...] = ("ffcv", "dali")) -> list[Path]:
     """Write synthetic shards (84x84x3 and 32x32x3 by default) with the FFCV/DALI exports of their
     train split named in ``exports``."""
-    from preprocess.export_dali import export_split_dali
-    from preprocess.shards import ShardWriter, open_shards
-    from preprocess.synthetic import SyntheticConfig, generate_split
+    from fsmtl.preprocess.export_dali import export_split_dali
+    from fsmtl.preprocess.shards import ShardWriter, open_shards
+    from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
     roots = []
     for size in sizes:
@@ -53,7 +53,7 @@ def synthetic_roots(out: Path, sizes: tuple[int, ...] = (84, 32), per_class: int
         split = open_shards(root).split("train")
         if "ffcv" in exports:
             try:
-                from preprocess.export_ffcv import export_split_ffcv
+                from fsmtl.preprocess.export_ffcv import export_split_ffcv
 
                 export_split_ffcv(split, root / "train" / "data.beton")
             except (ImportError, FsmtlError) as e:
@@ -69,7 +69,7 @@ def open_ffcv_loaders(jobs: list[tuple[Path, str, Any]]) -> dict[int, Any]:
     .beton is exported on the fly, and FFCV's writer forks, which is unsafe once numba's threads
     have started (any measured back end running the numba kernel); numba warns of it. Maps a job's
     index to its loader, or to the exception that building it raised (that row reports it)."""
-    from preprocess.shards import open_shards
+    from fsmtl.preprocess.shards import open_shards
 
     out: dict[int, Any] = {}
     for i, (root, name, cfg) in enumerate(jobs):
@@ -87,8 +87,8 @@ def open_ffcv_loaders(jobs: list[tuple[Path, str, Any]]) -> dict[int, Any]:
 def check_jobs(jobs: list[tuple[Path, str, Any]], flag: str = "--data") -> None:
     """Open every shard directory and check every row's request before anything is measured: a
     bad directory, a missing back end or an impossible task shape fails now, not after minutes."""
-    from pipelines.loader import check_request
-    from preprocess.shards import open_shards
+    from fsmtl.pipelines.loader import check_request
+    from fsmtl.preprocess.shards import open_shards
 
     for root, name, cfg in jobs:
         try:
@@ -100,8 +100,8 @@ def check_jobs(jobs: list[tuple[Path, str, Any]], flag: str = "--data") -> None:
 
 
 def _loader(name: str, split: Any, mean: Any, std: Any, cfg: Any) -> Any:
-    from pipelines.backend_torch import TorchBackend
-    from pipelines.loader import TaskLoader, build_task_loader, check_request
+    from fsmtl.pipelines.backend_torch import TorchBackend
+    from fsmtl.pipelines.loader import TaskLoader, build_task_loader, check_request
 
     if name == "torch-ops":
         pad = check_request(split, mean, std, cfg)
@@ -113,8 +113,8 @@ def _loader(name: str, split: Any, mean: Any, std: Any, cfg: Any) -> Any:
 
 def _step_ms(model_name: str, batch: Any, device: torch.device, warmup: int, runs: int) -> float:
     """Median ms of one forward + backward + optimizer step on ``batch`` (bf16 autocast)."""
-    from benchmarks.common import median, time_runs
-    from models import build_model
+    from fsmtl.benchmarks.common import median, time_runs
+    from fsmtl.models import build_model
 
     x = batch.images
     model = build_model(model_name, in_channels=x.shape[1], image_size=x.shape[-1]).to(device, memory_format=torch.channels_last)
@@ -132,15 +132,15 @@ def _step_ms(model_name: str, batch: Any, device: torch.device, warmup: int, run
 
 
 def open_shards_size(root: Path) -> int:
-    from preprocess.shards import open_shards
+    from fsmtl.preprocess.shards import open_shards
 
     return int(open_shards(root).image_shape[0])
 
 
 def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace, loader: Any = None) -> dict[str, Any]:
     """One row: the back end ``name`` on ``root``'s train split (through ``loader`` if given; closed after)."""
-    from benchmarks.common import median, time_windows
-    from preprocess.shards import open_shards
+    from fsmtl.benchmarks.common import median, time_windows
+    from fsmtl.preprocess.shards import open_shards
 
     shards = open_shards(root)
     if loader is None:
@@ -202,7 +202,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from benchmarks.common import device_name, image_sizes, nonnegative_int, positive_int
+    from fsmtl.benchmarks.common import device_name, image_sizes, nonnegative_int, positive_int
 
     p = CliParser(prog="fsmtl bench pipeline", description=plain_doc(__doc__))
     p.add_argument("--data", nargs="+", type=Path, help="shard directories (default: synthetic 84 and 32 px)")
@@ -223,8 +223,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    from benchmarks.common import check_writable, format_table, hardware_info, parse_names, write_results
-    from pipelines.loader import PipelineConfig, default_workers
+    from fsmtl.benchmarks.common import check_writable, format_table, hardware_info, parse_names, write_results
+    from fsmtl.pipelines.loader import PipelineConfig, default_workers
 
     args = _parser().parse_args(argv)
     names = parse_names("--backends", args.backends, ALL)

@@ -24,7 +24,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from benchmarks.common import check_writable, format_table, image_sizes, positive_int, write_results
+from fsmtl.benchmarks.common import check_writable, format_table, image_sizes, positive_int, write_results
 from fsmtl.cli import CliParser, plain_doc
 
 
@@ -48,9 +48,9 @@ class OpCounter(TorchDispatchMode):
 
 def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, Any]:
     """One row: the device path's torch ops on ``size`` px synthetic data, ``batches`` launches counted."""
-    from pipelines.backend_torch import TorchBackend
-    from pipelines.loader import PipelineConfig, plan_batch
-    from preprocess.shards import SplitData
+    from fsmtl.pipelines.backend_torch import TorchBackend
+    from fsmtl.pipelines.loader import PipelineConfig, plan_batch
+    from fsmtl.preprocess.shards import SplitData
 
     n_cls, per = 16, 20
     images = np.random.default_rng(0).integers(0, 256, (n_cls * per, size, size, 3), dtype=np.uint8)

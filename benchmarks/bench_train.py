@@ -34,17 +34,17 @@ from typing import Any, Iterator, NamedTuple
 
 import torch
 
-from benchmarks.common import (check_writable, device_name, format_table, median, nonnegative_int, positive_int, synchronize,
+from fsmtl.benchmarks.common import (check_writable, device_name, format_table, median, nonnegative_int, positive_int, synchronize,
                                time_runs, write_results)
 from fsmtl.cli import CliParser, plain_doc
 from fsmtl.errors import FsmtlError
-from models import MODEL_NAMES, build_model, feature_dim
-from train.algorithms import StepShape, get_algorithm
-from train.config import TrainConfig
-from train.loop import StepTools, TrainNet, train_step
-from train.mtl import init_heads
-from train.optim import build_optimizer
-from train.runlog import peak_memory_mb, reset_peak_memory
+from fsmtl.models import MODEL_NAMES, build_model, feature_dim
+from fsmtl.train.algorithms import StepShape, get_algorithm
+from fsmtl.train.config import TrainConfig
+from fsmtl.train.loop import StepTools, TrainNet, train_step
+from fsmtl.train.mtl import init_heads
+from fsmtl.train.optim import build_optimizer
+from fsmtl.train.runlog import peak_memory_mb, reset_peak_memory
 
 
 class FakeBatch(NamedTuple):
@@ -164,9 +164,9 @@ def add_utilisation(rows: list[dict[str, Any]], flops: dict[str, Any], peaks: di
 
 def data_wait(a: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     """Fraction of wall time in next(loader), real torch-back-end loader, bf16 + channels_last step."""
-    from pipelines.loader import PipelineConfig, build_task_loader
-    from preprocess.shards import ShardWriter, open_shards
-    from preprocess.synthetic import SyntheticConfig, generate_split
+    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.preprocess.shards import ShardWriter, open_shards
+    from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-train-") as tmp:
         root = Path(tmp) / "syn"
@@ -263,7 +263,7 @@ def tf32(enabled: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from train.setup import resolve_device, resolve_precision
+    from fsmtl.train.setup import resolve_device, resolve_precision
 
     cuda = torch.cuda.is_available()
     a = parse_args(list(argv or []), cuda)

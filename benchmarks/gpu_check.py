@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import format_table, hardware_info, positive_int
+from fsmtl.benchmarks.common import format_table, hardware_info, positive_int
 from fsmtl.cli import CliParser, plain_doc
 from fsmtl.fileio import atomic_write_json
 
@@ -48,9 +48,9 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, Any]:
     """The same seed gives the same task batch (indices, labels, images) on CPU and ``device``."""
-    from pipelines.loader import PipelineConfig, build_task_loader
-    from preprocess.shards import load_split, open_shards
-    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
+    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.preprocess.shards import load_split, open_shards
+    from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
 
     root = write_synthetic(tmp / "check84", SyntheticConfig(image_size=84, classes=(10, 5, 5), per_class=20))
     shards = open_shards(root)
@@ -72,7 +72,7 @@ def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, An
 def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
     """Lee19 on CPU and ``device`` with the same drawn parameters: max abs error after normalising,
     for the torch ops and for the fused Triton kernel (the CUDA default), float32 and bfloat16."""
-    from pipelines.augment import apply_lee, augment_rows, draw_lee_params
+    from fsmtl.pipelines.augment import apply_lee, augment_rows, draw_lee_params
 
     g = torch.Generator().manual_seed(0)
     n, size = (64, 84) if not quick else (8, 32)
@@ -87,7 +87,7 @@ def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
     if device.type != "cuda":
         return out
     try:  # the kernel the CUDA pipeline uses by default (rows in order: same as ``ref``)
-        from pipelines.triton_aug import augment_rows_triton
+        from fsmtl.pipelines.triton_aug import augment_rows_triton
 
         rows = torch.arange(n)
         tri = augment_rows_triton(images.to(device), rows, params, mean, std, torch.float32)
@@ -104,8 +104,8 @@ def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
 
 def check_heads(device: torch.device, quick: bool) -> dict[str, Any]:
     """Each feature head on ``device`` against CPU float64: prediction agreement (%)."""
-    from benchmarks.bench_eval import clustered_features, split_tasks
-    from eval.heads import adapt
+    from fsmtl.benchmarks.bench_eval import clustered_features, split_tasks
+    from fsmtl.eval.heads import adapt
 
     tasks = 200 if not quick else 20
     feats = clustered_features(tasks, 5, 20, 640, 5.0, seed=1)
@@ -137,7 +137,7 @@ def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
 
     path = tmp / f"{module}.json"
     try:
-        rc = importlib.import_module(f"benchmarks.{module}").main([*argv, "--json", str(path)])
+        rc = importlib.import_module(f"fsmtl.benchmarks.{module}").main([*argv, "--json", str(path)])
     except TimeUp as e:
         e.partial = json.loads(path.read_text()) if path.is_file() else None  # rows written so far
         raise
@@ -147,7 +147,7 @@ def run_bench(module: str, argv: list[str], tmp: Path) -> dict[str, Any]:
 
 
 def ddp_resume(device: torch.device, tmp: Path, quick: bool, timeout_s: float = 150.0) -> dict[str, Any]:
-    """``torchrun --nproc_per_node 1 -m train`` for one epoch, then ``--resume`` for a second.
+    """``torchrun --nproc_per_node 1 -m fsmtl.train`` for one epoch, then ``--resume`` for a second.
 
     One rank still joins a process group (NCCL on CUDA) and trains under DistributedDataParallel,
     so this is the multi-GPU code path on one card. Checks that the log names the back end, that
@@ -156,13 +156,13 @@ def ddp_resume(device: torch.device, tmp: Path, quick: bool, timeout_s: float = 
     import subprocess
     import sys
 
-    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
-    from train.distributed import process_group_backend
+    from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
+    from fsmtl.train.distributed import process_group_backend
 
     size = 84 if not quick else 32
     root = write_synthetic(tmp / "ddp-data", SyntheticConfig(image_size=size, classes=(16, 5, 5), per_class=20))
     run = tmp / "ddp-run"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "train"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "fsmtl.train"]
     common = ["--device", str(device), "--wandb", "disabled", "--no-progress"]
     first = [*launch, "--data", str(root), "--preset", "mini-imagenet-5shot", "--out", str(run), "--epoch-length", "40",
              "--max-epochs", "1", "--val-epoch-length", "20", "--test-queries", "15", *common,
@@ -194,10 +194,10 @@ def ddp_resume(device: torch.device, tmp: Path, quick: bool, timeout_s: float = 
 def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int, compile_: bool = False) -> dict[str, Any]:
     """Seconds per epoch of the mini-ImageNet 5-shot preset, projected to the seed's schedule
     (``compile_``: with ``--compile``, whose warm-up falls in the first, untimed epoch)."""
-    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
-    from train.__main__ import main as train_main
-    from train.presets import PRESETS
-    from train.runlog import reset_peak_memory
+    from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
+    from fsmtl.train.__main__ import main as train_main
+    from fsmtl.train.presets import PRESETS
+    from fsmtl.train.runlog import reset_peak_memory
 
     size, per_class = (84, 100) if not quick else (32, 20)
     root = write_synthetic(tmp / "mini", SyntheticConfig(image_size=size, classes=(64, 16, 20), per_class=per_class))
@@ -235,7 +235,7 @@ def epoch_time(device: torch.device, tmp: Path, quick: bool, steps: int, compile
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = CliParser(prog="python -m benchmarks.gpu_check", description=plain_doc(__doc__),
+    p = CliParser(prog="python -m fsmtl.benchmarks.gpu_check", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--json", type=Path, default=Path("gpu_check.json"))
     p.add_argument("--device", default="cuda")
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"step": name, "seconds": st["seconds"], "ok": res.get("ok", "error" not in st),
                      "error": st.get("error", "")[:60]})  # fmt: skip
     print("\n" + format_table(rows, ["step", "seconds", "ok", "error"]))
-    print(f"wrote {a.json}; for RESULTS.md: python -m benchmarks.gpu_report {a.json}")
+    print(f"wrote {a.json}; for RESULTS.md: python -m fsmtl.benchmarks.gpu_report {a.json}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

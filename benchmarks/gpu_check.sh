@@ -20,7 +20,7 @@ py=${PYTHON:-python3}
 timeout 45 "$py" -m fsmtl.doctor --json "$out_dir/doctor.json" || true   # devices and which optional parts import
 # 420 s for the Python part (at its SIGTERM it saves what the step in progress wrote and stops;
 # killed 15 s later if stuck in native code): with doctor's 45 s the script stays under 8 minutes.
-timeout -k 15 420 "$py" -m benchmarks.gpu_check --json "$out_dir/gpu_check.json" "$@" 2>&1 | tee "$out_dir/gpu_check.log"
+timeout -k 15 420 "$py" -m fsmtl.benchmarks.gpu_check --json "$out_dir/gpu_check.json" "$@" 2>&1 | tee "$out_dir/gpu_check.log"
 rc=${PIPESTATUS[0]}
 echo "$SECONDS" > "$out_dir/gpu_check_total_s.txt"   # the whole script, nvidia-smi and doctor included
 echo "gpu_check exit code $rc after $SECONDS s; JSON at $out_dir/gpu_check.json"

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu_probe``: the host-side cost of the CUDA pipeline path, as probed on
+"""``python -m fsmtl.benchmarks.gpu_probe``: the host-side cost of the CUDA pipeline path, as probed on
 the H200 on 2026-12-04 (``benchmarks/results/gpu_pipeline_probe_h200.json``).
 
 Two figures, one run: ``plan_batch``'s time a 300-image batch (6 tasks x 5 ways x 10 images) at 60
@@ -20,13 +20,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import device_name, positive_int, synchronize, write_json
+from fsmtl.benchmarks.common import device_name, positive_int, synchronize, write_json
 from fsmtl.cli import CliParser, plain_doc
 
 
 def planning_us(per_class: int, calls: int) -> float:
     """Mean microseconds of one ``plan_batch`` call for a 300-image batch over 64 classes."""
-    from pipelines.loader import PipelineConfig, plan_batch
+    from fsmtl.pipelines.loader import PipelineConfig, plan_batch
 
     cfg = PipelineConfig(tasks_per_batch=6, device="cpu")
     offsets = torch.arange(0, 64 * per_class + 1, per_class)
@@ -41,9 +41,9 @@ def planning_us(per_class: int, calls: int) -> float:
 
 def loader_images_per_s(device: torch.device, group_images: int, prefetch: bool, batches: int, tmp: Path) -> float:
     """The torch loader's images/s on 84x84 synthetic shards (64 classes x 60 images)."""
-    from pipelines.loader import PipelineConfig, build_task_loader
-    from preprocess.shards import open_shards
-    from preprocess.synthetic import SyntheticConfig, write_synthetic_shards
+    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards
 
     root = tmp / "s84"
     if not root.exists():
@@ -63,14 +63,14 @@ def loader_images_per_s(device: torch.device, group_images: int, prefetch: bool,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = CliParser(prog="python -m benchmarks.gpu_probe", description=plain_doc(__doc__),
+    p = CliParser(prog="python -m fsmtl.benchmarks.gpu_probe", description=plain_doc(__doc__),
                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--device", type=device_name, default="auto", help="auto (default: cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--calls", type=positive_int, default=1000, help="plan_batch calls timed")
     p.add_argument("--batches", type=positive_int, default=120, help="loader batches timed (and as many warm-up)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     a = p.parse_args(argv)
-    from train.setup import resolve_device
+    from fsmtl.train.setup import resolve_device
 
     device = resolve_device(a.device)
     res: dict[str, Any] = {f"plan_batch_us_{n}_per_class": planning_us(n, a.calls) for n in (60, 600)}

@@ -1,4 +1,4 @@
-"""``python -m benchmarks.gpu_report gpu_check.json``: the GPU check's numbers as a Markdown section
+"""``python -m fsmtl.benchmarks.gpu_report gpu_check.json``: the GPU check's numbers as a Markdown section
 for benchmarks/RESULTS.md, each target with its verdict (PASS / FAIL / not measured).
 
 Written so that the session that gets a GPU spends its device minutes measuring, not transcribing:
@@ -93,7 +93,7 @@ def markdown(s: dict[str, Any]) -> str:
     """The RESULTS.md section."""
     lines = [f"## GPU check: {s['gpu'] or 'unknown GPU'} (torch {s['torch']}, {s['date']})", "",
              "Command: `bash benchmarks/gpu_check.sh` on the lent machine; this section: "
-             "`python -m benchmarks.gpu_report gpu_check.json`.", "",
+             "`python -m fsmtl.benchmarks.gpu_report gpu_check.json`.", "",
              "| target | measured | verdict |", "| --- | --- | --- |"]  # fmt: skip
     t = TARGETS
     lines += [
@@ -174,7 +174,7 @@ def markdown(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = CliParser(prog="python -m benchmarks.gpu_report", description=plain_doc(__doc__),
+    p = CliParser(prog="python -m fsmtl.benchmarks.gpu_report", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("json", type=Path, help="gpu_check.json from benchmarks/gpu_check.sh")
     a = p.parse_args(argv)

@@ -1,15 +1,15 @@
 """Evaluation: batched adaptation heads, fixed seeded test episodes, and a Python API for new tasks.
 
-    import eval
-    run = eval.load_run("runs/mini5", checkpoint="best", device="cpu")
+    import fsmtl.eval as fe
+    run = fe.load_run("runs/mini5", checkpoint="best", device="cpu")
     feats = run.embed(images_uint8_nhwc)            # float32 [N, D]
-    pred = eval.adapt(support_feats, support_labels, query_feats, head="logreg")
+    pred = fe.adapt(support_feats, support_labels, query_feats, head="logreg")
 """
 
-from eval.config import EvalConfig
-from eval.heads import HEAD_NAMES, adapt, adapt_scores, fit_logreg, fit_predict_logreg, svm_logits
-from eval.protocol import evaluate_backbone, evaluate_features
-from eval.run import Run, load_run
+from fsmtl.eval.config import EvalConfig
+from fsmtl.eval.heads import HEAD_NAMES, adapt, adapt_scores, fit_logreg, fit_predict_logreg, svm_logits
+from fsmtl.eval.protocol import evaluate_backbone, evaluate_features
+from fsmtl.eval.run import Run, load_run
 
 __all__ = [
     "EvalConfig", "HEAD_NAMES", "Run", "adapt", "adapt_scores", "evaluate_backbone", "evaluate_features",

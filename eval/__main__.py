@@ -7,8 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from eval.config import EvalConfig
-from eval.heads import HEAD_NAMES
+from fsmtl.eval.config import EvalConfig
+from fsmtl.eval.heads import HEAD_NAMES
 from fsmtl.cli import CliParser, plain_doc
 from fsmtl.fileio import atomic_write_json
 
@@ -49,7 +49,7 @@ def parse_config(argv: list[str]) -> EvalConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from eval.evaluate import default_report_path, results_table, run_eval
+    from fsmtl.eval.evaluate import default_report_path, results_table, run_eval
 
     cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
     if cfg.json:  # a report path that cannot be written fails now, not after the evaluation

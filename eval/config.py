@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from eval.heads import HEAD_NAMES
+from fsmtl.eval.heads import HEAD_NAMES
 from fsmtl.errors import FsmtlError
 
 

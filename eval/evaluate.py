@@ -11,17 +11,17 @@ from typing import Any
 
 import torch
 
-from eval.config import EvalConfig
-from eval.heads.finetune import FinetuneConfig
-from eval.protocol import evaluate_backbone
-from eval.run import CLI_ARGS, Run, open_run
+from fsmtl.eval.config import EvalConfig
+from fsmtl.eval.heads.finetune import FinetuneConfig
+from fsmtl.eval.protocol import evaluate_backbone
+from fsmtl.eval.run import CLI_ARGS, Run, open_run
 from fsmtl.errors import FsmtlError
 
 REPORT_FORMAT = "fsmtl-eval"
 
 
 def _open_split(run: Run, cfg: EvalConfig):
-    from preprocess.shards import load_split
+    from fsmtl.preprocess.shards import load_split
 
     data = cfg.data or run.config.get("data")
     if not data:
@@ -33,7 +33,7 @@ def _open_split(run: Run, cfg: EvalConfig):
         split = load_split(data, cfg.split)
     except FsmtlError as e:
         if f"no split {cfg.split!r}" in str(e):
-            from preprocess.shards import open_shards
+            from fsmtl.preprocess.shards import open_shards
 
             other = "val" if cfg.split == "test" else "test"
             if other in open_shards(data).splits:

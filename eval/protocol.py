@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eval.heads import HEAD_NAMES, adapt, check_options
-from eval.heads.finetune import FinetuneConfig, finetune_predict
-from eval.run import PYTHON_ARGS, pick_device
+from fsmtl.eval.heads import HEAD_NAMES, adapt, check_options
+from fsmtl.eval.heads.finetune import FinetuneConfig, finetune_predict
+from fsmtl.eval.run import PYTHON_ARGS, pick_device
 from fsmtl.errors import FsmtlError
-from pipelines.episodes import sample_episode_indices
-from pipelines.transforms import normalize_batch
+from fsmtl.pipelines.episodes import sample_episode_indices
+from fsmtl.pipelines.transforms import normalize_batch
 
 EMBED_CHUNK = 512  # images per forward pass: bounds activation memory whatever batch_tasks is
 AMP_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)  # float32 and None: no autocast

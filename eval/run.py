@@ -175,7 +175,7 @@ class Run:
         Raises:
             FsmtlError: not uint8, not 4-d, or not the run's image shape.
         """
-        from eval.protocol import embed_images
+        from fsmtl.eval.protocol import embed_images
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise FsmtlError(f"embed: batch_size must be an integer >= 1, got {batch_size!r}")
@@ -222,10 +222,10 @@ class Run:
             FsmtlError: images not uint8 [N, H, W, C] of the run's shape, labels not [S] integers
                 0..ways-1 with every class present, an unknown head or option.
         """
-        from eval.heads import adapt, check_options
-        from eval.heads.checks import as_task_batch
-        from eval.heads.finetune import FinetuneConfig, finetune_predict
-        from pipelines.transforms import normalize_batch
+        from fsmtl.eval.heads import adapt, check_options
+        from fsmtl.eval.heads.checks import as_task_batch
+        from fsmtl.eval.heads.finetune import FinetuneConfig, finetune_predict
+        from fsmtl.pipelines.transforms import normalize_batch
 
         self._check_images(support_images, "predict: support_images")
         self._check_images(query_images, "predict: query_images")
@@ -292,7 +292,7 @@ def open_run(
     precision: str | None, names: ArgNames,
 ) -> Run:
     """:func:`load_run`, with errors naming the inputs as ``names`` says (``CLI_ARGS`` for fsmtl eval)."""
-    from models import build_model
+    from fsmtl.models import build_model
 
     dev = pick_device(device, names)
     ckpt_path = resolve_checkpoint(path, checkpoint, names)

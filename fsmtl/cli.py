@@ -1,7 +1,7 @@
 """The ``fsmtl`` command: one front door to every stage.
 
 Each subcommand hands its arguments to the ``main(argv)`` of the stage that owns it, so
-``fsmtl convert ...`` and ``python -m preprocess convert ...`` are the same program. Stages are
+``fsmtl convert ...`` and ``python -m fsmtl.preprocess convert ...`` are the same program. Stages are
 imported lazily: ``fsmtl verify`` does not pay for importing torch.
 """
 
@@ -20,11 +20,11 @@ from fsmtl.errors import EXIT_USER_ERROR, FsmtlError
 
 # subcommand -> (module holding main(argv), whether the subcommand name is passed on, help)
 _COMMANDS: dict[str, tuple[str, bool, str]] = {
-    "convert": ("preprocess.__main__", True, "convert a benchmark's files into checked shards"),
-    "verify": ("preprocess.__main__", True, "re-hash a shard directory and name any file that differs"),
-    "train": ("train.__main__", False, "train a backbone by multi-task learning (or a meta-learning baseline)"),
-    "eval": ("eval.__main__", False, "evaluate a trained run on fixed, seeded test tasks"),
-    "bench": ("benchmarks.__main__", False, "throughput and cost benchmarks (convert, pipeline, train, eval, algorithms, traffic, all)"),
+    "convert": ("fsmtl.preprocess.__main__", True, "convert a benchmark's files into checked shards"),
+    "verify": ("fsmtl.preprocess.__main__", True, "re-hash a shard directory and name any file that differs"),
+    "train": ("fsmtl.train.__main__", False, "train a backbone by multi-task learning (or a meta-learning baseline)"),
+    "eval": ("fsmtl.eval.__main__", False, "evaluate a trained run on fixed, seeded test tasks"),
+    "bench": ("fsmtl.benchmarks.__main__", False, "throughput and cost benchmarks (convert, pipeline, train, eval, algorithms, traffic, all)"),
     "demo": ("fsmtl.demo", False, "the main job on the embedded synthetic data: convert, train, eval, report"),
     "plot": ("fsmtl.report", False, "draw the curves of runs from their metrics.jsonl, and compare runs"),
     "doctor": ("fsmtl.doctor", False, "what this machine gives fsmtl: devices, precision, optional back ends"),

@@ -55,8 +55,8 @@ def _call(main: Any, argv: list[str], what: str) -> None:
 
 
 def _data(cfg: DemoConfig, run: Path) -> Path:
-    from preprocess.__main__ import main as preprocess_main
-    from preprocess.shards import open_shards, verify_shards
+    from fsmtl.preprocess.__main__ import main as preprocess_main
+    from fsmtl.preprocess.shards import open_shards, verify_shards
 
     data = run / "data"
     if data.exists() and not cfg.force:
@@ -143,8 +143,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every step; returns the summary that is also printed."""
     import torch
 
-    from eval.__main__ import main as eval_main
-    from train.__main__ import main as train_main
+    from fsmtl.eval.__main__ import main as eval_main
+    from fsmtl.train.__main__ import main as train_main
 
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ def _bench(data: Path, run: Path) -> dict[str, Any] | None:
             "--batches", "2", "--warmup", "1", "--step-model", "", "--json", str(out)]  # fmt: skip
     # a fresh process: training already started numba's threads here, and the reference back end
     # forks DataLoader workers (unsafe after them); its timings are not disturbed by this one either
-    rc = subprocess.run([sys.executable, "-m", "benchmarks", "pipeline", *argv], check=False).returncode
+    rc = subprocess.run([sys.executable, "-m", "fsmtl.benchmarks", "pipeline", *argv], check=False).returncode
     return json.loads(out.read_text()) if rc == 0 and out.exists() else None
 
 

@@ -62,7 +62,7 @@ def check_component(c: Component) -> dict[str, Any]:
         ver = None
     try:
         if c.module == "ffcv":  # its import resets torch's and numba's thread counts: restore them
-            from preprocess.export_ffcv import import_ffcv
+            from fsmtl.preprocess.export_ffcv import import_ffcv
 
             import_ffcv()
         else:
@@ -81,8 +81,8 @@ def devices() -> dict[str, Any]:
     """CPU and CUDA facts that decide fsmtl's defaults (device, precision, workers)."""
     import torch
 
-    from benchmarks.common import cpu_model
-    from train.setup import cpu_bf16_supported
+    from fsmtl.benchmarks.common import cpu_model
+    from fsmtl.train.setup import cpu_bf16_supported
 
     out: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model(),

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from fsmtl.errors import FsmtlError
-from models.conv4 import Conv4
-from models.resnet12 import ResNet12
-from models.resnet18 import ResNet18
-from models.wrn import WideResNet
+from fsmtl.models.conv4 import Conv4
+from fsmtl.models.resnet12 import ResNet12
+from fsmtl.models.resnet18 import ResNet18
+from fsmtl.models.wrn import WideResNet
 
 
 def _wrn28_10(in_channels: int = 3, image_size: int = 84, drop_rate: float = 0.0) -> nn.Module:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.checks import check_image_size, check_int
+from fsmtl.models.checks import check_image_size, check_int
 
 
 class Conv4(nn.Module):

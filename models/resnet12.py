@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.errors import FsmtlError
-from models.checks import check_drop_rate, check_image_size, check_int
-from models.dropblock import RampedDropBlock
-from models.init import init_conv_bn
+from fsmtl.models.checks import check_drop_rate, check_image_size, check_int
+from fsmtl.models.dropblock import RampedDropBlock
+from fsmtl.models.init import init_conv_bn
 
 
 def _conv_bn(cin: int, cout: int, k: int) -> list[nn.Module]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from models.checks import check_image_size
-from models.init import init_conv_bn
+from fsmtl.models.checks import check_image_size
+from fsmtl.models.init import init_conv_bn
 
 
 class BasicBlock(nn.Module):

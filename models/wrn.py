@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.errors import FsmtlError
-from models.checks import check_drop_rate, check_image_size
-from models.init import init_conv_bn
+from fsmtl.models.checks import check_drop_rate, check_image_size
+from fsmtl.models.init import init_conv_bn
 
 
 class WideBlock(nn.Module):

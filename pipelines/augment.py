@@ -25,7 +25,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from pipelines.checks import (
+from fsmtl.pipelines.checks import (
     PipelineInputError,
     check_augment_args,
     check_images,
@@ -35,7 +35,7 @@ from pipelines.checks import (
     check_out_dtype,
     check_strength,
 )
-from pipelines.transforms import normalize_nhwc
+from fsmtl.pipelines.transforms import normalize_nhwc
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 BRIGHTNESS, CONTRAST, SATURATION = 0, 1, 2

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.augment import CONTRAST, GRAY_WEIGHTS, SATURATION
-from pipelines.formats import ExportCache, dali_images
-from pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, default_workers, plan_batch
-from preprocess.shards import SplitData
+from fsmtl.pipelines.augment import CONTRAST, GRAY_WEIGHTS, SATURATION
+from fsmtl.pipelines.formats import ExportCache, dali_images
+from fsmtl.pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, default_workers, plan_batch
+from fsmtl.preprocess.shards import SplitData
 
 _INPUTS = ("images", "flip", "anchor", "f", "con", "sat")
 

@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.formats import ExportCache, ffcv_file
-from pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
-from preprocess.export_ffcv import keep_thread_counts
-from preprocess.shards import SplitData
+from fsmtl.pipelines.formats import ExportCache, ffcv_file
+from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
+from fsmtl.preprocess.export_ffcv import keep_thread_counts
+from fsmtl.preprocess.shards import SplitData
 
 _EPOCH_BATCHES = 16  # batches planned per FFCV epoch: amortises FFCV's per-epoch start-up
 
@@ -37,7 +37,7 @@ class FfcvBackend:
     prefetch_thread = False  # FFCV loads batches_ahead in its own threads
 
     def __init__(self, split: SplitData, mean: list[float], std: list[float], cfg: PipelineConfig, pad: int) -> None:
-        from pipelines.backend_torch import TorchBackend
+        from fsmtl.pipelines.backend_torch import TorchBackend
 
         self.cfg, self.mean, self.std, self.pad = cfg, mean, std, pad
         self.cache = ExportCache()

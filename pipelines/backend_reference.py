@@ -28,9 +28,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
+from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
 from fsmtl.optional import import_learn2learn
-from preprocess.shards import SplitData
+from fsmtl.preprocess.shards import SplitData
 
 
 def seed_transform(size: int, pad: int, mean: list[float], std: list[float], cfg: PipelineConfig) -> T.Compose:
@@ -161,7 +161,7 @@ class ReferenceBackend:
     def _stream_l2l(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
         """The seed's task construction with learn2learn (optional extra; not installed here)."""
         l2l = import_learn2learn()
-        from pipelines.episodes import remap_labels
+        from fsmtl.pipelines.episodes import remap_labels
 
         off = [int(v) for v in self.split.class_offsets]
         # the class tables are known from the shard; without them MetaDataset would load and

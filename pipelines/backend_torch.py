@@ -22,18 +22,18 @@ import torch
 from torch import Tensor
 
 from fsmtl.errors import FsmtlError
-from pipelines.augment import LeeParams, augment_rows, draw_lee_params
-from pipelines.checks import check_pad
-from pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, check_request, plan_batch
-from pipelines.transforms import normalize_batch
-from preprocess.shards import SplitData
+from fsmtl.pipelines.augment import LeeParams, augment_rows, draw_lee_params
+from fsmtl.pipelines.checks import check_pad
+from fsmtl.pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, check_request, plan_batch
+from fsmtl.pipelines.transforms import normalize_batch
+from fsmtl.preprocess.shards import SplitData
 
 log = logging.getLogger(__name__)
 
 
 def _numba_available() -> bool:
     try:
-        import pipelines.numba_aug  # noqa: F401
+        import fsmtl.pipelines.numba_aug  # noqa: F401
     except Exception:  # noqa: BLE001 - numba missing or broken: fall back to torch ops
         return False
     return True
@@ -42,7 +42,7 @@ def _numba_available() -> bool:
 def _triton_error() -> str | None:
     """None when the fused Triton kernel imports, else why not."""
     try:
-        import pipelines.triton_aug  # noqa: F401
+        import fsmtl.pipelines.triton_aug  # noqa: F401
     except Exception as e:  # noqa: BLE001 - triton missing or broken: the torch ops serve instead
         return f"{type(e).__name__}: {e}"
     return None
@@ -183,7 +183,7 @@ class TorchBackend:
 
     def _triton_self_check(self) -> str | None:
         """Run the Triton kernel on a few rows of the split against the torch ops; None if equal."""
-        from pipelines.triton_aug import augment_rows_triton
+        from fsmtl.pipelines.triton_aug import augment_rows_triton
 
         n = min(16, int(self.offsets[-1]))
         g = torch.Generator().manual_seed(12345)  # its own generator: the loader's stays untouched
@@ -232,7 +232,7 @@ class TorchBackend:
             imgs = torch.from_numpy(self.np_data[plan.rows.numpy()])
             x = normalize_batch(imgs, self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
         elif self.use_numba:
-            from pipelines.numba_aug import augment_rows_numba
+            from fsmtl.pipelines.numba_aug import augment_rows_numba
 
             out = self.pool.get((plan.rows.numel(), *self.np_data.shape[1:]))
             x = self._finish(augment_rows_numba(self.np_data, plan.rows, plan.params, self.mean, self.std, out=out, check=False))
@@ -264,7 +264,7 @@ class TorchBackend:
         # kernel's five rows (row, top, left, flip, contrast slot) first, in pack_plan's layout
         coef, head = None, rows[None]
         if plan.params is not None and self.kernel == "triton":
-            from pipelines.triton_aug import pack_plan
+            from fsmtl.pipelines.triton_aug import pack_plan
 
             head, coef = pack_plan(rows, plan.params, data.shape[3])
         ints = _upload(torch.cat([head, torch.stack([plan.task, plan.label, plan.global_class])]), dev)
@@ -272,7 +272,7 @@ class TorchBackend:
         if plan.params is None:
             x = normalize_batch(data[rows_d], self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last)
         elif coef is not None:
-            from pipelines.triton_aug import augment_packed
+            from fsmtl.pipelines.triton_aug import augment_packed
 
             x = augment_packed(
                 data, ints, _upload(coef, dev), self.pad, plan.params.factors is not None,
@@ -297,7 +297,7 @@ class TorchBackend:
             if plan.params is None:
                 x = normalize_batch(images.to(device, non_blocking=True), mean, std, cfg.out_dtype, cfg.channels_last)
             elif use_numba:
-                from pipelines.numba_aug import augment_rows_numba
+                from fsmtl.pipelines.numba_aug import augment_rows_numba
 
                 x = augment_rows_numba(np.ascontiguousarray(images.numpy()), rows, plan.params, mean, std, check=False)
                 x = (x if cfg.channels_last else x.contiguous()).to(cfg.out_dtype)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipelines.checks import PipelineInputError, describe
+from fsmtl.pipelines.checks import PipelineInputError, describe
 
 
 def _check_offsets(class_offsets: object) -> None:

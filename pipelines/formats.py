@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.shards import SplitData
+from fsmtl.preprocess.shards import SplitData
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class ExportCache:
 def ffcv_file(split: SplitData, cache: ExportCache, progress: bool = True) -> Path:
     """The split's .beton: the converted one, or a fresh export into ``cache`` (with FFCV's
     progress bar unless ``progress`` is False)."""
-    from preprocess.export_ffcv import import_ffcv
+    from fsmtl.preprocess.export_ffcv import import_ffcv
 
     import_ffcv()
     from ffcv.reader import Reader
@@ -69,7 +69,7 @@ def ffcv_file(split: SplitData, cache: ExportCache, progress: bool = True) -> Pa
     if path is None or not path.is_file():
         path = cache.dir() / f"{split.name}.beton"
         log.warning("ffcv: no converted %s/data.beton; exporting split %r to %s", split.name, split.name, path)
-        from preprocess.export_ffcv import export_split_ffcv
+        from fsmtl.preprocess.export_ffcv import export_split_ffcv
 
         export_split_ffcv(split, path, progress=progress)
     reader = Reader(str(path))
@@ -91,7 +91,7 @@ def dali_images(split: SplitData, cache: ExportCache) -> np.ndarray:
     if path is None or not path.is_file():
         out = cache.dir() / f"{split.name}-dali"
         log.warning("dali: no converted %s/dali/; exporting split %r to %s", split.name, split.name, out)
-        from preprocess.export_dali import export_split_dali
+        from fsmtl.preprocess.export_dali import export_split_dali
 
         path = export_split_dali(split, out)[0]
     try:

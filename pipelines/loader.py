@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from fsmtl.errors import FsmtlError
-from pipelines.augment import LeeParams, default_padding, draw_lee_params
-from pipelines.checks import check_int, check_mean_std, check_out_dtype, describe
-from pipelines.episodes import sample_episode_indices
-from preprocess.shards import SplitData
+from fsmtl.pipelines.augment import LeeParams, default_padding, draw_lee_params
+from fsmtl.pipelines.checks import check_int, check_mean_std, check_out_dtype, describe
+from fsmtl.pipelines.episodes import sample_episode_indices
+from fsmtl.preprocess.shards import SplitData
 
 BACKENDS = ("torch", "dali", "ffcv", "reference")
 _BACKEND_MODULES = {"dali": "nvidia.dali", "ffcv": "ffcv"}
@@ -378,7 +378,7 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
     if module is not None:
         try:
             if module == "ffcv":  # its import resets the thread counts; this one restores them
-                from preprocess.export_ffcv import import_ffcv
+                from fsmtl.preprocess.export_ffcv import import_ffcv
 
                 import_ffcv()
             importlib.import_module(module)
@@ -401,19 +401,19 @@ def build_task_loader(split: SplitData, mean: Sequence[float], std: Sequence[flo
     pad = check_request(split, mean, std, cfg)
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     if cfg.backend == "torch":
-        from pipelines.backend_torch import TorchBackend
+        from fsmtl.pipelines.backend_torch import TorchBackend
 
         backend: Backend = TorchBackend(split, mean, std, cfg, pad)
     elif cfg.backend == "reference":
-        from pipelines.backend_reference import ReferenceBackend
+        from fsmtl.pipelines.backend_reference import ReferenceBackend
 
         backend = ReferenceBackend(split, mean, std, cfg, pad)
     elif cfg.backend == "dali":
-        from pipelines.backend_dali import DaliBackend
+        from fsmtl.pipelines.backend_dali import DaliBackend
 
         backend = DaliBackend(split, mean, std, cfg, pad)
     else:
-        from pipelines.backend_ffcv import FfcvBackend
+        from fsmtl.pipelines.backend_ffcv import FfcvBackend
 
         backend = FfcvBackend(split, mean, std, cfg, pad)
     return TaskLoader(backend, cfg)

@@ -22,8 +22,8 @@ import torch
 from numba import prange
 from torch import Tensor
 
-from pipelines.augment import GRAY_WEIGHTS, LeeParams
-from pipelines.checks import PipelineInputError, check_augment_args
+from fsmtl.pipelines.augment import GRAY_WEIGHTS, LeeParams
+from fsmtl.pipelines.checks import PipelineInputError, check_augment_args
 
 _WR, _WG, _WB = (np.float32(v) for v in GRAY_WEIGHTS)
 _ZERO = np.float32(0.0)

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from pipelines.augment import LeeParams, jitter_slots
-from pipelines.checks import PipelineInputError, check_augment_args, check_out_dtype
+from fsmtl.pipelines.augment import LeeParams, jitter_slots
+from fsmtl.pipelines.checks import PipelineInputError, check_augment_args, check_out_dtype
 
 
 @triton.jit

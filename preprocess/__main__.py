@@ -1,4 +1,4 @@
-"""``fsmtl convert`` and ``fsmtl verify`` (also ``python -m preprocess convert|verify ...``).
+"""``fsmtl convert`` and ``fsmtl verify`` (also ``python -m fsmtl.preprocess convert|verify ...``).
 
     fsmtl convert <benchmark> --src PATH --out DIR [--force] [--format npy,ffcv,dali] [flags]
     fsmtl verify <dir>
@@ -14,14 +14,14 @@ from pathlib import Path
 
 from fsmtl.cli import CliParser
 from fsmtl.errors import FsmtlError
-from preprocess.config import (
+from fsmtl.preprocess.config import (
     BENCHMARKS,
     FORMATS,
     MAX_SIZE,
     NORMALIZATIONS,
     PreprocessConfig,
 )
-from preprocess.synthetic import MIN_IMAGE_SIZE
+from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -155,7 +155,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def _verify(root: Path) -> int:
-    from preprocess.shards import open_shards, verify_shards
+    from fsmtl.preprocess.shards import open_shards, verify_shards
 
     problems = verify_shards(root)
     if problems:
@@ -163,7 +163,7 @@ def _verify(root: Path) -> int:
             print(line)
         print(f"{root}: {len(problems)} file(s) differ from meta.json")
         return 1
-    from preprocess.run import describe_shards
+    from fsmtl.preprocess.run import describe_shards
 
     meta = open_shards(root).meta
     print(f"{root}: {describe_shards(meta)}")
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
         return int(e.code or 0) if e.code in (0, None) else 2
     if args.command == "verify":
         return _verify(args.dir)
-    from preprocess.run import convert, format_summary
+    from fsmtl.preprocess.run import convert, format_summary
 
     try:
         cfg = config_from_args(args)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from fsmtl.errors import FsmtlError
-from preprocess.synthetic import MIN_IMAGE_SIZE
+from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE
 
 BENCHMARKS: tuple[str, ...] = (
     "mini-imagenet",

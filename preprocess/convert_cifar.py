@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
-from preprocess.imaging import copy_in_chunks
-from preprocess.safe_pickle import get_key, load_pickle, load_pickle_stream
-from preprocess.shards import SPLITS, ShardWriter
-from preprocess.splitlists import cifar100_names, class_lists
+from fsmtl.preprocess.config import PreprocessConfig
+from fsmtl.preprocess.imaging import copy_in_chunks
+from fsmtl.preprocess.safe_pickle import get_key, load_pickle, load_pickle_stream
+from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.splitlists import cifar100_names, class_lists
 
 _ROW = 3 * 32 * 32
 _N_FINE = 100

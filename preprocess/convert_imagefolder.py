@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
-from preprocess.imaging import IMAGE_SUFFIXES, decode_image, parallel_fill, read_file
-from preprocess.shards import SPLITS, ShardWriter
-from preprocess.splitlists import check_class_set
+from fsmtl.preprocess.config import PreprocessConfig
+from fsmtl.preprocess.imaging import IMAGE_SUFFIXES, decode_image, parallel_fill, read_file
+from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.splitlists import check_class_set
 
 
 def read_split_file(path: Path) -> dict[str, str]:

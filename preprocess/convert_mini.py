@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
-from preprocess.imaging import IMAGE_SUFFIXES, copy_in_chunks, decode_image, parallel_fill, read_file
-from preprocess.safe_pickle import get_key, load_pickle
-from preprocess.shards import SPLITS, ShardWriter
-from preprocess.splitlists import check_class_set, class_lists, ravi_csv
+from fsmtl.preprocess.config import PreprocessConfig
+from fsmtl.preprocess.imaging import IMAGE_SUFFIXES, copy_in_chunks, decode_image, parallel_fill, read_file
+from fsmtl.preprocess.safe_pickle import get_key, load_pickle
+from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.splitlists import check_class_set, class_lists, ravi_csv
 
 _CACHE_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}
 _CACHE_WHAT = "a mini-ImageNet cache: dict with 'image_data' uint8 [N,84,84,3] and 'class_dict'"

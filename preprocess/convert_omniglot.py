@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
-from preprocess.imaging import cancelling_pool, decode_image, default_workers, parallel_fill, read_file
-from preprocess.shards import ShardWriter
+from fsmtl.preprocess.config import PreprocessConfig
+from fsmtl.preprocess.imaging import cancelling_pool, decode_image, default_workers, parallel_fill, read_file
+from fsmtl.preprocess.shards import ShardWriter
 
 _ROTATIONS = (90, 180, 270)
 

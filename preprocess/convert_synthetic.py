@@ -8,10 +8,10 @@ import numpy as np
 from tqdm import tqdm
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
-from preprocess.imaging import cancelling_pool, default_workers
-from preprocess.shards import SPLITS, ShardWriter
-from preprocess.synthetic import SyntheticConfig, class_names, generate_class
+from fsmtl.preprocess.config import PreprocessConfig
+from fsmtl.preprocess.imaging import cancelling_pool, default_workers
+from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.synthetic import SyntheticConfig, class_names, generate_class
 
 
 def synthetic_config(cfg: PreprocessConfig) -> SyntheticConfig:

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import PreprocessConfig
-from preprocess.imaging import decode_image, parallel_fill
-from preprocess.safe_pickle import get_key, load_pickle
-from preprocess.shards import SPLITS, ShardWriter
-from preprocess.splitlists import check_class_set, class_lists
+from fsmtl.preprocess.config import PreprocessConfig
+from fsmtl.preprocess.imaging import decode_image, parallel_fill
+from fsmtl.preprocess.safe_pickle import get_key, load_pickle
+from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.splitlists import check_class_set, class_lists
 
 _NATIVE = 84
 _LABELS_WHAT = "a tiered-ImageNet labels dict with label_specific, label_general, label_specific_str, label_general_str"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.shards import SplitData
+from fsmtl.preprocess.shards import SplitData
 
 FILES = ("images.npy", "labels.npy")
 

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.shards import SplitData
+from fsmtl.preprocess.shards import SplitData
 
 FIELDS = ("image", "label")
 # FFCV's default 8 MB pages make even a tiny split's file >= 16 MB; 2 MB pages still hold ~100

@@ -13,23 +13,23 @@ from typing import Any, Callable
 import numpy as np
 
 from fsmtl.errors import FsmtlError
-from preprocess.config import BENCHMARK_OPTIONS, PreprocessConfig
-from preprocess.shards import SPLITS, ShardWriter, SplitData
+from fsmtl.preprocess.config import BENCHMARK_OPTIONS, PreprocessConfig
+from fsmtl.preprocess.shards import SPLITS, ShardWriter, SplitData
 
 # benchmark -> "module:function"; each function is (cfg, writer) -> source paths read
 _CONVERTERS = {
-    "cifar-fs": "preprocess.convert_cifar:convert_cifar",
-    "fc100": "preprocess.convert_cifar:convert_cifar",
-    "mini-imagenet": "preprocess.convert_mini:convert_mini_imagenet",
-    "tiered-imagenet": "preprocess.convert_tiered:convert_tiered_imagenet",
-    "omniglot": "preprocess.convert_omniglot:convert_omniglot",
-    "imagefolder": "preprocess.convert_imagefolder:convert_imagefolder",
-    "synthetic": "preprocess.convert_synthetic:convert_synthetic",
+    "cifar-fs": "fsmtl.preprocess.convert_cifar:convert_cifar",
+    "fc100": "fsmtl.preprocess.convert_cifar:convert_cifar",
+    "mini-imagenet": "fsmtl.preprocess.convert_mini:convert_mini_imagenet",
+    "tiered-imagenet": "fsmtl.preprocess.convert_tiered:convert_tiered_imagenet",
+    "omniglot": "fsmtl.preprocess.convert_omniglot:convert_omniglot",
+    "imagefolder": "fsmtl.preprocess.convert_imagefolder:convert_imagefolder",
+    "synthetic": "fsmtl.preprocess.convert_synthetic:convert_synthetic",
 }
 # format -> (exporter module, the library it needs, the pip extra that installs it)
 _EXPORTERS = {
-    "ffcv": ("preprocess.export_ffcv", "ffcv", "ffcv"),
-    "dali": ("preprocess.export_dali", "nvidia.dali", "dali"),
+    "ffcv": ("fsmtl.preprocess.export_ffcv", "ffcv", "ffcv"),
+    "dali": ("fsmtl.preprocess.export_dali", "nvidia.dali", "dali"),
 }
 
 

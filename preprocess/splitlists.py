@@ -12,7 +12,7 @@ from typing import Sequence
 
 from fsmtl.errors import FsmtlError
 
-from preprocess.shards import SPLITS
+from fsmtl.preprocess.shards import SPLITS
 
 
 def _read_text(*parts: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.shards import SPLITS
+from fsmtl.preprocess.shards import SPLITS
 
 _CHUNK = 256
 MIN_IMAGE_SIZE = 8  # the smallest side the generator renders; fsmtl convert's --size lower bound
@@ -170,7 +170,7 @@ def write_synthetic_shards(out: str | os.PathLike[str], cfg: SyntheticConfig, fo
 
     For tests, benchmarks and checks; ``fsmtl convert synthetic`` streams large sets instead.
     """
-    from preprocess.shards import ShardWriter
+    from fsmtl.preprocess.shards import ShardWriter
 
     with ShardWriter(Path(out), "synthetic", force=force) as w:
         for split in SPLITS:

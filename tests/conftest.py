@@ -12,7 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 
-from preprocess.synthetic import SyntheticConfig, write_synthetic_shards
+from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REQUIRE_BACKENDS = os.environ.get("FSMTL_REQUIRE_BACKENDS") == "1"

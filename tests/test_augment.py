@@ -10,7 +10,7 @@ import torch
 import torchvision.transforms.functional as F
 from PIL import Image
 
-from pipelines.augment import (
+from fsmtl.pipelines.augment import (
     LeeParams,
     apply_lee,
     augment_rows,
@@ -19,7 +19,7 @@ from pipelines.augment import (
     default_padding,
     draw_lee_params,
 )
-from pipelines.numba_aug import augment_rows_numba
+from fsmtl.pipelines.numba_aug import augment_rows_numba
 
 IDENTITY = ([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
 JITTER_FNS = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation)

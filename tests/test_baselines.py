@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from eval.heads import adapt
+from fsmtl.eval.heads import adapt
 from fsmtl.cli import run_stage_main
 from fsmtl.errors import FsmtlError
-from models import build_model
-from train.__main__ import main as train_main
-from train.algorithms import StepShape, get_algorithm
-from train.loop import TrainNet
-from train.meta_baselines import anil_loss, maml_step, metaoptnet_loss, split_support_query, svm_query_scores
-from train.runlog import read_metrics
+from fsmtl.models import build_model
+from fsmtl.train.__main__ import main as train_main
+from fsmtl.train.algorithms import StepShape, get_algorithm
+from fsmtl.train.loop import TrainNet
+from fsmtl.train.meta_baselines import anil_loss, maml_step, metaoptnet_loss, split_support_query, svm_query_scores
+from fsmtl.train.runlog import read_metrics
 from conftest import optional_import
 
 SHAPE = StepShape(n_tasks=2, ways=3, shots=2, queries=3, norm=False)

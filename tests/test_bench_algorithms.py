@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.bench_algorithms import available_algorithms, main
+from fsmtl.benchmarks.bench_algorithms import available_algorithms, main
 from fsmtl.cli import run_stage_main
 from fsmtl.errors import FsmtlError
-from train.algorithms import ALGORITHMS
+from fsmtl.train.algorithms import ALGORITHMS
 
 TINY = ["--size", "16", "--ways", "2", "--shots", "1", "--queries", "1", "--tasks", "1",
         "--steps", "1", "--runs", "1", "--warmup", "0", "--precision", "fp32", "--device", "cpu"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from benchmarks import bench_all
+from fsmtl.benchmarks import bench_all
 from fsmtl.errors import FsmtlError
 
 _TINY = {"eval": ["--tasks", "20", "--sklearn-tasks", "10", "--runs", "1", "--dim", "32"],

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import benchmarks.bench_eval as bench_eval
+import fsmtl.benchmarks.bench_eval as bench_eval
 from fsmtl.cli import run_stage_main
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_algorithms, bench_all, bench_pipeline, bench_traffic, bench_train
-from benchmarks.common import check_writable, device_name, image_sizes, parse_names, write_results
+from fsmtl.benchmarks import bench_algorithms, bench_all, bench_pipeline, bench_traffic, bench_train
+from fsmtl.benchmarks.common import check_writable, device_name, image_sizes, parse_names, write_results
 from fsmtl.cli import run_stage_main
 from fsmtl.errors import FsmtlError
 
@@ -94,7 +94,7 @@ def test_bench_all_runs_a_benchmark_named_twice_once(tmp_path: Path, capsys) -> 
 
 
 def test_fsmtl_help_lists_every_benchmark() -> None:
-    from benchmarks.__main__ import _BENCHES
+    from fsmtl.benchmarks.__main__ import _BENCHES
     from fsmtl.cli import _COMMANDS
 
     assert all(name in _COMMANDS["bench"][2] for name in _BENCHES)
@@ -115,8 +115,7 @@ def test_check_writable_names_the_path_given_not_a_temporary_file(tmp_path: Path
 
 
 def test_a_failed_final_write_names_the_json_path(tmp_path: Path, monkeypatch) -> None:
-    import benchmarks.common as common
-
+    import fsmtl.benchmarks.common as common
     def fail(path: object, doc: object) -> None:
         raise OSError(28, "No space left on device", str(tmp_path / ".x.json.123.tmp"))
 
@@ -160,8 +159,8 @@ def test_bench_pipeline_refuses_sizes_with_data(tiny_shards: Path, monkeypatch) 
 
 
 def test_bench_pipeline_draws_one_untimed_batch_before_timing_even_with_warmup_0(tiny_shards: Path, monkeypatch) -> None:
-    import benchmarks.common as common
-    from pipelines.loader import PipelineConfig
+    import fsmtl.benchmarks.common as common
+    from fsmtl.pipelines.loader import PipelineConfig
 
     drawn: list[int] = []
     real_loader = bench_pipeline._loader
@@ -223,9 +222,9 @@ def test_bench_pipeline_makes_the_ffcv_loaders_and_exports_before_measuring_anyt
 
 def test_ctrl_c_during_time_to_accuracy_is_an_interrupt_and_keeps_the_step_costs(tiny_shards: Path, tmp_path: Path,
                                                                                   monkeypatch, capsys) -> None:
-    import train.__main__
+    import fsmtl.train.__main__ as train_main
 
-    monkeypatch.setattr(train.__main__, "main", lambda argv: 130)  # the trainer's answer to Ctrl-C
+    monkeypatch.setattr(train_main, "main", lambda argv: 130)  # the trainer's answer to Ctrl-C
     argv = [*TINY_ALGO, "--algorithms", "mtl", "--data", str(tiny_shards), "--out", str(tmp_path)]
     assert run_stage_main(bench_algorithms.main, argv) == 130
     assert "fsmtl: interrupted" in capsys.readouterr().err
@@ -259,7 +258,7 @@ def test_bench_all_interrupted_writes_the_finished_benchmarks_and_exits_130(tmp_
     def interrupted(argv: list[str]) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(sys.modules, "benchmarks.bench_stopped", types.SimpleNamespace(main=interrupted))
+    monkeypatch.setitem(sys.modules, "fsmtl.benchmarks.bench_stopped", types.SimpleNamespace(main=interrupted))
     plan = {"traffic": ["--sizes", "16", "--tasks", "1", "--batches", "1"], "stopped": []}
     out = tmp_path / "all.json"
     argv = ["--json", str(out), "--out", str(tmp_path / "each")]

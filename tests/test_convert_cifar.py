@@ -9,10 +9,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from benchmarks.bench_convert import write_fake_cifar100
+from fsmtl.benchmarks.bench_convert import write_fake_cifar100
 from fsmtl.cli import main as cli
-from preprocess.shards import open_shards, verify_shards
-from preprocess.splitlists import cifar100_names, class_lists
+from fsmtl.preprocess.shards import open_shards, verify_shards
+from fsmtl.preprocess.splitlists import cifar100_names, class_lists
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_a_corrupt_tar_gz_exits_2(cifar_dir, tmp_path, capsys):
 def test_cifar_shards_normalise_with_the_seeds_constants_unless_asked_for_the_datas(cifar_dir, tmp_path):
     import json
 
-    from preprocess.shards import channel_stats
+    from fsmtl.preprocess.shards import channel_stats
 
     assert _convert("fc100", cifar_dir, tmp_path / "seed") == 0
     meta = json.loads((tmp_path / "seed" / "meta.json").read_text())

@@ -8,8 +8,8 @@ from PIL import Image
 
 from fsmtl.cli import main as cli
 from fsmtl.errors import FsmtlError
-from preprocess.convert_imagefolder import read_split_file, split_by_ratios
-from preprocess.shards import open_shards
+from fsmtl.preprocess.convert_imagefolder import read_split_file, split_by_ratios
+from fsmtl.preprocess.shards import open_shards
 
 
 @pytest.fixture()
@@ -106,7 +106,7 @@ def _png(img) -> bytes:
 def test_16bit_images_are_scaled_not_clipped_and_transparency_is_composited_on_white():
     from PIL import Image
 
-    from preprocess.imaging import decode_image
+    from fsmtl.preprocess.imaging import decode_image
 
     ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0..65520
     got = decode_image(_png(Image.fromarray(ramp)), "ramp16.png", channels=1)[..., 0]
@@ -122,7 +122,7 @@ def test_exif_orientation_is_applied_for_imagefolder_only():
 
     from PIL import Image
 
-    from preprocess.imaging import decode_image
+    from fsmtl.preprocess.imaging import decode_image
 
     img = np.zeros((20, 40, 3), dtype=np.uint8)
     img[:, :20] = 255  # left half white, stored landscape
@@ -139,7 +139,7 @@ def test_an_unknown_format_is_named_without_python_internals():
     import pytest
 
     from fsmtl.errors import FsmtlError
-    from preprocess.imaging import decode_image
+    from fsmtl.preprocess.imaging import decode_image
 
     with pytest.raises(FsmtlError, match=r"x.jpg: not a readable image \(unknown or corrupt image format\)$"):
         decode_image(b"definitely not an image", "x.jpg")
@@ -160,7 +160,7 @@ def test_hidden_files_empty_and_nested_folders_are_skipped_with_warnings(tree, t
 def test_a_symlinked_duplicate_class_folder_is_refused(tree, tmp_path):
     (tree / "class_0_again").symlink_to(tree / "class_0", target_is_directory=True)
     with pytest.raises(FsmtlError, match="same folder as"):
-        from preprocess.convert_imagefolder import _scan
+        from fsmtl.preprocess.convert_imagefolder import _scan
 
         _scan(tree)
 
@@ -180,7 +180,7 @@ def test_a_failing_fill_does_not_decode_the_rest_of_the_split():
     import threading
     import time
 
-    from preprocess.imaging import parallel_fill
+    from fsmtl.preprocess.imaging import parallel_fill
 
     calls = []
     lock = threading.Lock()
@@ -201,7 +201,7 @@ def test_a_failing_fill_does_not_decode_the_rest_of_the_split():
 
 def test_an_image_symlinked_into_two_classes_is_warned_about(tree, tmp_path, capsys):
     (tree / "class_1" / "borrowed.jpg").symlink_to(tree / "class_0" / "a.jpg")
-    from preprocess.convert_imagefolder import _scan
+    from fsmtl.preprocess.convert_imagefolder import _scan
 
     _scan(tree)
     assert "same file in two classes" in capsys.readouterr().err

@@ -11,9 +11,9 @@ from PIL import Image
 
 from fsmtl.cli import main as cli
 from fsmtl.errors import FsmtlError
-from preprocess.convert_mini import select_ravi_images
-from preprocess.shards import open_shards
-from preprocess.splitlists import class_lists
+from fsmtl.preprocess.convert_mini import select_ravi_images
+from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.splitlists import class_lists
 
 LISTS = class_lists("mini-imagenet")
 CACHE = {"train": "train", "val": "validation", "test": "test"}

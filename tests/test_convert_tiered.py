@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from fsmtl.cli import main as cli
-from preprocess.shards import open_shards
-from preprocess.splitlists import class_lists, tiered_categories
+from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.splitlists import class_lists, tiered_categories
 
 LISTS = class_lists("tiered-imagenet")
 CATS = tiered_categories()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fsmtl.errors import FsmtlError
-from pipelines.episodes import (
+from fsmtl.pipelines.episodes import (
     remap_labels,
     sample_episode_indices,
     sample_within_classes,
@@ -115,7 +115,7 @@ def test_episode_sampling_given_numpy_offsets_asks_for_a_torch_tensor() -> None:
 def test_one_call_episodes_equal_the_two_step_sampler_draw_for_draw() -> None:
     # sample_episode_indices selects classes and images in one numba call; it must give what
     # sample_classes then sample_within_classes give, and leave the generator at the same state
-    from pipelines.episodes import sample_classes
+    from fsmtl.pipelines.episodes import sample_classes
 
     for seed in range(60):
         g = torch.Generator().manual_seed(seed)

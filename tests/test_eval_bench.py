@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmarks.bench_eval import main
+from fsmtl.benchmarks.bench_eval import main
 
 
 def test_bench_eval_writes_rows_for_sklearn_and_batched_with_the_accuracy_difference(tmp_path, capsys):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from eval import adapt, adapt_scores, evaluate_backbone, load_run
-from eval.heads.finetune import FinetuneConfig
+from fsmtl.eval import adapt, adapt_scores, evaluate_backbone, load_run
+from fsmtl.eval.heads.finetune import FinetuneConfig
 from fsmtl.cli import main as fsmtl_main
 from fsmtl.errors import FsmtlError
-from preprocess.shards import load_split
+from fsmtl.preprocess.shards import load_split
 
 FEATURE_HEADS = ["logreg", "proto", "proto_euclidean", "ridge", "svm"]
 TASK = dict(ways=5, shots=1, queries=2, n_tasks=2)

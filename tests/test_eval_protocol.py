@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import torch
 
-from eval import adapt, evaluate_backbone, evaluate_features, load_run
-from eval.heads.finetune import FinetuneConfig, finetune_predict
-from eval.protocol import episode_rows
+from fsmtl.eval import adapt, evaluate_backbone, evaluate_features, load_run
+from fsmtl.eval.heads.finetune import FinetuneConfig, finetune_predict
+from fsmtl.eval.protocol import episode_rows
 from fsmtl.cli import main as fsmtl_main
 from fsmtl.errors import FsmtlError
-from pipelines.transforms import normalize_batch
-from preprocess.shards import load_split, open_shards
+from fsmtl.pipelines.transforms import normalize_batch
+from fsmtl.preprocess.shards import load_split, open_shards
 
 
 def write_run(run: Path, data: Path, precision: str = "fp32", seed: int = 0) -> Path:
     """A run directory holding best.pt and last.pt in the trainer's checkpoint format."""
-    from models import build_model
+    from fsmtl.models import build_model
 
     shards = open_shards(data)
     h, _, c = shards.image_shape
@@ -187,8 +187,8 @@ def test_a_checkpoint_from_another_run_never_overwrites_the_runs_own_report(tiny
 
 
 def test_a_checkpoint_file_of_the_run_itself_keeps_the_usual_report_name(run_dir):
-    from eval.config import EvalConfig
-    from eval.evaluate import default_report_path
+    from fsmtl.eval.config import EvalConfig
+    from fsmtl.eval.evaluate import default_report_path
 
     cfg = EvalConfig(run=str(run_dir), checkpoint=str(run_dir / "checkpoints" / "last.pt"))
     assert default_report_path(cfg, run_dir / "checkpoints" / "last.pt") == run_dir / "reports" / "eval_test_last.json"
@@ -237,8 +237,8 @@ def test_bf16_run_is_embedded_under_bf16_autocast(tiny_shards, tmp_path):
 
 
 def test_eval_reads_a_checkpoint_written_by_the_real_trainer(tiny_shards, tmp_path):
-    train_run = pytest.importorskip("train.run")
-    from train.config import TrainConfig
+    train_run = pytest.importorskip("fsmtl.train.run")
+    from fsmtl.train.config import TrainConfig
 
     out = tmp_path / "trained"
     cfg = TrainConfig(data=str(tiny_shards), out=str(out), model="conv4", meta_batch_size=2, epoch_length=4,
@@ -298,7 +298,7 @@ def test_finetune_works_under_no_grad_and_inference_mode(run_dir, tiny_shards):
 
 
 def test_eval_notes_when_an_accuracy_is_not_a_held_out_one() -> None:
-    from eval.evaluate import optimism_notes
+    from fsmtl.eval.evaluate import optimism_notes
 
     assert optimism_notes({"trainval": False, "val_split": "auto"}, "test", "best.pt") == []
     assert optimism_notes({"trainval": False}, "val", "best.pt") == []  # a run from before val_split

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from benchmarks import gpu_check
+from fsmtl.benchmarks import gpu_check
 
 
 def test_gpu_check_dry_run_on_cpu_writes_passing_checks(tmp_path):
@@ -55,7 +55,7 @@ def test_the_shell_script_runs_and_leaves_its_files_in_out(tmp_path):
 
 
 def test_gpu_report_turns_a_check_into_verdicts(tmp_path, capsys):
-    from benchmarks import gpu_report
+    from fsmtl.benchmarks import gpu_report
 
     doc = {
         "hardware": {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "date": "2026-12-01T00:00:00Z"},
@@ -98,8 +98,7 @@ def test_a_step_cut_by_the_time_limit_keeps_what_it_wrote(tmp_path, monkeypatch)
     import os
     import signal
 
-    import benchmarks.bench_train as bench_train
-
+    import fsmtl.benchmarks.bench_train as bench_train
     real = bench_train.time_config
 
     def slow_second_row(name, *args, **kwargs):
@@ -128,7 +127,7 @@ def test_the_ddp_step_trains_one_torchrun_rank_and_resumes_it(tmp_path):
 
 
 def test_the_pipeline_probe_measures_planning_and_the_loader(tmp_path):
-    from benchmarks import gpu_probe
+    from fsmtl.benchmarks import gpu_probe
 
     out = tmp_path / "probe.json"
     assert gpu_probe.main(["--device", "cpu", "--calls", "5", "--batches", "2", "--json", str(out)]) == 0

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fsmtl.errors import FsmtlError
-from models import MODEL_NAMES, build_model, feature_dim, set_train_step
-from models.dropblock import dropblock
+from fsmtl.models import MODEL_NAMES, build_model, feature_dim, set_train_step
+from fsmtl.models.dropblock import dropblock
 
 PUBLISHED_PARAMS = {"resnet12": 12.4e6, "wrn28_10": 36.5e6, "resnet18": 11.2e6, "conv4": 113e3}
 FEATURES = {"resnet12": 640, "wrn28_10": 640, "resnet18": 512}
@@ -149,7 +149,7 @@ def test_models_require_a_drop_rate_in_zero_to_one(name: str, rate) -> None:
 
 
 def test_resnet12_rejects_a_drop_rate_of_one_when_built_directly() -> None:
-    from models.resnet12 import ResNet12
+    from fsmtl.models.resnet12 import ResNet12
 
     with pytest.raises(FsmtlError, match="drop_rate"):
         ResNet12(image_size=32, drop_rate=1.0)
@@ -174,8 +174,8 @@ DOCUMENTED_REBUILD = 'build_model(ckpt["model_name"], in_channels=c, image_size=
 def test_the_documented_call_rebuilds_a_trained_checkpoints_backbone_exactly(name: str, tiny_shards, tmp_path) -> None:
     from pathlib import Path
 
-    from train.config import TrainConfig
-    from train.run import train
+    from fsmtl.train.config import TrainConfig
+    from fsmtl.train.run import train
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
     assert DOCUMENTED_REBUILD in doc and 'h, w, c = ckpt["data_meta"]["image_shape"]' in doc

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from pipelines.augment import augment_rows, draw_lee_params
-from pipelines.numba_aug import augment_rows_numba
+from fsmtl.pipelines.augment import augment_rows, draw_lee_params
+from fsmtl.pipelines.numba_aug import augment_rows_numba
 
 
 @pytest.mark.parametrize("channels,size,pad", [(3, 84, 8), (3, 20, 4), (1, 28, 4)])

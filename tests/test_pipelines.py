@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from fsmtl.errors import FsmtlError
-from pipelines import loader as loader_mod
-from pipelines.backend_torch import TorchBackend
-from pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader, concat_splits, plan_batch
-from preprocess.shards import SplitData, open_shards
+from fsmtl.pipelines import loader as loader_mod
+from fsmtl.pipelines.backend_torch import TorchBackend
+from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader, concat_splits, plan_batch
+from fsmtl.preprocess.shards import SplitData, open_shards
 
 CFG = PipelineConfig(ways=4, shots=2, queries=3, tasks_per_batch=3)
 
@@ -189,7 +189,7 @@ def test_a_held_batch_is_never_overwritten_by_later_batches(tiny_shards_84: Path
 
 
 def test_buffer_pool_reuses_a_buffer_only_after_it_is_released() -> None:
-    from pipelines.backend_torch import BufferPool
+    from fsmtl.pipelines.backend_torch import BufferPool
 
     pool = BufferPool(size=2)
     a = pool.get((2, 3))

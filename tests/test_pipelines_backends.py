@@ -12,10 +12,10 @@ import torch
 
 from conftest import optional_import
 from fsmtl.errors import FsmtlError
-from pipelines.backend_reference import ReferenceBackend, learn2learn_available
-from pipelines.formats import split_dir
-from pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
-from preprocess.shards import SplitData, open_shards
+from fsmtl.pipelines.backend_reference import ReferenceBackend, learn2learn_available
+from fsmtl.pipelines.formats import split_dir
+from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
+from fsmtl.preprocess.shards import SplitData, open_shards
 from test_pipelines import check_structure
 
 CFG = PipelineConfig(ways=3, shots=2, queries=2, tasks_per_batch=2)
@@ -45,10 +45,10 @@ def exported(tiny_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     shutil.copytree(tiny_shards, out)
     split = open_shards(out).split("train")
     if optional_import_quiet("ffcv"):
-        from preprocess.export_ffcv import export_split_ffcv
+        from fsmtl.preprocess.export_ffcv import export_split_ffcv
 
         export_split_ffcv(split, out / "train" / "data.beton")
-    from preprocess.export_dali import export_split_dali
+    from fsmtl.preprocess.export_dali import export_split_dali
 
     export_split_dali(split, out / "train" / "dali")
     return out
@@ -152,7 +152,7 @@ def test_an_ffcv_export_of_another_image_shape_is_rejected(exported: Path, tmp_p
     from types import SimpleNamespace
 
     optional_import("ffcv")
-    from preprocess.export_ffcv import export_split_ffcv
+    from fsmtl.preprocess.export_ffcv import export_split_ffcv
 
     root = tmp_path / "stale"
     shutil.copytree(exported, root)

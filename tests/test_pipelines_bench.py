@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_pipeline
+from fsmtl.benchmarks import bench_pipeline
 from fsmtl.errors import FsmtlError
 
 
@@ -31,7 +31,7 @@ def test_bench_pipeline_rejects_an_unknown_back_end() -> None:
 
 
 def test_bench_traffic_counts_fewer_device_ops_per_batch_when_batches_are_grouped(tmp_path: Path) -> None:
-    from benchmarks.bench_traffic import main as traffic_main
+    from fsmtl.benchmarks.bench_traffic import main as traffic_main
 
     out = tmp_path / "traffic.json"
     assert traffic_main(["--sizes", "16", "--tasks", "2", "--batches", "1", "--json", str(out)]) == 0

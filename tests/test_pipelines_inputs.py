@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from fsmtl.errors import FsmtlError
-from pipelines.augment import LeeParams, apply_lee, augment_rows, draw_lee_params
-from pipelines.backend_torch import TorchBackend
-from pipelines.checks import PipelineInputError
-from pipelines.formats import ExportCache
-from pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
-from pipelines.numba_aug import augment_rows_numba
-from preprocess.shards import SplitData, open_shards
+from fsmtl.pipelines.augment import LeeParams, apply_lee, augment_rows, draw_lee_params
+from fsmtl.pipelines.backend_torch import TorchBackend
+from fsmtl.pipelines.checks import PipelineInputError
+from fsmtl.pipelines.formats import ExportCache
+from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
+from fsmtl.pipelines.numba_aug import augment_rows_numba
+from fsmtl.preprocess.shards import SplitData, open_shards
 
 CFG = PipelineConfig(ways=4, shots=2, queries=3, tasks_per_batch=3, prefetch=False)
 MEAN, STD = [0.45, 0.44, 0.4], [0.27, 0.26, 0.28]
@@ -126,7 +126,7 @@ def test_draw_lee_params_refuses_impossible_parameters(kwargs: dict, message: st
 
 
 def test_augment_rows_triton_checks_rows_before_the_upload() -> None:
-    triton_aug = pytest.importorskip("pipelines.triton_aug", reason="triton is not installed")
+    triton_aug = pytest.importorskip("fsmtl.pipelines.triton_aug", reason="triton is not installed")
     a = {**_batch_args(), "rows": torch.tensor([0, 1, 2, 100000])}
     with pytest.raises(PipelineInputError, match=r"augment_rows_triton rows: expected values in \[0, 12\)"):
         triton_aug.augment_rows_triton(**a)

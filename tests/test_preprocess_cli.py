@@ -9,8 +9,8 @@ import numpy as np
 
 from conftest import optional_import
 from fsmtl.cli import main as cli
-from preprocess.shards import load_split, open_shards
-from preprocess.synthetic import SyntheticConfig, generate_split
+from fsmtl.preprocess.shards import load_split, open_shards
+from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
 SMALL = ["--size", "16", "--classes", "4,2,3", "--per-class", "5", "--no-progress"]
 
@@ -82,7 +82,7 @@ def test_missing_src_unknown_format_and_bad_flags_exit_2(tmp_path, capsys):
 
 
 def test_missing_backend_library_names_the_extra_to_install(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "preprocess.export_ffcv", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "fsmtl.preprocess.export_ffcv", None)  # import raises ImportError
     assert (
         cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--format", "npy,ffcv"])
         == 2
@@ -106,12 +106,12 @@ def test_extra_formats_are_written_per_split_and_hashed_into_meta(tmp_path, monk
 
     monkeypatch.setitem(
         sys.modules,
-        "preprocess.export_ffcv",
+        "fsmtl.preprocess.export_ffcv",
         types.SimpleNamespace(export_split_ffcv=export_split_ffcv),
     )
     monkeypatch.setitem(
         sys.modules,
-        "preprocess.export_dali",
+        "fsmtl.preprocess.export_dali",
         types.SimpleNamespace(export_split_dali=export_split_dali),
     )
     assert (
@@ -212,7 +212,7 @@ def test_force_replaces_only_a_shard_directory_and_never_the_source(tmp_path, ca
 
 
 def test_temporaries_of_a_killed_conversion_are_cleaned_up_by_the_next(tmp_path):
-    from preprocess.shards import _host
+    from fsmtl.preprocess.shards import _host
 
     stale = tmp_path / f".s.tmp-{_host()}-999999999-1"  # no process on this host has this pid
     other_host = tmp_path / ".s.tmp-some_other_node-999999999-1"  # maybe alive over there: kept
@@ -262,7 +262,7 @@ def _config_error(**kwargs) -> str:
     import pytest
 
     from fsmtl.errors import FsmtlError
-    from preprocess.config import PreprocessConfig
+    from fsmtl.preprocess.config import PreprocessConfig
 
     with pytest.raises(FsmtlError) as e:
         PreprocessConfig(**kwargs)
@@ -293,7 +293,7 @@ def test_a_benchmark_specific_option_for_another_benchmark_names_the_flag_and_it
 
 
 def test_options_left_at_their_defaults_are_accepted_by_every_benchmark(tmp_path):
-    from preprocess.config import BENCHMARKS, PreprocessConfig
+    from fsmtl.preprocess.config import BENCHMARKS, PreprocessConfig
 
     for benchmark in BENCHMARKS:
         src = None if benchmark == "synthetic" else tmp_path
@@ -310,7 +310,7 @@ def test_a_negative_difficulty_is_refused(tmp_path):
 
 
 def test_size_below_the_synthetic_generators_limit_is_refused_by_the_config_in_one_message(tmp_path, capsys):
-    from preprocess.synthetic import MIN_IMAGE_SIZE
+    from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE
 
     assert _config_error(benchmark="synthetic", out=tmp_path / "o", size=MIN_IMAGE_SIZE - 1) == (
         f"--size: expected {MIN_IMAGE_SIZE}..1024, got {MIN_IMAGE_SIZE - 1}"
@@ -330,7 +330,7 @@ def test_synthetic_with_src_is_told_to_leave_src_out_even_when_out_lies_inside_i
 
 
 def test_format_without_npy_adds_npy_as_the_help_says(tmp_path, monkeypatch):
-    from preprocess.config import PreprocessConfig
+    from fsmtl.preprocess.config import PreprocessConfig
 
     assert PreprocessConfig("synthetic", tmp_path / "o", formats=("ffcv",)).formats == ("npy", "ffcv")
     assert PreprocessConfig("synthetic", tmp_path / "o", formats=("dali", "npy", "dali")).formats == ("npy", "dali")
@@ -338,7 +338,7 @@ def test_format_without_npy_adds_npy_as_the_help_says(tmp_path, monkeypatch):
     def export_split_ffcv(split, path, progress=True):  # a stand-in: the real one is tested elsewhere
         path.write_bytes(b"beton")
 
-    monkeypatch.setitem(sys.modules, "preprocess.export_ffcv", types.SimpleNamespace(export_split_ffcv=export_split_ffcv))
+    monkeypatch.setitem(sys.modules, "fsmtl.preprocess.export_ffcv", types.SimpleNamespace(export_split_ffcv=export_split_ffcv))
     assert cli(["convert", "synthetic", "--out", str(tmp_path / "o"), *SMALL, "--format", "ffcv"]) == 0
     meta = open_shards(tmp_path / "o").meta
     assert meta["formats"] == ["npy", "ffcv"] and "train/images.npy" in meta["files"] and "train/data.beton" in meta["files"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fsmtl.errors import FsmtlError
-from preprocess.safe_pickle import get_key, load_pickle
+from fsmtl.preprocess.safe_pickle import get_key, load_pickle
 
 
 class _RunsACommand:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fsmtl.errors import FsmtlError
-from preprocess.shards import ShardWriter, load_split, open_shards, verify_shards
+from fsmtl.preprocess.shards import ShardWriter, load_split, open_shards, verify_shards
 
 
 def _write(out, labels, n_classes=3, shape=(8, 8, 3)):
@@ -99,7 +99,7 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_created_is_named_as_given_not_as_the_hidden_temporary(tmp_path, monkeypatch):
-    from preprocess import shards
+    from fsmtl.preprocess import shards
 
     # the temporary beside --out cannot be made (as in /proc or a read-only folder)
     monkeypatch.setattr(shards, "temporary_name", lambda out: f"no_such_folder/.{out.name}.tmp-1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.bench_train import main
+from fsmtl.benchmarks.bench_train import main
 
 
 def test_bench_train_writes_fp32_and_bf16_rows_and_the_data_wait(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_bench_train_writes_fp32_and_bf16_rows_and_the_data_wait(tmp_path: Path)
 def test_step_flops_are_counted_as_the_convolutions_and_products_they_are() -> None:
     import torch
 
-    from benchmarks.bench_train import count_step_flops
+    from fsmtl.benchmarks.bench_train import count_step_flops
 
     # Conv-4 at 32x32: four 3x3 convolutions (3->64 at 32 px, then 64->64 at 16, 8, 4 px)
     fwd = sum(2 * cin * 64 * 9 * s * s for cin, s in ((3, 32), (64, 16), (64, 8), (64, 4)))

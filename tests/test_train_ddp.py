@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from train.config import TrainConfig
-from train.distributed import shutdown_distributed
+from fsmtl.train.config import TrainConfig
+from fsmtl.train.distributed import shutdown_distributed
 
 
 def _free_port() -> int:
@@ -23,7 +23,7 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from train.run import build_run, fit
+    from fsmtl.train.run import build_run, fit
 
     cfg = TrainConfig(data=data, out=out, model="conv4", meta_batch_size=1, epoch_length=6, val_epoch_length=4,
                       test_queries=5, max_epochs=1, wandb="disabled", progress=False, log_every=1, precision="fp32")
@@ -65,7 +65,7 @@ def _one_rank(rank: int, port: int, data: str, out: str, launched: bool) -> None
 
     from torch.nn.parallel import DistributedDataParallel
 
-    from train.run import build_run, fit
+    from fsmtl.train.run import build_run, fit
 
     cfg = TrainConfig(data=data, out=out, model="conv4", meta_batch_size=2, epoch_length=8, val_epoch_length=4,
                       test_queries=5, max_epochs=1, wandb="disabled", progress=False, precision="fp32")

@@ -11,11 +11,11 @@ import torch
 from conftest import optional_import
 from fsmtl.cli import run_stage_main
 from fsmtl.errors import FsmtlError
-from pipelines.loader import build_task_loader
-from train.__main__ import main
-from train.config import TrainConfig
-from train.runlog import read_metrics
-from train.run import build_run, train
+from fsmtl.pipelines.loader import build_task_loader
+from fsmtl.train.__main__ import main
+from fsmtl.train.config import TrainConfig
+from fsmtl.train.runlog import read_metrics
+from fsmtl.train.run import build_run, train
 
 CONTRACT_KEYS = {"format", "version", "model_name", "model_kwargs", "model", "heads", "optimizer", "scheduler",
                  "scaler", "rng", "epoch", "step", "best_val_acc", "config", "data_meta"}
@@ -187,7 +187,7 @@ def test_a_second_ctrl_c_aborts_at_once() -> None:
     import os
     import signal
 
-    from train.signals import StopRequest
+    from fsmtl.train.signals import StopRequest
 
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)
@@ -212,7 +212,7 @@ def test_trainval_trains_on_train_and_val_classes_and_validates_on_test_as_the_s
                                                          (True, "none", None)])
 def test_val_split_picks_the_split_validation_runs_on(tiny_shards: Path, tmp_path: Path, trainval: bool,
                                                       val_split: str, expected: str | None) -> None:
-    from preprocess.shards import open_shards
+    from fsmtl.preprocess.shards import open_shards
 
     run = build_run(tiny_cfg(tiny_shards, tmp_path / "r", trainval=trainval, val_split=val_split))
     try:
@@ -308,8 +308,7 @@ def test_view_based_optimizers_train_without_channels_last(name: str, tiny_shard
 
 
 def test_a_run_stopped_by_a_signal_exits_like_one(tiny_shards: Path, tmp_path: Path, monkeypatch) -> None:
-    import train.run as run_module
-
+    import fsmtl.train.run as run_module
     for sig, code in (("SIGTERM", 143), ("SIGINT", 130), (None, 0)):
         summary = {"reason": "x", "epoch": 1, "step": 2, "best_val_acc": None, "out": str(tmp_path / "r"), "signal": sig}
         monkeypatch.setattr(run_module, "train", lambda cfg, s=summary: s)

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from fsmtl.errors import FsmtlError
-from train.__main__ import config_from_args
-from train.algorithms import StepShape, protonet_loss
-from train.config import OPTIMIZERS, TrainConfig
-from train.mtl import init_heads, mtl_loss, task_classes
-from train.optim import build_optimizer, build_scheduler, scheduler_step
-from train.presets import PRESETS, preset_overrides
+from fsmtl.train.__main__ import config_from_args
+from fsmtl.train.algorithms import StepShape, protonet_loss
+from fsmtl.train.config import OPTIMIZERS, TrainConfig
+from fsmtl.train.mtl import init_heads, mtl_loss, task_classes
+from fsmtl.train.optim import build_optimizer, build_scheduler, scheduler_step
+from fsmtl.train.presets import PRESETS, preset_overrides
 
 
 def _batch(t: int, ways: int, per: int, n_classes: int, d: int, seed: int = 0):
@@ -115,7 +115,7 @@ def test_step_and_cosine_schedulers_follow_their_formulas() -> None:
 
 
 def test_a_cosine_resumed_with_more_epochs_is_stretched_not_restarted() -> None:
-    from train.optim import sync_scheduler_lr
+    from fsmtl.train.optim import sync_scheduler_lr
 
     def sched(max_epochs: int):
         p = torch.nn.Parameter(torch.zeros(1))
@@ -202,8 +202,8 @@ def test_optional_flags_accept_none() -> None:
 def test_every_flag_has_help_in_a_group_and_lists_its_choices() -> None:
     from dataclasses import fields
 
-    from train.__main__ import _GROUPS, build_parser
-    from train.config import FIELD_HELP, SCHEDULERS
+    from fsmtl.train.__main__ import _GROUPS, build_parser
+    from fsmtl.train.config import FIELD_HELP, SCHEDULERS
 
     assert {f.name for f in fields(TrainConfig)} == set(FIELD_HELP)
     assert {group for group, _ in FIELD_HELP.values()} <= set(_GROUPS)
@@ -250,7 +250,7 @@ def test_radam_makes_the_seeds_torch_optimizer_updates_also_with_weight_decay() 
 
 
 def test_a_checkpoint_of_the_old_cosine_scheduler_still_resumes() -> None:
-    from train.optim import sync_scheduler_lr, upgrade_scheduler_state
+    from fsmtl.train.optim import sync_scheduler_lr, upgrade_scheduler_state
 
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
@@ -267,7 +267,7 @@ def test_a_checkpoint_of_the_old_cosine_scheduler_still_resumes() -> None:
 
 
 def test_task_logits_are_float32_under_bf16_autocast() -> None:
-    from train.mtl import task_logits
+    from fsmtl.train.mtl import task_logits
 
     feats, _, _, classes = _batch(2, 5, 4, 16, 8)
     heads = torch.randn(16, 8)
@@ -279,7 +279,7 @@ def test_task_logits_are_float32_under_bf16_autocast() -> None:
 def test_the_last_line_of_a_run_names_its_result_and_an_eval_command_that_works_for_it(tmp_path) -> None:
     import json
 
-    from train.__main__ import done_line
+    from fsmtl.train.__main__ import done_line
 
     run, data = tmp_path / "runs" / "a", tmp_path / "data"
     (run / "checkpoints").mkdir(parents=True)
@@ -302,7 +302,7 @@ def test_the_last_line_of_a_run_names_its_result_and_an_eval_command_that_works_
 
 
 def test_a_resumed_cosine_keeps_its_length_unless_it_follows_a_larger_max_epochs() -> None:
-    from train.optim import resumed_cosine_length
+    from fsmtl.train.optim import resumed_cosine_length
 
     assert resumed_cosine_length(None, 20, 2) == 20  # a smaller budget: the length stays
     assert resumed_cosine_length(None, 20, 40) == 40  # a larger one stretches a cosine that follows it
@@ -319,7 +319,7 @@ def test_a_checkpoint_path_that_cannot_be_read_is_named_as_such(tmp_path) -> Non
 
 
 def test_the_run_log_names_precision_as_the_flag_spells_it() -> None:
-    from train.run import precision_name
+    from fsmtl.train.run import precision_name
 
     assert [precision_name(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]
 
@@ -329,7 +329,7 @@ def test_reset_peak_memory_initialises_cuda_before_resetting_its_counter(monkeyp
     # device argument" (the allocator keeps no per-device stats before CUDA is initialised)
     import torch
 
-    from train.runlog import reset_peak_memory
+    from fsmtl.train.runlog import reset_peak_memory
 
     calls: list[str] = []
     monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))

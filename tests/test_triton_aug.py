@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from fsmtl.errors import FsmtlError
-from pipelines.augment import augment_rows, color_jitter, draw_lee_params, jitter_slots
-from pipelines.backend_torch import TorchBackend, choose_device_kernel
-from pipelines.loader import PipelineConfig, TaskLoader
-from preprocess.shards import open_shards
+from fsmtl.pipelines.augment import augment_rows, color_jitter, draw_lee_params, jitter_slots
+from fsmtl.pipelines.backend_torch import TorchBackend, choose_device_kernel
+from fsmtl.pipelines.loader import PipelineConfig, TaskLoader
+from fsmtl.preprocess.shards import open_shards
 
-triton_aug = pytest.importorskip("pipelines.triton_aug", reason="triton is not installed")
+triton_aug = pytest.importorskip("fsmtl.pipelines.triton_aug", reason="triton is not installed")
 
 CFG = PipelineConfig(ways=4, shots=2, queries=3, tasks_per_batch=3)
 
@@ -165,7 +165,7 @@ try:
 except ImportError as e:
     print(f"no ahead-of-time API here: {e}")
     sys.exit(77)
-from pipelines.triton_aug import _lee_kernel
+from fsmtl.pipelines.triton_aug import _lee_kernel
 
 sig = {"data": "*u8", "ints": "*i64", "coef": "*fp32", "out": "*bf16", "B": "i32", "H": "i32", "W": "i32",
        "PAD": "i32", "m0": "fp32", "m1": "fp32", "m2": "fp32", "s0": "fp32", "s1": "fp32", "s2": "fp32",

@@ -1,4 +1,4 @@
-"""``fsmtl train`` / ``python -m train``: parse flags into a TrainConfig and train.
+"""``fsmtl train`` / ``python -m fsmtl.train``: parse flags into a TrainConfig and train.
 
 Every TrainConfig field is a flag spelled with dashes (``--meta-batch-size``); the seed's
 underscore spellings (``--meta_batch_size``) are accepted too. ``--preset NAME`` applies a preset
@@ -21,8 +21,8 @@ import torch
 
 from fsmtl.cli import CliParser
 from fsmtl.errors import FsmtlError
-from train.config import TrainConfig
-from train.presets import PRESETS, preset_overrides
+from fsmtl.train.config import TrainConfig
+from fsmtl.train.presets import PRESETS, preset_overrides
 
 
 def _optional(kind: type) -> Any:
@@ -41,9 +41,9 @@ _GROUPS = {
 
 
 def _choices(name: str) -> tuple[str, ...]:
-    from models import MODEL_NAMES
-    from train.algorithms import ALGORITHMS
-    from train.config import FIELD_CHOICES
+    from fsmtl.models import MODEL_NAMES
+    from fsmtl.train.algorithms import ALGORITHMS
+    from fsmtl.train.config import FIELD_CHOICES
 
     extra = {"preset": tuple(PRESETS), "model": MODEL_NAMES, "algorithm": tuple(ALGORITHMS)}
     return {**FIELD_CHOICES, **extra}.get(name, ())
@@ -51,7 +51,7 @@ def _choices(name: str) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per TrainConfig field, grouped; nothing is defaulted here (the dataclass is the source)."""
-    from train.config import FIELD_HELP
+    from fsmtl.train.config import FIELD_HELP
 
     parser = CliParser(
         prog="fsmtl train", argument_default=argparse.SUPPRESS,
@@ -98,7 +98,7 @@ def config_from_args(argv: list[str]) -> TrainConfig:
     """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
     given = vars(build_parser().parse_args(argv))
     if given.get("resume"):
-        from train.checkpoint import checkpoint_dir, load_checkpoint, upgrade_stored_config
+        from fsmtl.train.checkpoint import checkpoint_dir, load_checkpoint, upgrade_stored_config
 
         run = Path(given["resume"])
         if "out" in given and Path(given["out"]).resolve() != run.resolve():
@@ -155,7 +155,7 @@ def done_line(summary: dict[str, Any], cfg: TrainConfig) -> str:
 
 def main(argv: list[str]) -> int:
     cfg = config_from_args(argv)
-    from train.run import train
+    from fsmtl.train.run import train
 
     set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")  # the run's first line shows them
     summary = train(cfg)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from train.mtl import mtl_loss
+from fsmtl.train.mtl import mtl_loss
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def baseline_algorithms() -> dict[str, Algorithm]:
     """The meta-learning baselines of ``train.meta_baselines`` with their documented defaults."""
     from functools import partial
 
-    from train import meta_baselines as mb
+    from fsmtl.train import meta_baselines as mb
 
     c = mb.MetaConfig()
     anil = partial(mb.anil_loss, inner_lr=c.anil_inner_lr, steps=c.anil_steps, first_order=c.anil_first_order)
@@ -109,7 +109,7 @@ def get_algorithm(name: str) -> Algorithm:
     if name not in ALGORITHMS:
         raise FsmtlError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, got {name!r}")
     if ALGORITHMS[name].requires is not None:
-        from train.meta_baselines import import_l2l
+        from fsmtl.train.meta_baselines import import_l2l
 
         import_l2l()  # fail before any setup, with the install hint
     return ALGORITHMS[name]

@@ -136,8 +136,8 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Raise FsmtlError naming the first invalid setting; return self."""
-        from models import MODEL_NAMES
-        from train.algorithms import ALGORITHMS
+        from fsmtl.models import MODEL_NAMES
+        from fsmtl.train.algorithms import ALGORITHMS
 
         def choice(name: str, options: tuple[str, ...]) -> None:
             value = getattr(self, name)

@@ -9,8 +9,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from models import set_train_step
-from train.algorithms import Algorithm, StepShape
+from fsmtl.models import set_train_step
+from fsmtl.train.algorithms import Algorithm, StepShape
 
 
 class TrainNet(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fsmtl.errors import FsmtlError
-from train.config import TrainConfig
+from fsmtl.train.config import TrainConfig
 
 
 def default_weight_decay(name: str) -> float:

@@ -13,26 +13,26 @@ import torch
 from tqdm import tqdm
 
 from fsmtl.errors import FsmtlError
-from train import checkpoint as ck
-from train.algorithms import StepShape, get_algorithm
-from train.config import TrainConfig
-from train.distributed import (
+from fsmtl.train import checkpoint as ck
+from fsmtl.train.algorithms import StepShape, get_algorithm
+from fsmtl.train.config import TrainConfig
+from fsmtl.train.distributed import (
     DistInfo, any_rank, any_rank_flags, broadcast_float, dist_info_from_env, gather_objects, init_distributed,
     process_group_backend,
 )
-from train.loop import StepTools, TrainNet, combine_stats, train_epoch
-from train.mtl import init_heads
-from train.optim import (
+from fsmtl.train.loop import StepTools, TrainNet, combine_stats, train_epoch
+from fsmtl.train.mtl import init_heads
+from fsmtl.train.optim import (
     build_optimizer, build_scheduler, resumed_cosine_length, scheduler_step, set_cosine_length, sync_scheduler_lr,
     upgrade_scheduler_state,
 )
-from train.runlog import RunLog, peak_memory_mb
-from train.signals import StopRequest
-from train.setup import (
+from fsmtl.train.runlog import RunLog, peak_memory_mb
+from fsmtl.train.signals import StopRequest
+from fsmtl.train.setup import (
     Data, build_backbone, build_loader, load_data, model_kwargs_for, resolve_device, resolve_precision,
     seed_everything,
 )
-from train.validate import ValSettings, make_validator
+from fsmtl.train.validate import ValSettings, make_validator
 
 
 @dataclass
@@ -345,7 +345,7 @@ def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
 
 def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, torchrun: bool = False) -> str | None:
     """How to continue a run that a budget or a signal ended (None after early stopping)."""
-    launcher = "<the same torchrun command> -m train" if torchrun else "fsmtl train"
+    launcher = "<the same torchrun command> -m fsmtl.train" if torchrun else "fsmtl train"
     base = f"{launcher} --resume {cfg.out}"
     if reason.startswith("max_epochs"):
         return f"{base} --max-epochs N (N > {cfg.max_epochs})"

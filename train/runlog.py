@@ -85,7 +85,7 @@ class RunLog:
         if wandb_mode != "disabled":  # first: a wandb that cannot start leaves the old run as it was
             self._start_wandb(config, wandb_mode, resume_epoch is not None)
         if resume_epoch is None:  # a new run (build_run refused an --out holding one unless --overwrite)
-            from train.checkpoint import previous_run_files
+            from fsmtl.train.checkpoint import previous_run_files
 
             for old in previous_run_files(self.run):
                 old.unlink()

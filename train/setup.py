@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from fsmtl.errors import FsmtlError
-from models import build_model, feature_dim, model_kwarg_names
-from preprocess.shards import SplitData, open_shards
-from train.config import TrainConfig
+from fsmtl.models import build_model, feature_dim, model_kwarg_names
+from fsmtl.preprocess.shards import SplitData, open_shards
+from fsmtl.train.config import TrainConfig
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -103,7 +103,7 @@ def load_data(cfg: TrainConfig) -> Data:
     if cfg.trainval:
         if "val" not in shards.splits:
             raise FsmtlError(f"--trainval: {cfg.data} has no 'val' split to merge")
-        from pipelines.loader import concat_splits
+        from fsmtl.pipelines.loader import concat_splits
 
         train = concat_splits([train, shards.split("val")])
     name = cfg.validation_split()
@@ -143,7 +143,7 @@ def build_loader(cfg: TrainConfig, data: Data, device: torch.device, amp_dtype: 
                  rank: int, factory: Callable[..., Any] | None = None) -> Any:
     """The training TaskLoader (``pipelines.loader.build_task_loader`` unless ``factory`` is given);
     each distributed rank gets its own seed so that ranks sample different tasks."""
-    from pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
 
     pcfg = PipelineConfig(
         backend=cfg.pipeline, ways=cfg.train_ways, shots=cfg.train_shots, queries=cfg.train_queries,

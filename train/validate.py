@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from eval.protocol import evaluate_backbone
+from fsmtl.eval.protocol import evaluate_backbone
 
 VAL_SEED_OFFSET = 7919  # validation episodes never share a generator stream with training
 

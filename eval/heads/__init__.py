@@ -14,11 +14,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from eval.heads.checks import TaskBatch, as_task_batch, check_finite, l2_normalize
-from eval.heads.logreg import LogregFit, fit_logreg, fit_predict_logreg, logreg_logits
-from eval.heads.proto import class_centroids, proto_logits
-from eval.heads.ridge import ridge_logits
-from eval.heads.svm import svm_logits
+from fsmtl.eval.heads.checks import TaskBatch, as_task_batch, check_finite, l2_normalize
+from fsmtl.eval.heads.logreg import LogregFit, fit_logreg, fit_predict_logreg, logreg_logits
+from fsmtl.eval.heads.proto import class_centroids, proto_logits
+from fsmtl.eval.heads.ridge import ridge_logits
+from fsmtl.eval.heads.svm import svm_logits
 from fsmtl.errors import FsmtlError
 
 

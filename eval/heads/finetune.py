@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eval.heads.proto import class_centroids
+from fsmtl.eval.heads.proto import class_centroids
 from fsmtl.errors import FsmtlError
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from eval.heads.checks import one_hot
+from fsmtl.eval.heads.checks import one_hot
 from fsmtl.errors import FsmtlError
 
 
@@ -234,7 +234,7 @@ def fit_logreg(
     """
     if not isinstance(support, Tensor) or not isinstance(labels, Tensor):
         raise FsmtlError("fit_logreg: expected torch tensors (support float [T,S,D], labels int64 [T,S]); "
-                         "eval.adapt also takes numpy arrays")  # fmt: skip
+                         "fsmtl.eval.adapt also takes numpy arrays")  # fmt: skip
     gdt = _gram_dtype(support)
     x = support.to(gdt)
     k = (x @ x.transpose(1, 2)).to(torch.float64)  # the one pass over the support features
