@@ -45,6 +45,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

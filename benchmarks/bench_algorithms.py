@@ -36,10 +36,11 @@ import torch
 from fsmtl.benchmarks.bench_train import make_batch
 from fsmtl.benchmarks.common import (check_writable, check_writable_dir, device_name, format_table, median, nonnegative_int,
                                parse_names, positive_int, synchronize, time_runs, write_results)
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models import MODEL_NAMES, build_model, feature_dim
-from fsmtl.train.algorithms import ALGORITHMS, StepShape, get_algorithm
+from fsmtl.train.algorithms import ALGORITHMS, get_algorithm
+from fsmtl.train.shape import StepShape
 from fsmtl.train.config import TrainConfig
 from fsmtl.train.loop import StepTools, TrainNet, train_step
 from fsmtl.train.mtl import init_heads
@@ -194,7 +195,7 @@ def time_to_accuracy(names: list[str], a: argparse.Namespace, sec_per_step: dict
                      root: Path, curves: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
     """Train each algorithm for ``--minutes``; its curve is [{"wall_s", "val_acc", "step"}] per
     epoch, added to ``curves`` as each run ends (an interrupt keeps the finished ones)."""
-    from fsmtl.cli import Terminated
+    from fsmtl.core.cli import Terminated
     from fsmtl.train.__main__ import main as train_main
     from fsmtl.train.runlog import read_metrics
 
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         step_costs(names, a, shape, device, amp, rows)
         print(format_table(rows, ["algorithm", "s_per_step", "cost_vs_mtl", "images_per_s", "peak_mem_mb", "first_call_s"]))
-        from fsmtl.report import plot_bars
+        from fsmtl.core.plots import plot_bars
 
         plots["step_cost"] = str(plot_bars([r["algorithm"] for r in rows], [r["s_per_step"] for r in rows],
                                            _plot_path(path, "step_cost"), "seconds per step", title))
@@ -368,6 +369,5 @@ def _plot_path(json_path: Path, what: str) -> Path:
 
 
 if __name__ == "__main__":
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from fsmtl.benchmarks.common import check_writable, check_writable_dir, hardware_info, parse_names, write_json
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.errors import FsmtlError
 
 # name -> extra CLI arguments giving CPU-sized defaults
 _PLAN: dict[str, list[str]] = {

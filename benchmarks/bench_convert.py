@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsmtl.cli import CliParser, plain_doc
+from fsmtl.core.cli import CliParser, plain_doc
 from fsmtl.preprocess.splitlists import cifar100_names
 
 TARGET_S = 30.0

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from fsmtl.benchmarks.common import check_writable, device_name, format_table, median, positive_int, synchronize, time_runs, write_results
-from fsmtl.cli import CliParser, plain_doc
-
-
+from fsmtl.core.cli import CliParser, plain_doc
 def clustered_features(tasks: int, ways: int, per_class: int, dim: int, noise: float, seed: int) -> torch.Tensor:
     """float32 [tasks, ways, per_class, dim]: class centre N(0, I) plus noise * N(0, I) per image."""
     g = torch.Generator().manual_seed(seed)
@@ -62,7 +60,7 @@ def sklearn_warmup(support: np.ndarray, labels: np.ndarray, query: np.ndarray, C
 
 
 def _check(a: argparse.Namespace) -> None:
-    from fsmtl.errors import FsmtlError
+    from fsmtl.core.errors import FsmtlError
 
     if a.ways < 2:
         raise FsmtlError(f"--ways: expected at least 2 classes a task, got {a.ways}")
@@ -77,7 +75,7 @@ def batched(
     support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor, C: float, batch_tasks: int, tol: float = 1e-6
 ) -> torch.Tensor:
     """fsmtl's head through the public API, ``batch_tasks`` tasks per call. Returns int64 [T, Q]."""
-    from fsmtl.eval.heads import adapt
+    from fsmtl.models.heads import adapt
 
     return torch.cat([
         adapt(s, y, q, head="logreg", C=C, tol=tol)

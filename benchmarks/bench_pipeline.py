@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.errors import FsmtlError
 
 ALL = ("torch", "torch-ops", "dali", "ffcv", "reference", "seed-literal")
 TARGETS = {"reference": 10.0, "seed-literal": 25.0}  # the CPU speed-ups fsmtl promises at 84x84
@@ -87,7 +87,7 @@ def open_ffcv_loaders(jobs: list[tuple[Path, str, Any]]) -> dict[int, Any]:
 def check_jobs(jobs: list[tuple[Path, str, Any]], flag: str = "--data") -> None:
     """Open every shard directory and check every row's request before anything is measured: a
     bad directory, a missing back end or an impossible task shape fails now, not after minutes."""
-    from fsmtl.pipelines.loader import check_request
+    from fsmtl.pipelines.config import check_request
     from fsmtl.preprocess.shards import open_shards
 
     for root, name, cfg in jobs:
@@ -101,8 +101,8 @@ def check_jobs(jobs: list[tuple[Path, str, Any]], flag: str = "--data") -> None:
 
 def _loader(name: str, split: Any, mean: Any, std: Any, cfg: Any) -> Any:
     from fsmtl.pipelines.backend_torch import TorchBackend
-    from fsmtl.pipelines.loader import TaskLoader, build_task_loader, check_request
-
+    from fsmtl.pipelines.config import check_request
+    from fsmtl.pipelines.loader import TaskLoader, build_task_loader
     if name == "torch-ops":
         pad = check_request(split, mean, std, cfg)
         return TaskLoader(TorchBackend(split, list(mean), list(std), cfg, pad, cpu_kernel="torch"), cfg)
@@ -224,8 +224,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from fsmtl.benchmarks.common import check_writable, format_table, hardware_info, parse_names, write_results
-    from fsmtl.pipelines.loader import PipelineConfig, default_workers
-
+    from fsmtl.pipelines.config import PipelineConfig, default_workers
     args = _parser().parse_args(argv)
     names = parse_names("--backends", args.backends, ALL)
     if args.data and args.sizes is not None:

@@ -25,9 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from fsmtl.benchmarks.common import check_writable, format_table, image_sizes, positive_int, write_results
-from fsmtl.cli import CliParser, plain_doc
-
-
+from fsmtl.core.cli import CliParser, plain_doc
 class OpCounter(TorchDispatchMode):
     """Counts aten ops and the bytes of their tensor arguments and results (``skip``: a storage to ignore)."""
 
@@ -49,7 +47,8 @@ class OpCounter(TorchDispatchMode):
 def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, Any]:
     """One row: the device path's torch ops on ``size`` px synthetic data, ``batches`` launches counted."""
     from fsmtl.pipelines.backend_torch import TorchBackend
-    from fsmtl.pipelines.loader import PipelineConfig, plan_batch
+    from fsmtl.pipelines.config import PipelineConfig
+    from fsmtl.pipelines.planning import plan_batch
     from fsmtl.preprocess.shards import SplitData
 
     n_cls, per = 16, 20
@@ -96,6 +95,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

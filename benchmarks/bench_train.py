@@ -36,10 +36,11 @@ import torch
 
 from fsmtl.benchmarks.common import (check_writable, device_name, format_table, median, nonnegative_int, positive_int, synchronize,
                                time_runs, write_results)
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models import MODEL_NAMES, build_model, feature_dim
-from fsmtl.train.algorithms import StepShape, get_algorithm
+from fsmtl.train.algorithms import get_algorithm
+from fsmtl.train.shape import StepShape
 from fsmtl.train.config import TrainConfig
 from fsmtl.train.loop import StepTools, TrainNet, train_step
 from fsmtl.train.mtl import init_heads
@@ -164,7 +165,8 @@ def add_utilisation(rows: list[dict[str, Any]], flops: dict[str, Any], peaks: di
 
 def data_wait(a: argparse.Namespace, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
     """Fraction of wall time in next(loader), real torch-back-end loader, bf16 + channels_last step."""
-    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.pipelines.config import PipelineConfig
+    from fsmtl.pipelines.loader import build_task_loader
     from fsmtl.preprocess.shards import ShardWriter, open_shards
     from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
@@ -315,6 +317,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     import sys
 
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -13,8 +13,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from fsmtl.errors import FsmtlError
-from fsmtl.fileio import atomic_write_json
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import atomic_write_json
 
 
 def synchronize(device: torch.device | str) -> None:

@@ -38,8 +38,8 @@ from typing import Any, Callable
 import torch
 
 from fsmtl.benchmarks.common import format_table, hardware_info, positive_int
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.fileio import atomic_write_json
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.fileio import atomic_write_json
 
 
 def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -48,7 +48,8 @@ def _agree(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, Any]:
     """The same seed gives the same task batch (indices, labels, images) on CPU and ``device``."""
-    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.pipelines.config import PipelineConfig
+    from fsmtl.pipelines.loader import build_task_loader
     from fsmtl.preprocess.shards import load_split, open_shards
     from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
 
@@ -105,7 +106,7 @@ def check_augment(device: torch.device, quick: bool) -> dict[str, Any]:
 def check_heads(device: torch.device, quick: bool) -> dict[str, Any]:
     """Each feature head on ``device`` against CPU float64: prediction agreement (%)."""
     from fsmtl.benchmarks.bench_eval import clustered_features, split_tasks
-    from fsmtl.eval.heads import adapt
+    from fsmtl.models.heads import adapt
 
     tasks = 200 if not quick else 20
     feats = clustered_features(tasks, 5, 20, 640, 5.0, seed=1)

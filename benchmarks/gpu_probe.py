@@ -21,13 +21,11 @@ from typing import Any
 import torch
 
 from fsmtl.benchmarks.common import device_name, positive_int, synchronize, write_json
-from fsmtl.cli import CliParser, plain_doc
-
-
+from fsmtl.core.cli import CliParser, plain_doc
 def planning_us(per_class: int, calls: int) -> float:
     """Mean microseconds of one ``plan_batch`` call for a 300-image batch over 64 classes."""
-    from fsmtl.pipelines.loader import PipelineConfig, plan_batch
-
+    from fsmtl.pipelines.config import PipelineConfig
+    from fsmtl.pipelines.planning import plan_batch
     cfg = PipelineConfig(tasks_per_batch=6, device="cpu")
     offsets = torch.arange(0, 64 * per_class + 1, per_class)
     g = torch.Generator().manual_seed(0)
@@ -41,7 +39,8 @@ def planning_us(per_class: int, calls: int) -> float:
 
 def loader_images_per_s(device: torch.device, group_images: int, prefetch: bool, batches: int, tmp: Path) -> float:
     """The torch loader's images/s on 84x84 synthetic shards (64 classes x 60 images)."""
-    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
+    from fsmtl.pipelines.config import PipelineConfig
+    from fsmtl.pipelines.loader import build_task_loader
     from fsmtl.preprocess.shards import open_shards
     from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards
 

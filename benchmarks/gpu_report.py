@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fsmtl.cli import CliParser, plain_doc
-
+from fsmtl.core.cli import CliParser, plain_doc
 # the targets of the pipeline, trainer and GPU-check issues
 TARGETS = {
     "pipeline_images_per_s": 1_000_000.0,  # torch back end, 84x84 Lee19 task batches, at least
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("json", type=Path, help="gpu_check.json from benchmarks/gpu_check.sh")
     a = p.parse_args(argv)
-    from fsmtl.fileio import read_json
+    from fsmtl.core.fileio import read_json
 
     doc = read_json(a.json, "gpu_check JSON")
     total = a.json.parent / "gpu_check_total_s.txt"  # written by gpu_check.sh

@@ -7,8 +7,8 @@
 """
 
 from fsmtl.eval.config import EvalConfig
-from fsmtl.eval.heads import HEAD_NAMES, adapt, adapt_scores, fit_logreg, fit_predict_logreg, svm_logits
-from fsmtl.eval.protocol import evaluate_backbone, evaluate_features
+from fsmtl.models.heads import HEAD_NAMES, adapt, adapt_scores, fit_logreg, fit_predict_logreg, svm_logits
+from fsmtl.train.protocol import evaluate_backbone, evaluate_features
 from fsmtl.eval.run import Run, load_run
 
 __all__ = [

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from fsmtl.eval.config import EvalConfig
-from fsmtl.eval.heads import HEAD_NAMES
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.fileio import atomic_write_json
+from fsmtl.models.heads import HEAD_NAMES
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.fileio import atomic_write_json
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_writable(path: Path) -> None:
-    from fsmtl.errors import FsmtlError
+    from fsmtl.core.errors import FsmtlError
 
     if path.is_dir():
         raise FsmtlError(f"--json {path}: is a directory (expected a file path for the report)")
@@ -77,6 +77,5 @@ def _check_writable(path: Path) -> None:
 
 
 if __name__ == "__main__":
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from fsmtl.eval.heads import HEAD_NAMES
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads import HEAD_NAMES
+from fsmtl.core.errors import FsmtlError
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from typing import Any
 import torch
 
 from fsmtl.eval.config import EvalConfig
-from fsmtl.eval.heads.finetune import FinetuneConfig
-from fsmtl.eval.protocol import evaluate_backbone
-from fsmtl.eval.run import CLI_ARGS, Run, open_run
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads.finetune import FinetuneConfig
+from fsmtl.train.protocol import evaluate_backbone
+from fsmtl.core.device import CLI_ARGS
+from fsmtl.eval.run import Run, open_run
+from fsmtl.core.errors import FsmtlError
 
 REPORT_FORMAT = "fsmtl-eval"
 

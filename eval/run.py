@@ -13,31 +13,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fsmtl.errors import FsmtlError
-from fsmtl.fileio import load_weights_only
+from fsmtl.core.device import PYTHON_ARGS, ArgNames, pick_device
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import load_weights_only
 
 CHECKPOINT_FORMAT = "fsmtl-checkpoint"
 CHECKPOINT_VERSION = 1
 _REQUIRED = ("model_name", "model_kwargs", "model", "config", "data_meta")
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-@dataclass(frozen=True)
-class ArgNames:
-    """How error messages name the user's inputs: Python argument names, or the CLI's flags."""
-
-    run: str
-    checkpoint: str
-    device: str
-    cli: bool
-
-    def show(self, name: str, value: Any) -> str:
-        """``--checkpoint best`` on the command line, ``checkpoint='best'`` in Python."""
-        return f"{name} {value}" if self.cli else f"{name}={value!r}"
-
-
-PYTHON_ARGS = ArgNames(run="path", checkpoint="checkpoint", device="device", cli=False)
-CLI_ARGS = ArgNames(run="--run", checkpoint="--checkpoint", device="--device", cli=True)
 
 
 def resolve_checkpoint(
@@ -126,23 +109,6 @@ def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
     return _AMP[precision]
 
 
-def pick_device(device: str | torch.device, names: ArgNames = PYTHON_ARGS) -> torch.device:
-    """``device`` as a torch.device ("auto": CUDA when available); FsmtlError when it cannot be used."""
-    shown = names.show(names.device, str(device))
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise FsmtlError(f"{shown}: expected auto, cpu or cuda[:N]") from e
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FsmtlError(f"{shown}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise FsmtlError(f"{shown}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return dev
-
-
 @dataclass
 class Run:
     """A trained backbone ready to embed images: frozen, in eval mode, on ``device``."""
@@ -175,7 +141,7 @@ class Run:
         Raises:
             FsmtlError: not uint8, not 4-d, or not the run's image shape.
         """
-        from fsmtl.eval.protocol import embed_images
+        from fsmtl.train.protocol import embed_images
 
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise FsmtlError(f"embed: batch_size must be an integer >= 1, got {batch_size!r}")
@@ -222,9 +188,9 @@ class Run:
             FsmtlError: images not uint8 [N, H, W, C] of the run's shape, labels not [S] integers
                 0..ways-1 with every class present, an unknown head or option.
         """
-        from fsmtl.eval.heads import adapt, check_options
-        from fsmtl.eval.heads.checks import as_task_batch
-        from fsmtl.eval.heads.finetune import FinetuneConfig, finetune_predict
+        from fsmtl.models.heads import adapt, check_options
+        from fsmtl.models.heads.checks import as_task_batch
+        from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
         from fsmtl.pipelines.transforms import normalize_batch
 
         self._check_images(support_images, "predict: support_images")

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsmtl.cli import CliParser, plain_doc
-from fsmtl.errors import FsmtlError
-from fsmtl.report import load_metrics, plot_bars, plot_curves
+from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.plots import plot_bars
+from fsmtl.report import load_metrics, plot_curves
 
 
 @dataclass(frozen=True)

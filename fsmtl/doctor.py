@@ -20,9 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from fsmtl.cli import CliParser, plain_doc
-
-
+from fsmtl.core.cli import CliParser, plain_doc
 @dataclass(frozen=True)
 class Component:
     """One thing fsmtl can use: the module to import, its distribution name, what it enables."""
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     bad = [r["module"] for r in rows if r["required"] and r["status"] != "ok"]
     if a.json:
-        from fsmtl.fileio import atomic_write_json
+        from fsmtl.core.fileio import atomic_write_json
 
         atomic_write_json(a.json, {"devices": dev, "components": rows})
     if bad:

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.plots import new_pyplot, save_figure
 
 
 def load_metrics(run: str | Path) -> list[dict[str, Any]]:
@@ -71,25 +72,6 @@ def _percent(values: list[float]) -> list[float]:
     return [v * 100.0 for v in values] if values and max(values) <= 1.0 else list(values)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(plt, fig, out: str | Path) -> Path:
-    """Lay out, write the PNG (creating its folder) and free the figure."""
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 def _val_band(rows: Sequence[dict[str, Any]], x: str) -> tuple[list[float], list[float], list[float]]:
     """(x, validation accuracy %, its 95% half-width %) of the rows that were validated."""
     done = [r for r in rows if _first(r, "val_acc") is not None]
@@ -101,7 +83,7 @@ def _val_band(rows: Sequence[dict[str, Any]], x: str) -> tuple[list[float], list
 
 def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = "", x: str = "time") -> Path:
     """Training loss and train/validation accuracy of one run against ``x`` (see ``X_AXES``), as one PNG."""
-    plt = _plt()
+    plt = new_pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     xs, ys = _series(rows, "train_loss", x=x)
     ax_loss.plot(xs, ys, marker="o", ms=3, label="train loss")
@@ -124,31 +106,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], out: str | Path, title: str = ""
         ax_acc.text(0.5, 0.5, "no validation", transform=ax_acc.transAxes, ha="center", va="center", color="0.5")
     if title:
         fig.suptitle(title)
-    return _save(plt, fig, out)
-
-
-def plot_bars(
-    labels: Sequence[str],
-    values: Sequence[float],
-    out: str | Path,
-    ylabel: str,
-    title: str,
-    errors: Sequence[float] | None = None,
-    log: bool = False,
-) -> Path:
-    """A labelled bar chart as a PNG (accuracy per head, images/s per back end, ...)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels) + 2), 4))
-    bars = ax.bar(list(labels), list(values), yerr=list(errors) if errors else None, capsize=4, color="#4c72b0")
-    for b, v in zip(bars, values):
-        ax.annotate(f"{v:,.3g}", (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom", fontsize=8)
-    if log:
-        ax.set_yscale("log")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    return _save(plt, fig, out)
+    return save_figure(plt, fig, out)
 
 
 def run_summary(name: str, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -181,7 +139,7 @@ def format_summaries(rows: Sequence[dict[str, Any]]) -> str:
 
 def plot_compare(runs: dict[str, Sequence[dict[str, Any]]], out: str | Path, x: str = "time") -> Path:
     """Several runs on shared axes: training loss and validation accuracy (with 95% bands)."""
-    plt = _plt()
+    plt = new_pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, (name, rows) in enumerate(runs.items()):
         color = f"C{i % 10}"
@@ -200,15 +158,14 @@ def plot_compare(runs: dict[str, Sequence[dict[str, Any]]], out: str | Path, x: 
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no validation", transform=ax.transAxes, ha="center", va="center", color="0.5")
-    return _save(plt, fig, out)
+    return save_figure(plt, fig, out)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``fsmtl plot RUN [RUN ...] [--out FILE] [--x time|step|epoch]``: draw a run's curves from its
     metrics.jsonl, or several runs on shared axes, and print a table of their best validation
     accuracy, budget and speed."""
-    from fsmtl.cli import CliParser, plain_doc
-
+    from fsmtl.core.cli import CliParser, plain_doc
     p = CliParser(prog="fsmtl plot", description=plain_doc(main.__doc__))
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="run directories holding metrics.jsonl")
     p.add_argument("--out", type=Path, default=None,

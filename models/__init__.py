@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models.conv4 import Conv4
 from fsmtl.models.resnet12 import ResNet12
 from fsmtl.models.resnet18 import ResNet18

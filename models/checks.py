@@ -7,7 +7,7 @@ import math
 import numbers
 from typing import Any
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 
 def check_int(model: str, name: str, value: Any, minimum: int, why: str = "") -> int:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models.checks import check_drop_rate, check_image_size, check_int
 from fsmtl.models.dropblock import RampedDropBlock
 from fsmtl.models.init import init_conv_bn

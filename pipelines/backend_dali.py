@@ -25,7 +25,9 @@ from torch import Tensor
 
 from fsmtl.pipelines.augment import CONTRAST, GRAY_WEIGHTS, SATURATION
 from fsmtl.pipelines.formats import ExportCache, dali_images
-from fsmtl.pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, default_workers, plan_batch
+from fsmtl.pipelines.config import PipelineConfig, default_workers
+from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.types import BatchPlan, TaskBatch
 from fsmtl.preprocess.shards import SplitData
 
 _INPUTS = ("images", "flip", "anchor", "f", "con", "sat")

@@ -24,7 +24,9 @@ import torch
 from torch import Tensor
 
 from fsmtl.pipelines.formats import ExportCache, ffcv_file
-from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
+from fsmtl.pipelines.config import PipelineConfig, default_workers
+from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.types import TaskBatch
 from fsmtl.preprocess.export_ffcv import keep_thread_counts
 from fsmtl.preprocess.shards import SplitData
 

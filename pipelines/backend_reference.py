@@ -28,8 +28,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, default_workers, plan_batch
-from fsmtl.optional import import_learn2learn
+from fsmtl.pipelines.config import PipelineConfig, default_workers
+
+from fsmtl.pipelines.planning import plan_batch
+
+from fsmtl.pipelines.types import TaskBatch
+from fsmtl.core.optional import import_learn2learn
 from fsmtl.preprocess.shards import SplitData
 
 

@@ -21,10 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.augment import LeeParams, augment_rows, draw_lee_params
 from fsmtl.pipelines.checks import check_pad
-from fsmtl.pipelines.loader import BatchPlan, PipelineConfig, TaskBatch, check_request, plan_batch
+from fsmtl.pipelines.config import PipelineConfig, check_request
+from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.types import BatchPlan, TaskBatch
 from fsmtl.pipelines.transforms import normalize_batch
 from fsmtl.preprocess.shards import SplitData
 

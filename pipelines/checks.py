@@ -8,7 +8,7 @@ segfault in a compiled kernel or silently wrong images. All checks are O(batch) 
 values are only read from CPU tensors: on a device only shapes, dtypes and devices are checked,
 because reading a value would make the host wait for the device. The loader's per-batch path
 skips them (``check=False``): its plans are valid by construction, checked once in
-:func:`pipelines.loader.check_request`.
+:func:`fsmtl.pipelines.config.check_request`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 
 class PipelineInputError(FsmtlError, ValueError):

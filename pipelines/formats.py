@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.shards import SplitData
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fsmtl.cli import CliParser
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import CliParser
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import (
     BENCHMARKS,
     FORMATS,
@@ -194,6 +194,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

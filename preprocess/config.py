@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE
 
 BENCHMARKS: tuple[str, ...] = (

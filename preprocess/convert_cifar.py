@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import copy_in_chunks
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle, load_pickle_stream

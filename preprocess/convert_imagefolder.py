@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import IMAGE_SUFFIXES, decode_image, parallel_fill, read_file
 from fsmtl.preprocess.shards import SPLITS, ShardWriter

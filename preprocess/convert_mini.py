@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import IMAGE_SUFFIXES, copy_in_chunks, decode_image, parallel_fill, read_file
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle

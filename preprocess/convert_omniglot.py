@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import cancelling_pool, decode_image, default_workers, parallel_fill, read_file
 from fsmtl.preprocess.shards import ShardWriter

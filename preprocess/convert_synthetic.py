@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import cancelling_pool, default_workers
 from fsmtl.preprocess.shards import SPLITS, ShardWriter

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import decode_image, parallel_fill
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle

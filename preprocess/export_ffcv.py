@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.shards import SplitData
 
 FIELDS = ("image", "label")

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CHUNK = 128  # images per parallel task: large enough to amortise scheduling, small for progress

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import BENCHMARK_OPTIONS, PreprocessConfig
 from fsmtl.preprocess.shards import SPLITS, ShardWriter, SplitData
 

@@ -19,7 +19,7 @@ import pickle
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 
 def _latin1_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:

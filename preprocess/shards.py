@@ -30,8 +30,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from fsmtl.errors import FsmtlError
-from fsmtl.fileio import atomic_write_json, read_json, sha256_file
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import atomic_write_json, read_json, sha256_file
 
 FORMAT_NAME = "fsmtl-shards"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 from fsmtl.preprocess.shards import SPLITS
 

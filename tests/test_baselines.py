@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsmtl.eval.heads import adapt
-from fsmtl.cli import run_stage_main
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads import adapt
+from fsmtl.core.cli import run_stage_main
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models import build_model
 from fsmtl.train.__main__ import main as train_main
-from fsmtl.train.algorithms import StepShape, get_algorithm
+from fsmtl.train.algorithms import get_algorithm
+from fsmtl.train.shape import StepShape
 from fsmtl.train.loop import TrainNet
 from fsmtl.train.meta_baselines import anil_loss, maml_step, metaoptnet_loss, split_support_query, svm_query_scores
 from fsmtl.train.runlog import read_metrics

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fsmtl.benchmarks.bench_algorithms import available_algorithms, main
-from fsmtl.cli import run_stage_main
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import run_stage_main
+from fsmtl.core.errors import FsmtlError
 from fsmtl.train.algorithms import ALGORITHMS
 
 TINY = ["--size", "16", "--ways", "2", "--shots", "1", "--queries", "1", "--tasks", "1",

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fsmtl.benchmarks import bench_all
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 _TINY = {"eval": ["--tasks", "20", "--sklearn-tasks", "10", "--runs", "1", "--dim", "32"],
          "pipeline": ["--sizes", "32", "--backends", "torch", "--runs", "1", "--warmup", "0", "--batches", "1",

@@ -7,9 +7,7 @@ import json
 import pytest
 
 import fsmtl.benchmarks.bench_eval as bench_eval
-from fsmtl.cli import run_stage_main
-
-
+from fsmtl.core.cli import run_stage_main
 def test_the_sklearn_loop_is_timed_after_an_untimed_warm_up_that_imports_it(tmp_path, monkeypatch) -> None:
     calls = []
     real = bench_eval.sklearn_loop

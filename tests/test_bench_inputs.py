@@ -13,8 +13,8 @@ import torch
 
 from fsmtl.benchmarks import bench_algorithms, bench_all, bench_pipeline, bench_traffic, bench_train
 from fsmtl.benchmarks.common import check_writable, device_name, image_sizes, parse_names, write_results
-from fsmtl.cli import run_stage_main
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import run_stage_main
+from fsmtl.core.errors import FsmtlError
 
 TINY_ALGO = ["--ways", "2", "--shots", "1", "--queries", "1", "--tasks", "1", "--steps", "1", "--runs", "1",
              "--warmup", "0", "--precision", "fp32", "--device", "cpu"]  # fmt: skip
@@ -96,7 +96,6 @@ def test_bench_all_runs_a_benchmark_named_twice_once(tmp_path: Path, capsys) -> 
 def test_fsmtl_help_lists_every_benchmark() -> None:
     from fsmtl.benchmarks.__main__ import _BENCHES
     from fsmtl.cli import _COMMANDS
-
     assert all(name in _COMMANDS["bench"][2] for name in _BENCHES)
 
 
@@ -160,8 +159,7 @@ def test_bench_pipeline_refuses_sizes_with_data(tiny_shards: Path, monkeypatch) 
 
 def test_bench_pipeline_draws_one_untimed_batch_before_timing_even_with_warmup_0(tiny_shards: Path, monkeypatch) -> None:
     import fsmtl.benchmarks.common as common
-    from fsmtl.pipelines.loader import PipelineConfig
-
+    from fsmtl.pipelines.config import PipelineConfig
     drawn: list[int] = []
     real_loader = bench_pipeline._loader
 

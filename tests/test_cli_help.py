@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from fsmtl.cli import main as fsmtl_main
-from fsmtl.cli import plain_doc
-
+from fsmtl.core.cli import plain_doc
 ROOT = Path(__file__).resolve().parents[1]
 MARKUP = re.compile(r"``|:(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|ref|doc):`")
 BENCHES = ["convert", "pipeline", "train", "eval", "algorithms", "traffic", "all"]

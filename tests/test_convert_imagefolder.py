@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fsmtl.cli import main as cli
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.convert_imagefolder import read_split_file, split_by_ratios
 from fsmtl.preprocess.shards import open_shards
 
@@ -138,7 +138,7 @@ def test_exif_orientation_is_applied_for_imagefolder_only():
 def test_an_unknown_format_is_named_without_python_internals():
     import pytest
 
-    from fsmtl.errors import FsmtlError
+    from fsmtl.core.errors import FsmtlError
     from fsmtl.preprocess.imaging import decode_image
 
     with pytest.raises(FsmtlError, match=r"x.jpg: not a readable image \(unknown or corrupt image format\)$"):

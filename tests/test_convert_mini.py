@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fsmtl.cli import main as cli
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.convert_mini import select_ravi_images
 from fsmtl.preprocess.shards import open_shards
 from fsmtl.preprocess.splitlists import class_lists

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 
 from fsmtl.cli import main as cli
-
-
 def test_demo_runs_every_stage_and_writes_a_report_with_plots(tmp_path, capsys):
     out = tmp_path / "demo"
     rc = cli(["demo", "--out", str(out), "--classes", "8,5,5", "--per-class", "20", "--minutes", "0.3",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.episodes import (
     remap_labels,
     sample_episode_indices,

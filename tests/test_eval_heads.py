@@ -9,9 +9,9 @@ from sklearn.linear_model import Ridge
 from sklearn.preprocessing import normalize
 from sklearn.svm import LinearSVC
 
-from fsmtl.eval.heads import adapt, adapt_scores, svm_logits
-from fsmtl.eval.heads.svm import project_scaled_simplex
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads import adapt, adapt_scores, svm_logits
+from fsmtl.models.heads.svm import project_scaled_simplex
+from fsmtl.core.errors import FsmtlError
 
 
 def _tasks(n_tasks=30, ways=5, shots=5, queries=6, dim=32, spread=1.5, seed=0):
@@ -160,7 +160,7 @@ def test_every_feature_head_accepts_features_that_require_grad():
 
 
 def test_fit_logreg_names_what_it_takes_when_given_numpy():
-    from fsmtl.eval.heads import fit_logreg
+    from fsmtl.models.heads import fit_logreg
 
     support, labels, _ = _tasks(n_tasks=1, seed=13)
     with pytest.raises(FsmtlError, match="expected torch tensors"):

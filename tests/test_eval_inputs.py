@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from fsmtl.eval import adapt, adapt_scores, evaluate_backbone, load_run
-from fsmtl.eval.heads.finetune import FinetuneConfig
+from fsmtl.models.heads.finetune import FinetuneConfig
 from fsmtl.cli import main as fsmtl_main
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.shards import load_split
 
 FEATURE_HEADS = ["logreg", "proto", "proto_euclidean", "ridge", "svm"]

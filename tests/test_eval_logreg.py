@@ -8,7 +8,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
 
-from fsmtl.eval.heads import adapt, fit_logreg, logreg_logits
+from fsmtl.models.heads import adapt, fit_logreg, logreg_logits
 
 
 def _tasks(n_tasks: int, ways: int, shots: int, queries: int, dim: int, spread: float, seed: int):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fsmtl.eval import adapt, evaluate_backbone, evaluate_features, load_run
-from fsmtl.eval.heads.finetune import FinetuneConfig, finetune_predict
-from fsmtl.eval.protocol import episode_rows
+from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
+from fsmtl.train.protocol import episode_rows
 from fsmtl.cli import main as fsmtl_main
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.transforms import normalize_batch
 from fsmtl.preprocess.shards import load_split, open_shards
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models import MODEL_NAMES, build_model, feature_dim, set_train_step
 from fsmtl.models.dropblock import dropblock
 

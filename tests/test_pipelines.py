@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from fsmtl.errors import FsmtlError
-from fsmtl.pipelines import loader as loader_mod
+from fsmtl.core.errors import FsmtlError
+from fsmtl.pipelines import config as pipeline_config
 from fsmtl.pipelines.backend_torch import TorchBackend
-from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader, concat_splits, plan_batch
+from fsmtl.pipelines.config import PipelineConfig
+from fsmtl.pipelines.loader import TaskLoader, build_task_loader, concat_splits
+from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.types import TaskBatch
 from fsmtl.preprocess.shards import SplitData, open_shards
 
 CFG = PipelineConfig(ways=4, shots=2, queries=3, tasks_per_batch=3)
@@ -151,7 +154,7 @@ def test_bad_requests_raise_fsmtl_error_before_any_work(tiny_shards: Path, chang
 
 def test_a_back_end_that_is_not_installed_raises_fsmtl_error(tiny_shards: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     split, mean, std = _open(tiny_shards)
-    monkeypatch.setitem(loader_mod._BACKEND_MODULES, "dali", "fsmtl_no_such_module_for_tests")
+    monkeypatch.setitem(pipeline_config._BACKEND_MODULES, "dali", "fsmtl_no_such_module_for_tests")
     with pytest.raises(FsmtlError, match="not installed"):
         build_task_loader(split, mean, std, replace(CFG, backend="dali"))
 
@@ -222,7 +225,7 @@ def test_a_loader_handing_over_whole_groups_gives_the_same_batches_and_resumes_m
     # group at a time (TorchBackend.chunk): batches and per-batch states as without the thread
     split, mean, std = _open(tiny_shards_84)
     cfg = replace(CFG, group_images=3 * CFG.batch_images)  # 3 batches a group
-    pad = loader_mod.check_request(split, mean, std, cfg)
+    pad = pipeline_config.check_request(split, mean, std, cfg)
 
     def make(prefetch: bool) -> TaskLoader:
         c = replace(cfg, prefetch=prefetch)

@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from conftest import optional_import
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.backend_reference import ReferenceBackend, learn2learn_available
 from fsmtl.pipelines.formats import split_dir
-from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
+from fsmtl.pipelines.config import PipelineConfig
+from fsmtl.pipelines.loader import TaskLoader, build_task_loader
+from fsmtl.pipelines.types import TaskBatch
 from fsmtl.preprocess.shards import SplitData, open_shards
 from test_pipelines import check_structure
 

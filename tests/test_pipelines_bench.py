@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fsmtl.benchmarks import bench_pipeline
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 
 def test_bench_pipeline_writes_rows_with_speedups_and_hardware(tiny_shards: Path, tmp_path: Path) -> None:

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.augment import LeeParams, apply_lee, augment_rows, draw_lee_params
 from fsmtl.pipelines.backend_torch import TorchBackend
 from fsmtl.pipelines.checks import PipelineInputError
 from fsmtl.pipelines.formats import ExportCache
-from fsmtl.pipelines.loader import PipelineConfig, TaskBatch, TaskLoader, build_task_loader
+from fsmtl.pipelines.config import PipelineConfig
+from fsmtl.pipelines.loader import TaskLoader, build_task_loader
+from fsmtl.pipelines.types import TaskBatch
 from fsmtl.pipelines.numba_aug import augment_rows_numba
 from fsmtl.preprocess.shards import SplitData, open_shards
 

@@ -164,7 +164,7 @@ def test_an_output_path_under_a_file_is_a_one_line_error(tmp_path, capsys):
 def test_a_reader_that_leaves_the_pipe_early_ends_quietly():
     import subprocess
 
-    code = "from fsmtl.cli import run_stage_main\nimport sys\nsys.exit(run_stage_main(lambda a: print('x' * 10**7), []))"
+    code = "from fsmtl.core.cli import run_stage_main\nimport sys\nsys.exit(run_stage_main(lambda a: print('x' * 10**7), []))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # like `| head`: the reader is gone before the writer is done
     err = proc.stderr.read().decode()
@@ -188,7 +188,7 @@ def test_verify_catches_a_meta_json_that_no_longer_describes_the_arrays(tmp_path
 def test_a_file_that_is_not_npy_is_named_as_such(tmp_path):
     import pytest
 
-    from fsmtl.errors import FsmtlError
+    from fsmtl.core.errors import FsmtlError
 
     assert cli(["convert", "synthetic", "--out", str(tmp_path / "s"), *SMALL]) == 0
     (tmp_path / "s" / "test" / "images.npy").write_bytes(b"garbage")
@@ -261,7 +261,7 @@ def test_sigterm_during_a_conversion_leaves_nothing_behind(tmp_path):
 def _config_error(**kwargs) -> str:
     import pytest
 
-    from fsmtl.errors import FsmtlError
+    from fsmtl.core.errors import FsmtlError
     from fsmtl.preprocess.config import PreprocessConfig
 
     with pytest.raises(FsmtlError) as e:

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from fsmtl.cli import main as cli
-from fsmtl.errors import FsmtlError
-from fsmtl.report import load_metrics, plot_bars
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.plots import plot_bars
+from fsmtl.report import load_metrics
 
 
 def _run(tmp_path, rows):
@@ -54,7 +55,7 @@ def test_the_validation_band_is_drawn_in_the_validation_curves_colour(tmp_path, 
     from fsmtl import report
 
     figs = []
-    monkeypatch.setattr(report, "_save", lambda plt, fig, out: figs.append(fig) or Path(out))
+    monkeypatch.setattr(report, "save_figure", lambda plt, fig, out: figs.append(fig) or Path(out))
     rows = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.3 + 0.05 * e, "val_acc": 0.4 + 0.04 * e,
              "val_ci95": 0.02, "wall_s": 30.0 * e} for e in range(1, 4)]  # fmt: skip
     report.plot_curves(rows, tmp_path / "c.png")

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.shards import ShardWriter, load_split, open_shards, verify_shards
 
 
@@ -90,7 +90,7 @@ def test_images_are_memory_mapped_by_default(tiny_shards):
 def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
     import os
 
-    from fsmtl.fileio import atomic_write_json
+    from fsmtl.core.fileio import atomic_write_json
 
     atomic_write_json(tmp_path / "x.json", {"a": 1})
     mask = os.umask(0)

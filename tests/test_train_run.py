@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import optional_import
-from fsmtl.cli import run_stage_main
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import run_stage_main
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.loader import build_task_loader
 from fsmtl.train.__main__ import main
 from fsmtl.train.config import TrainConfig

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.train.__main__ import config_from_args
-from fsmtl.train.algorithms import StepShape, protonet_loss
+from fsmtl.train.algorithms import protonet_loss
+from fsmtl.train.shape import StepShape
 from fsmtl.train.config import OPTIMIZERS, TrainConfig
 from fsmtl.train.mtl import init_heads, mtl_loss, task_classes
 from fsmtl.train.optim import build_optimizer, build_scheduler, scheduler_step
@@ -312,7 +313,7 @@ def test_a_resumed_cosine_keeps_its_length_unless_it_follows_a_larger_max_epochs
 
 
 def test_a_checkpoint_path_that_cannot_be_read_is_named_as_such(tmp_path) -> None:
-    from fsmtl.fileio import load_weights_only
+    from fsmtl.core.fileio import load_weights_only
 
     with pytest.raises(FsmtlError, match=r"cannot be read \(IsADirectoryError"):
         load_weights_only(tmp_path)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.augment import augment_rows, color_jitter, draw_lee_params, jitter_slots
 from fsmtl.pipelines.backend_torch import TorchBackend, choose_device_kernel
-from fsmtl.pipelines.loader import PipelineConfig, TaskLoader
+from fsmtl.pipelines.config import PipelineConfig
+from fsmtl.pipelines.loader import TaskLoader
 from fsmtl.preprocess.shards import open_shards
 
 triton_aug = pytest.importorskip("fsmtl.pipelines.triton_aug", reason="triton is not installed")

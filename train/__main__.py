@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from fsmtl.cli import CliParser
-from fsmtl.errors import FsmtlError
+from fsmtl.core.cli import CliParser
+from fsmtl.core.errors import FsmtlError
 from fsmtl.train.config import TrainConfig
 from fsmtl.train.presets import PRESETS, preset_overrides
 
@@ -167,6 +167,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    from fsmtl.cli import run_stage_main
-
+    from fsmtl.core.cli import run_stage_main
     sys.exit(run_stage_main(main, sys.argv[1:]))

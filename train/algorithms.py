@@ -15,21 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.train.mtl import mtl_loss
-
-
-@dataclass(frozen=True)
-class StepShape:
-    """How one step's batch is laid out: T tasks x ways x (shots + queries) images."""
-
-    n_tasks: int
-    ways: int
-    shots: int
-    queries: int
-    norm: bool  # L2-normalise features during training
-
-    @property
-    def per_class(self) -> int:
-        return self.shots + self.queries
+from fsmtl.train.shape import StepShape
 
 
 LossFn = Callable[[Tensor, Tensor, Tensor, Tensor, StepShape], tuple[Tensor, Tensor]]
@@ -104,7 +90,7 @@ ALGORITHMS: Mapping[str, Algorithm] = MappingProxyType({
 
 
 def get_algorithm(name: str) -> Algorithm:
-    from fsmtl.errors import FsmtlError
+    from fsmtl.core.errors import FsmtlError
 
     if name not in ALGORITHMS:
         raise FsmtlError(f"--algorithm: expected one of {', '.join(ALGORITHMS)}, got {name!r}")

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from fsmtl.errors import FsmtlError
-from fsmtl.fileio import atomic_write, load_weights_only
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import atomic_write, load_weights_only
 
 FORMAT = "fsmtl-checkpoint"
 VERSION = 1

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 OPTIMIZERS = ("sgd", "sgdp", "sgdw", "adam", "adamw", "adamax", "radam", "adabound", "adamp")
 SCHEDULERS = ("plateau", "step", "cosine", "none")

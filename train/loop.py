@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from fsmtl.models import set_train_step
-from fsmtl.train.algorithms import Algorithm, StepShape
+from fsmtl.train.algorithms import Algorithm
+from fsmtl.train.shape import StepShape
 
 
 class TrainNet(nn.Module):

@@ -23,17 +23,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsmtl.errors import FsmtlError
-from fsmtl.optional import import_learn2learn
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.optional import import_learn2learn
 
-if TYPE_CHECKING:  # train.algorithms imports this module; import its types for annotations only
-    from fsmtl.train.algorithms import StepShape
+from fsmtl.train.shape import StepShape
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ def metaoptnet_loss(
 
 def svm_query_scores(features: Tensor, s: "StepShape", C: float, iters: int) -> Tensor:
     """features float [B, D] -> the per-task SVM's query scores float32 [T, ways*queries, ways]."""
-    from fsmtl.eval.heads.svm import svm_logits
+    from fsmtl.models.heads.svm import svm_logits
 
     sup, qry = split_support_query(_features(features, s), s)
     y = local_targets(s, s.shots, features.device).expand(s.n_tasks, -1)

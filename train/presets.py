@@ -9,7 +9,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 _NORM = {"norm_train_features": True}
 

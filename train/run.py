@@ -12,9 +12,10 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.train import checkpoint as ck
-from fsmtl.train.algorithms import StepShape, get_algorithm
+from fsmtl.train.algorithms import get_algorithm
+from fsmtl.train.shape import StepShape
 from fsmtl.train.config import TrainConfig
 from fsmtl.train.distributed import (
     DistInfo, any_rank, any_rank_flags, broadcast_float, dist_info_from_env, gather_objects, init_distributed,

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from fsmtl.errors import FsmtlError
-from fsmtl.fileio import atomic_write, atomic_write_json
+from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import atomic_write, atomic_write_json
 
 
 def peak_memory_mb(device: torch.device) -> float:

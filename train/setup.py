@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 from fsmtl.models import build_model, feature_dim, model_kwarg_names
 from fsmtl.preprocess.shards import SplitData, open_shards
 from fsmtl.train.config import TrainConfig
@@ -104,7 +104,6 @@ def load_data(cfg: TrainConfig) -> Data:
         if "val" not in shards.splits:
             raise FsmtlError(f"--trainval: {cfg.data} has no 'val' split to merge")
         from fsmtl.pipelines.loader import concat_splits
-
         train = concat_splits([train, shards.split("val")])
     name = cfg.validation_split()
     if name is not None and name not in shards.splits:
@@ -143,8 +142,8 @@ def build_loader(cfg: TrainConfig, data: Data, device: torch.device, amp_dtype: 
                  rank: int, factory: Callable[..., Any] | None = None) -> Any:
     """The training TaskLoader (``pipelines.loader.build_task_loader`` unless ``factory`` is given);
     each distributed rank gets its own seed so that ranks sample different tasks."""
-    from fsmtl.pipelines.loader import PipelineConfig, build_task_loader
-
+    from fsmtl.pipelines.config import PipelineConfig
+    from fsmtl.pipelines.loader import build_task_loader
     pcfg = PipelineConfig(
         backend=cfg.pipeline, ways=cfg.train_ways, shots=cfg.train_shots, queries=cfg.train_queries,
         tasks_per_batch=cfg.meta_batch_size, augment=cfg.augment, jitter=cfg.jitter,

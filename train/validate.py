@@ -1,4 +1,4 @@
-"""Validation on fixed episodes with the seed's test method (the ``logreg`` head of ``eval/``)."""
+"""Validation on fixed episodes with the seed's test method (the ``logreg`` head of ``models/heads``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from fsmtl.eval.protocol import evaluate_backbone
+from fsmtl.train.protocol import evaluate_backbone
 
 VAL_SEED_OFFSET = 7919  # validation episodes never share a generator stream with training
 
@@ -27,7 +27,7 @@ def make_validator(split: Any, mean: Sequence[float], std: Sequence[float], s: V
                    device: torch.device, amp_dtype: torch.dtype | None) -> Callable[[nn.Module], dict]:
     """``validate(model) -> {"acc", "ci95", "head"}``; ``acc`` is a fraction in [0, 1].
 
-    ``eval.protocol.evaluate_backbone(..., heads=["logreg"])``: L2-normalised features, one logistic
+    ``fsmtl.train.protocol.evaluate_backbone(..., heads=["logreg"])``: L2-normalised features, one logistic
     regression per task. The episodes come from a fixed seed, so every epoch sees the same tasks.
     """
 

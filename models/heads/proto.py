@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fsmtl.eval.heads.checks import l2_normalize, one_hot
+from fsmtl.models.heads.checks import l2_normalize, one_hot
 
 
 def class_centroids(support: Tensor, labels: Tensor, ways: int) -> Tensor:

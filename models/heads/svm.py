@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fsmtl.eval.heads.checks import one_hot
+from fsmtl.models.heads.checks import one_hot
 
 
 def project_scaled_simplex(v: Tensor, total: float) -> Tensor:

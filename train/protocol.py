@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fsmtl.eval.heads import HEAD_NAMES, adapt, check_options
-from fsmtl.eval.heads.finetune import FinetuneConfig, finetune_predict
-from fsmtl.eval.run import PYTHON_ARGS, pick_device
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads import HEAD_NAMES, adapt, check_options
+from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
+from fsmtl.core.device import PYTHON_ARGS, pick_device
+from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.episodes import sample_episode_indices
 from fsmtl.pipelines.transforms import normalize_batch
 

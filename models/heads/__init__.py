@@ -14,12 +14,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from fsmtl.eval.heads.checks import TaskBatch, as_task_batch, check_finite, l2_normalize
-from fsmtl.eval.heads.logreg import LogregFit, fit_logreg, fit_predict_logreg, logreg_logits
-from fsmtl.eval.heads.proto import class_centroids, proto_logits
-from fsmtl.eval.heads.ridge import ridge_logits
-from fsmtl.eval.heads.svm import svm_logits
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads.checks import TaskBatch, as_task_batch, check_finite, l2_normalize
+from fsmtl.models.heads.logreg import LogregFit, fit_logreg, fit_predict_logreg, logreg_logits
+from fsmtl.models.heads.proto import class_centroids, proto_logits
+from fsmtl.models.heads.ridge import ridge_logits
+from fsmtl.models.heads.svm import svm_logits
+from fsmtl.core.errors import FsmtlError
 
 
 def _logreg(s: Tensor, y: Tensor, q: Tensor, ways: int, C: float = 3.0, tol: float = 1e-6,

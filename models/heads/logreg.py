@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fsmtl.eval.heads.checks import one_hot
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads.checks import one_hot
+from fsmtl.core.errors import FsmtlError
 
 
 @dataclass

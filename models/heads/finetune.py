@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fsmtl.eval.heads.proto import class_centroids
-from fsmtl.errors import FsmtlError
+from fsmtl.models.heads.proto import class_centroids
+from fsmtl.core.errors import FsmtlError
 
 
 @dataclass(frozen=True)

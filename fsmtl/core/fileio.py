@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
-from fsmtl.errors import FsmtlError
+from fsmtl.core.errors import FsmtlError
 
 _HASH_CHUNK = 1 << 22
 
