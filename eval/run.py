@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -14,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from fsmtl.core.device import PYTHON_ARGS, ArgNames, pick_device
+from fsmtl.core.checks import is_int
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.fileio import load_weights_only
 
@@ -143,7 +143,7 @@ class Run:
         """
         from fsmtl.train.protocol import embed_images
 
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise FsmtlError(f"embed: batch_size must be an integer >= 1, got {batch_size!r}")
         self._check_images(images, "embed")
         out = []
@@ -189,7 +189,7 @@ class Run:
                 0..ways-1 with every class present, an unknown head or option.
         """
         from fsmtl.models.heads import adapt, check_options
-        from fsmtl.models.heads.checks import as_task_batch
+        from fsmtl.models.heads.checks import as_head_tasks
         from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
         from fsmtl.pipelines.transforms import normalize_batch
 
@@ -208,7 +208,7 @@ class Run:
         labels = labels.to(self.device)
         # the label checks of every head (integers 0..ways-1, every class present), without features yet
         stand_in = torch.zeros(n_support, 1, device=self.device)
-        b = as_task_batch(stand_in, labels, torch.zeros(0, 1, device=self.device), what="predict")
+        b = as_head_tasks(stand_in, labels, torch.zeros(0, 1, device=self.device), what="predict")
         if head == "finetune":
             known = [f.name for f in fields(FinetuneConfig)]
             unknown = sorted(set(options) - set(known))

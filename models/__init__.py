@@ -7,12 +7,12 @@ Every backbone maps float [B, C, H, W] to features float [B, D]; D comes from
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from fsmtl.core.checks import is_int
 from fsmtl.core.errors import FsmtlError
 from fsmtl.models.conv4 import Conv4
 from fsmtl.models.resnet12 import ResNet12
@@ -59,7 +59,7 @@ def build_model(name: str, in_channels: int = 3, image_size: int = 84, **kwargs:
         raise FsmtlError(
             f"model {name}: unknown option(s) {sorted(unknown)}; it takes {sorted(model_kwarg_names(name))}"
         )
-    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels not in (1, 3):
+    if not is_int(in_channels) or in_channels not in (1, 3):
         raise FsmtlError(f"model {name}: in_channels must be the int 1 or 3, got {in_channels!r}")
     in_channels = int(in_channels)
     return _BUILDERS[name](in_channels=in_channels, image_size=image_size, **kwargs)

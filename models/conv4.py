@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from fsmtl.models.checks import check_image_size, check_int
+from fsmtl.models.checks import check_image_size, check_model_int
 
 
 class Conv4(nn.Module):
@@ -17,7 +17,7 @@ class Conv4(nn.Module):
     def __init__(self, in_channels: int = 3, image_size: int = 84, width: int = 64) -> None:
         super().__init__()
         check_image_size("conv4", image_size, halvings=4)
-        width = check_int("conv4", "width", width, 1)
+        width = check_model_int("conv4", "width", width, 1)
         layers: list[nn.Module] = []
         cin = in_channels
         for _ in range(4):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.models.checks import check_drop_rate, check_image_size, check_int
+from fsmtl.models.checks import check_drop_rate, check_image_size, check_model_int
 from fsmtl.models.dropblock import RampedDropBlock
 from fsmtl.models.init import init_conv_bn
 
@@ -76,12 +76,12 @@ class ResNet12(nn.Module):
         check_image_size("resnet12", image_size, halvings=4)
         drop_rate = check_drop_rate("resnet12", drop_rate)
         if dropblock_size is not None:
-            dropblock_size = check_int("resnet12", "dropblock_size", dropblock_size, 1)
-        ramp_steps = check_int("resnet12", "ramp_steps", ramp_steps, 0)
+            dropblock_size = check_model_int("resnet12", "dropblock_size", dropblock_size, 1)
+        ramp_steps = check_model_int("resnet12", "ramp_steps", ramp_steps, 0)
         widths = list(widths)
         if len(widths) != 4:
             raise FsmtlError(f"model resnet12: widths must be 4 channel counts, got {widths}")
-        widths = [check_int("resnet12", "widths", w, 1) for w in widths]
+        widths = [check_model_int("resnet12", "widths", w, 1) for w in widths]
         block_size = dropblock_size if dropblock_size is not None else (5 if image_size >= 64 else 2)
         chans = [in_channels, *widths]
         self.blocks = nn.ModuleList(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsmtl.core.checks import is_int
 from fsmtl.core.errors import FsmtlError
 from fsmtl.models.checks import check_drop_rate, check_image_size
 from fsmtl.models.init import init_conv_bn
@@ -47,7 +48,7 @@ class WideResNet(nn.Module):
         name = f"wrn{depth}_{widen}"
         check_image_size(name, image_size, halvings=0)
         drop_rate = check_drop_rate(name, drop_rate)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
+        if not is_int(depth) or depth < 10 or (depth - 4) % 6 != 0:
             raise FsmtlError(f"model {name}: depth must be 6n+4 with n >= 1, got {depth!r}")
         n = (depth - 4) // 6
         widths = (16 * widen, 32 * widen, 64 * widen)

@@ -20,34 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsmtl.core.errors import FsmtlError
+from fsmtl.core.checks import InputError, check_int, describe, is_real
 
 
-class PipelineInputError(FsmtlError, ValueError):
-    """A bad argument to a pipelines function. A :class:`FsmtlError` (one line, exit code 2 at the
-    CLI) that is also a ``ValueError``, as library callers expect of a bad argument."""
-
-
-def is_int(v: object) -> bool:
-    """A Python or numpy integer, not a bool (``True`` is an int to Python, never a count here)."""
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def describe(v: object) -> str:
-    """What was found, for messages: ``a numpy array``, ``float 2.5``, ``str '5'``."""
-    if isinstance(v, np.ndarray):
-        return f"a numpy array ({v.dtype} {v.shape})"
-    if isinstance(v, Tensor):
-        return f"a torch tensor ({v.dtype} {tuple(v.shape)} on {v.device})"
-    return f"{type(v).__name__} {v!r}"
-
-
-def check_int(v: object, name: str, lo: int, hi: int | None = None) -> int:
-    """``v`` as an int in ``[lo, hi]`` (``hi`` None: no upper bound); else PipelineInputError."""
-    want = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-    if not is_int(v) or v < lo or (hi is not None and v > hi):  # type: ignore[operator]
-        raise PipelineInputError(f"{name}: expected {want}, got {describe(v)}")
-    return int(v)  # type: ignore[call-overload]
+PipelineInputError = InputError  # the name pipelines' callers and tests know; one class
 
 
 def check_mean_std(mean: Sequence[float], std: Sequence[float], channels: int, where: str) -> None:
@@ -178,7 +154,6 @@ def check_out_dtype(dtype: object, name: str) -> torch.dtype:
 
 def check_strength(strength: object, name: str) -> float:
     """A jitter strength in [0, 1] (factors are drawn from [1 - s, 1 + s] and must stay >= 0)."""
-    ok = isinstance(strength, (int, float, np.floating)) and not isinstance(strength, bool)
-    if not ok or not math.isfinite(strength) or not 0.0 <= strength <= 1.0:  # type: ignore[arg-type]
+    if not is_real(strength) or not math.isfinite(strength) or not 0.0 <= strength <= 1.0:  # type: ignore[arg-type]
         raise PipelineInputError(f"{name}: expected a number in [0, 1], got {describe(strength)}")
     return float(strength)  # type: ignore[arg-type]

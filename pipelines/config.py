@@ -14,7 +14,8 @@ import torch
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.augment import default_padding
-from fsmtl.pipelines.checks import check_int, check_mean_std, check_out_dtype, describe
+from fsmtl.core.checks import check_int, describe, is_real
+from fsmtl.pipelines.checks import check_mean_std, check_out_dtype
 from fsmtl.preprocess.shards import SplitData
 
 BACKENDS = ("torch", "dali", "ffcv", "reference")
@@ -84,7 +85,7 @@ def check_config(cfg: PipelineConfig) -> None:
             raise FsmtlError(f"pipeline {name}: expected True or False, got {describe(getattr(cfg, name))}")
     check_out_dtype(cfg.out_dtype, "pipeline out_dtype")
     gb = cfg.memory_budget_gb
-    if gb is not None and (isinstance(gb, bool) or not isinstance(gb, (int, float)) or not math.isfinite(gb) or gb < 0):
+    if gb is not None and (not is_real(gb) or not math.isfinite(gb) or gb < 0):
         raise FsmtlError(f"pipeline memory_budget_gb: expected None or a number >= 0, got {describe(gb)}")
     parse_device(cfg.device)
 

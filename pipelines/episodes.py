@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsmtl.pipelines.checks import PipelineInputError, describe
+from fsmtl.core.checks import describe
+
+from fsmtl.pipelines.checks import PipelineInputError
 
 
 def _check_offsets(class_offsets: object) -> None:

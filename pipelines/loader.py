@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.pipelines.checks import check_int, describe
+from fsmtl.core.checks import check_int, describe
 from fsmtl.pipelines.config import PipelineConfig, stream_config, check_request
 from fsmtl.pipelines.types import Backend, TaskBatch
 from fsmtl.preprocess.shards import SplitData

@@ -8,7 +8,6 @@ Accuracies are percentages; the 95% interval is 1.96 * std / sqrt(n_tasks) (std 
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from typing import Any, Sequence
 
@@ -18,6 +17,7 @@ from torch import Tensor, nn
 
 from fsmtl.models.heads import HEAD_NAMES, adapt, check_options
 from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
+from fsmtl.core.checks import is_int
 from fsmtl.core.device import PYTHON_ARGS, pick_device
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.episodes import sample_episode_indices
@@ -84,7 +84,7 @@ def evaluate_features(
         found = f"{features.dtype} {list(features.shape)}" if isinstance(features, Tensor) else type(features).__name__
         raise FsmtlError(f"evaluate_features: features must be float [T, ways, shots + queries, D], got {found}")
     per = features.shape[2]
-    if not _is_int(shots) or not 1 <= shots < per:
+    if not is_int(shots) or not 1 <= shots < per:
         raise FsmtlError(f"evaluate_features: shots must be an integer in 1..{per - 1} (features have {per} "
                          f"images a way: shots + queries), got {shots!r}")  # fmt: skip
     heads = _check_heads(heads, feature_only=True)
@@ -199,10 +199,6 @@ def evaluate_backbone(
     return {h: {**summarize(torch.cat(v)), "seconds": seconds[h], "embed_seconds": embed_s} for h, v in per_task.items()}
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)  # numpy integers too
-
-
 def _check_backbone_args(
     model: Any, split: Any, mean: Any, std: Any, ways: Any, shots: Any, queries: Any, n_tasks: Any, seed: Any,
     device: Any, dtype: Any, batch_tasks: Any, finetune: Any,
@@ -214,9 +210,9 @@ def _check_backbone_args(
         raise FsmtlError(f"split: expected a preprocess.shards.SplitData (images, class_offsets), got {type(split).__name__}")
     for name, value, least in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
                                ("n_tasks", n_tasks, 1), ("batch_tasks", batch_tasks, 1)):  # fmt: skip
-        if not _is_int(value) or value < least:
+        if not is_int(value) or value < least:
             raise FsmtlError(f"{name}: expected an integer >= {least}, got {value!r}")
-    if not _is_int(seed):
+    if not is_int(seed):
         raise FsmtlError(f"seed: expected an integer, got {seed!r}")
     channels = split.images.shape[-1]
     for name, values in (("mean", mean), ("std", std)):

@@ -8,17 +8,17 @@ The ``finetune`` head needs the network, not features, so it lives in ``eval.hea
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-from fsmtl.models.heads.checks import TaskBatch, as_task_batch, check_finite, l2_normalize
+from fsmtl.models.heads.checks import HeadTasks, as_head_tasks, check_finite, l2_normalize
 from fsmtl.models.heads.logreg import LogregFit, fit_logreg, fit_predict_logreg, logreg_logits
 from fsmtl.models.heads.proto import class_centroids, proto_logits
 from fsmtl.models.heads.ridge import ridge_logits
 from fsmtl.models.heads.svm import svm_logits
+from fsmtl.core.checks import is_int, is_real
 from fsmtl.core.errors import FsmtlError
 
 
@@ -85,10 +85,9 @@ def check_options(head: str, options: dict[str, Any]) -> None:
     if unknown:
         raise FsmtlError(f"head {head}: unknown option(s) {sorted(unknown)}; it takes {sorted(known)}")
     for name, value in options.items():
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy scalars too
-        if name in _POSITIVE and not (real and 0 < value < float("inf")):
+        if name in _POSITIVE and not (is_real(value) and 0 < value < float("inf")):
             raise FsmtlError(f"head {head}: {name} must be a finite number > 0, got {value!r}")
-        if name in _COUNTS and not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1):
+        if name in _COUNTS and not (is_int(value) and value >= 1):
             raise FsmtlError(f"head {head}: {name} must be an integer >= 1, got {value!r}")
         if name in _FLAGS and not isinstance(value, bool):
             raise FsmtlError(f"head {head}: {name} must be True or False, got {value!r}")
@@ -105,17 +104,17 @@ def _lookup(head: str) -> Callable[..., Tensor]:
 def _checked(
     support_features: Tensor, support_labels: Tensor, query_features: Tensor, head: str, ways: int | None,
     options: dict[str, Any], what: str,
-) -> tuple[Callable[..., Tensor], TaskBatch]:
+) -> tuple[Callable[..., Tensor], HeadTasks]:
     """The head's scores function and the checked batch; raises FsmtlError for any bad input."""
     fn = _lookup(head)
     check_options(head, options)
-    if ways is not None and (isinstance(ways, bool) or not isinstance(ways, numbers.Integral)):
+    if ways is not None and not is_int(ways):
         raise FsmtlError(f"{what}: ways must be an int, got {ways!r}")
     ways = None if ways is None else int(ways)
-    return fn, as_task_batch(support_features, support_labels, query_features, ways, what)
+    return fn, as_head_tasks(support_features, support_labels, query_features, ways, what)
 
 
-def _scores(fn: Callable[..., Tensor], b: TaskBatch, head: str, options: dict[str, Any], what: str) -> Tensor:
+def _scores(fn: Callable[..., Tensor], b: HeadTasks, head: str, options: dict[str, Any], what: str) -> Tensor:
     scores = fn(b.support, b.labels, b.query, b.ways, **options)
     if not bool(torch.isfinite(scores).all()):  # the support is finite (checked): the queries, or overflow
         check_finite(what, query=b.query)

@@ -18,7 +18,7 @@ from fsmtl.core.errors import FsmtlError
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-class TaskBatch(NamedTuple):
+class HeadTasks(NamedTuple):
     """A checked batch of tasks; ``single`` says the caller passed one task without a task dimension."""
 
     support: Tensor  # float [T, S, D]
@@ -28,9 +28,9 @@ class TaskBatch(NamedTuple):
     single: bool
 
 
-def as_task_batch(
+def as_head_tasks(
     support: Tensor, labels: Tensor, query: Tensor, ways: int | None = None, what: str = "adapt"
-) -> TaskBatch:
+) -> HeadTasks:
     """Validate one task ([S,D], [S], [Q,D]) or a batch ([T,S,D], [T,S], [T,Q,D]).
 
     Args:
@@ -42,7 +42,7 @@ def as_task_batch(
         what: the caller's name, which starts every error message.
 
     Returns:
-        A TaskBatch with a leading task dimension; labels converted to int64.
+        A HeadTasks with a leading task dimension; labels converted to int64.
 
     Raises:
         FsmtlError: wrong dtype, rank or shape; NaN or infinite features; labels out of range; a
@@ -79,9 +79,9 @@ def as_task_batch(
     if t == 0:  # an empty batch: nothing to infer ways from, nothing to check the labels against
         if ways is not None and ways < 2:
             raise FsmtlError(f"{what}: a task needs at least 2 classes, got ways={ways}")
-        return TaskBatch(support, labels, query, ways, single)  # type: ignore[arg-type]
+        return HeadTasks(support, labels, query, ways, single)  # type: ignore[arg-type]
     ways = _check_labels(labels, ways, what)
-    return TaskBatch(support, labels, query, ways, single)
+    return HeadTasks(support, labels, query, ways, single)
 
 
 def check_finite(what: str, **features: Tensor) -> None:

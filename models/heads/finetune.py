@@ -9,7 +9,6 @@ back exactly as they were. Tasks are sequential because each one changes the who
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.models.heads.proto import class_centroids
+from fsmtl.core.checks import is_int, is_real
 from fsmtl.core.errors import FsmtlError
 
 
@@ -30,9 +30,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         """Raise FsmtlError for steps not an integer >= 1, lr not a finite number > 0, a non-bool train_mode."""
-        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
+        if not is_int(self.steps) or self.steps < 1:
             raise FsmtlError(f"head finetune: steps must be an integer >= 1, got {self.steps!r}")
-        lr_ok = isinstance(self.lr, numbers.Real) and not isinstance(self.lr, bool) and 0 < self.lr < math.inf
+        lr_ok = is_real(self.lr) and 0 < self.lr < math.inf
         if not lr_ok:
             raise FsmtlError(f"head finetune: lr must be a finite number > 0, got {self.lr!r}")
         if not isinstance(self.train_mode, bool):

@@ -221,7 +221,7 @@ def fit_logreg(
 
     Args:
         support: float [T, S, D] support features (any float dtype; L2-normalised here if ``normalize``).
-        labels: int64 [T, S] in [0, ways), every class present (see ``checks.as_task_batch``).
+        labels: int64 [T, S] in [0, ways), every class present (see ``checks.as_head_tasks``).
         ways: number of classes.
         C: inverse L2 strength, as sklearn's ``C``.
         tol: stop a task when max |gradient| of sklearn's scaled objective is below this
