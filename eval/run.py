@@ -15,11 +15,8 @@ from torch import Tensor, nn
 from fsmtl.core.device import PYTHON_ARGS, ArgNames, pick_device
 from fsmtl.core.checks import is_int
 from fsmtl.core.errors import FsmtlError
-from fsmtl.core.fileio import load_weights_only
+from fsmtl.train.checkpoint import load_checkpoint
 
-CHECKPOINT_FORMAT = "fsmtl-checkpoint"
-CHECKPOINT_VERSION = 1
-_REQUIRED = ("model_name", "model_kwargs", "model", "config", "data_meta")
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -73,23 +70,6 @@ def _same_file(a: Path, b: str | os.PathLike[str]) -> bool:
         return a.samefile(b)
     except OSError:
         return False
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load and check a checkpoint dict (weights only: no arbitrary unpickling)."""
-    ckpt = load_weights_only(path)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise FsmtlError(f"{path}: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")
-    if ckpt.get("version") != CHECKPOINT_VERSION:
-        raise FsmtlError(f"{path}: expected checkpoint version {CHECKPOINT_VERSION}, got {ckpt.get('version')!r}")
-    missing = [k for k in _REQUIRED if k not in ckpt]
-    if missing:
-        raise FsmtlError(f"{path}: checkpoint lacks {missing}")
-    for key in ("mean", "std", "image_shape"):
-        if key not in ckpt["data_meta"]:
-            raise FsmtlError(f"{path}: checkpoint data_meta lacks {key!r}")
-    return ckpt
 
 
 def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
@@ -262,7 +242,7 @@ def open_run(
 
     dev = pick_device(device, names)
     ckpt_path = resolve_checkpoint(path, checkpoint, names)
-    ckpt = read_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
     meta = ckpt["data_meta"]
     kwargs = dict(ckpt["model_kwargs"])
     h, _, c = (int(v) for v in meta["image_shape"])

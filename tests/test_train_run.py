@@ -13,6 +13,7 @@ from fsmtl.core.cli import run_stage_main
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.loader import build_task_loader
 from fsmtl.train.__main__ import main
+from fsmtl.train.checkpoint import save_checkpoint
 from fsmtl.train.config import TrainConfig
 from fsmtl.train.runlog import read_metrics
 from fsmtl.train.run import build_run, train
@@ -354,6 +355,7 @@ def test_a_run_from_when_epoch_length_counted_steps_resumes_with_the_same_epochs
     path = run / "checkpoints" / "last.pt"
     ckpt = torch.load(path, weights_only=True)
     del ckpt["epoch_unit"], ckpt["config"]["val_split"]  # as written before epoch_length counted tasks
+    del ckpt["checksum"]  # (and before checkpoints held checksums)
     ckpt["config"]["epoch_length"] = 4  # then 4 meant 4 steps
     torch.save(ckpt, path)
     assert run_stage_main(main, ["--resume", str(run), "--max-epochs", "2", "--no-progress"]) == 0
@@ -427,7 +429,8 @@ def test_an_epoch_stopped_midway_must_finish_on_as_many_ranks_as_it_began(tiny_s
     path = run / "checkpoints" / "last.pt"
     ckpt = torch.load(path, weights_only=True)
     ckpt["rng"]["ranks"] = ckpt["rng"]["ranks"] * 2  # as if two ranks had written it
-    torch.save(ckpt, path)
+    del ckpt["checksum"]
+    save_checkpoint(path, ckpt)  # with the checksum of what it now holds
     with pytest.raises(FsmtlError, match="stopped 2 steps into an epoch with 2 rank"):
         build_run(TrainConfig.from_dict({**ckpt["config"], "resume": str(run), "max_steps": None}))
 

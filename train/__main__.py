@@ -98,12 +98,14 @@ def config_from_args(argv: list[str]) -> TrainConfig:
     """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
     given = vars(build_parser().parse_args(argv))
     if given.get("resume"):
-        from fsmtl.train.checkpoint import checkpoint_dir, load_checkpoint, upgrade_stored_config
+        from fsmtl.train.checkpoint import check_run_not_in_use, checkpoint_dir, load_checkpoint, upgrade_stored_config
 
         run = Path(given["resume"])
         if "out" in given and Path(given["out"]).resolve() != run.resolve():
             raise FsmtlError(f"--resume {run} --out {given['out']}: a resumed run continues in its own directory; "
                              f"leave --out out (to branch a run, copy {run} first and resume the copy)")  # fmt: skip
+        if os.environ.get("RANK", "0") == "0":  # before reading last.pt, which its owner may not have written yet
+            check_run_not_in_use(run)
         stored, note = upgrade_stored_config(load_checkpoint(checkpoint_dir(run) / "last.pt"))
         if note and os.environ.get("RANK", "0") == "0":
             print(f"fsmtl train: --resume {run}: {note}", file=sys.stderr)

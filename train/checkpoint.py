@@ -1,13 +1,18 @@
-"""Checkpoints: atomic writes, RNG capture/restore, weights_only loading, resume checks.
+"""Checkpoints: atomic writes, checksums, RNG capture/restore, weights_only loading, resume checks;
+and the run folder's lock (one ``fsmtl train`` at a time per folder).
 
 Everything stored is a tensor or a plain dict/list/number/string, so ``torch.load(...,
-weights_only=True)`` reads it (no pickled code runs when a checkpoint is opened).
+weights_only=True)`` reads it (no pickled code runs when a checkpoint is opened). A checkpoint
+holds the sha256 of its tensors under ``"checksum"`` (``fsmtl.core.fileio.tensor_checksum``), checked on
+every load; checkpoints written before it load unchecked.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +20,74 @@ import numpy as np
 import torch
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.core.fileio import atomic_write, load_weights_only
+from fsmtl.core.fileio import (
+    CHECKSUM_KEY, FileLock, atomic_write, load_weights_only, remove_atomic_temporaries, tensor_checksum,
+)
 
+# The checkpoint format, defined here once: train writes it, train (--resume) and eval read it.
 FORMAT = "fsmtl-checkpoint"
 VERSION = 1
+REQUIRED_KEYS = ("model_name", "model_kwargs", "model", "config", "data_meta")  # what every reader needs
+LOCK_NAME = ".fsmtl-lock"  # RUN/.fsmtl-lock: flocked by the fsmtl train that owns RUN; holds its pid
+RUN_FILES = ("config.json", "metrics.jsonl")  # what train writes atomically in RUN ...
+CHECKPOINT_FILES = ("best.pt", "last.pt")  # ... and in RUN/checkpoints
+# filesystems without flock (e.g. Lustre mounted without it): train then runs without the lock
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)
 
 
 def checkpoint_dir(run: str | Path) -> Path:
     return Path(run) / "checkpoints"
 
 
+def _in_use(run: Path, lock: FileLock) -> FsmtlError:
+    pid = lock.holder()
+    who = f"pid {pid}" if pid is not None else "pid unknown"
+    return FsmtlError(f"{run}: another fsmtl train ({who}) is using this run folder")
+
+
+def lock_run(run: str | Path) -> FileLock | None:
+    """Make this process the one owner of run folder ``run``: lock ``run/.fsmtl-lock`` (creating both).
+
+    Held until :meth:`FileLock.release` or the end of the process. Returns None (after a warning)
+    where the filesystem has no locks: the run goes on unguarded.
+
+    Raises:
+        FsmtlError: another process holds the lock (another ``fsmtl train`` is using ``run``).
+    """
+    lock = FileLock(Path(run) / LOCK_NAME)
+    try:
+        if lock.acquire():
+            return lock
+    except OSError as e:
+        if e.errno not in _NO_LOCKS:
+            raise
+        print(f"fsmtl train: {lock.path}: cannot lock ({e.strerror}); nothing stops a second fsmtl train from "
+              "using this run folder at the same time", file=sys.stderr)  # fmt: skip
+        return None
+    raise _in_use(Path(run), lock)
+
+
+def check_run_not_in_use(run: str | Path) -> None:
+    """Raise the error of :func:`lock_run` if another process holds ``run``'s lock; changes nothing."""
+    lock = FileLock(Path(run) / LOCK_NAME)
+    try:
+        busy = lock.held_elsewhere()
+    except OSError:  # no locks here, or unreadable: lock_run decides
+        return
+    if busy:
+        raise _in_use(Path(run), lock)
+
+
+def remove_stale_temporaries(run: str | Path) -> list[Path]:
+    """Delete the temporaries of train's atomic writes (RUN_FILES, CHECKPOINT_FILES) that a killed
+    run left in ``run`` and its checkpoints folder; only while holding ``run``'s lock."""
+    found = remove_atomic_temporaries(run, RUN_FILES)
+    return found + remove_atomic_temporaries(checkpoint_dir(run), CHECKPOINT_FILES)
+
+
 def previous_run_files(run: str | Path) -> list[Path]:
-    """What an earlier run left in directory ``run``: its checkpoints, metrics and eval reports."""
+    """What an earlier run left in directory ``run``: its checkpoints, metrics and eval reports
+    (not the lock file, which stays after every run)."""
     run = Path(run)
     found = [checkpoint_dir(run) / f"{name}.pt" for name in ("best", "last")] + [run / "metrics.jsonl"]
     found += sorted((run / "reports").glob("eval_*.json")) if (run / "reports").is_dir() else []
@@ -67,22 +128,37 @@ def restore_rng(rng: dict[str, Any], device: torch.device) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` with its checksum to ``path`` atomically (temporary file in the same folder, then rename)."""
+    full = {"format": FORMAT, "version": VERSION, **state}
+    full[CHECKSUM_KEY] = tensor_checksum(full)
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, **state}, buf)
+    torch.save(full, buf)
     atomic_write(path, lambda f: f.write(buf.getbuffer()))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint onto the CPU with ``weights_only=True`` and check its header."""
+    """Load a checkpoint onto the CPU with ``weights_only=True``; check its header and checksum.
+
+    Raises:
+        FsmtlError: naming ``path``: missing, unreadable, not an fsmtl checkpoint, or damaged.
+    """
     path = Path(path)
     if not path.is_file():
         raise FsmtlError(f"{path}: checkpoint not found")
     ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise FsmtlError(f"{path}: expected format {FORMAT!r}, got {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}")
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise FsmtlError(f"{path}: expected format {FORMAT!r}, got {found!r}")
     if ckpt.get("version") != VERSION:
         raise FsmtlError(f"{path}: expected checkpoint version {VERSION}, got {ckpt.get('version')!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise FsmtlError(f"{path}: checkpoint lacks {missing}")
+    if not isinstance(ckpt["data_meta"], dict):
+        raise FsmtlError(f"{path}: checkpoint data_meta is not a dict")
+    for key in ("mean", "std", "image_shape"):
+        if key not in ckpt["data_meta"]:
+            raise FsmtlError(f"{path}: checkpoint data_meta lacks {key!r}")
     return ckpt
 
 

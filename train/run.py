@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import FileLock
 from fsmtl.train import checkpoint as ck
 from fsmtl.train.algorithms import get_algorithm
 from fsmtl.train.shape import StepShape
@@ -65,6 +66,38 @@ class Run:
     progress: Progress
     steps_per_epoch: int  # cfg.steps_per_epoch(world size)
     cosine_length: int | None = None  # the cosine schedule's length in effect (None: another scheduler)
+    lock: FileLock | None = None  # RUN/.fsmtl-lock, held by rank 0 while the run lives (ck.lock_run)
+
+
+def _claim_out(cfg: TrainConfig, dist: DistInfo) -> FileLock | None:
+    """Make this run the owner of ``cfg.out`` before anything there changes.
+
+    Rank 0 locks it (another ``fsmtl train`` on it fails here, touching nothing); then an --out
+    that holds a run is refused unless resumed or overwritten, and the temporaries of a killed
+    run's atomic writes are removed. Returns the lock (None on other ranks).
+    """
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise FsmtlError(f"--out {cfg.out}: is a file (expected a run directory, or a path to create one at)")
+    lock = ck.lock_run(cfg.out) if dist.is_main else None
+    try:
+        if not cfg.resume and not cfg.overwrite:
+            left = ck.previous_run_files(cfg.out)
+            if left:
+                raise FsmtlError(
+                    f"{cfg.out}: already holds a run ({left[0]}); continue it with --resume {cfg.out}, "
+                    f"start over with --overwrite, or pick another --out"
+                )
+        if lock is not None:  # no other fsmtl train can be writing there now
+            ck.remove_stale_temporaries(cfg.out)
+    except BaseException:
+        _release(lock)
+        raise
+    return lock
+
+
+def _release(lock: FileLock | None) -> None:
+    if lock is not None:
+        lock.release()
 
 
 def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
@@ -75,15 +108,6 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
         print(f"fsmtl train: --optimizer {cfg.optimizer}: torch-optimizer reshapes parameters with view(), which "
               "channels_last weights do not allow; training with --no-channels-last", file=sys.stderr)  # fmt: skip
         cfg = replace(cfg, channels_last=False)
-    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
-        raise FsmtlError(f"--out {cfg.out}: is a file (expected a run directory, or a path to create one at)")
-    if not cfg.resume and not cfg.overwrite:
-        left = ck.previous_run_files(cfg.out)
-        if left:
-            raise FsmtlError(
-                f"{cfg.out}: already holds a run ({left[0]}); continue it with --resume {cfg.out}, "
-                f"start over with --overwrite, or pick another --out"
-            )
     dist = dist_info_from_env()
     device = resolve_device(cfg.device, dist.local_rank)
     amp_dtype = resolve_precision(cfg.precision, device)
@@ -360,24 +384,36 @@ def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, torchrun: boo
 def build_run(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> Run:
     """Check ``cfg`` and build every part of the run (loading ``cfg.resume`` if set); no step yet.
 
+    Rank 0 holds the lock of the run folder ``cfg.out`` from here until :func:`fit` returns (or
+    the process ends), so a second ``fsmtl train`` on it fails at once, before changing anything.
+
     Args:
         loader_factory: replaces ``pipelines.loader.build_task_loader`` (same signature); tests only.
 
     Raises:
         FsmtlError: any bad setting, data or resume checkpoint.
     """
-    run = _build(cfg, loader_factory)
+    lock = _claim_out(cfg.check(), dist_info_from_env())
+    try:
+        run = _build(cfg, loader_factory)
+    except BaseException:
+        _release(lock)
+        raise
+    run.lock = lock
     try:
         if cfg.resume:
             _resume(run)
     except BaseException:
         run.loader.close()
+        _release(lock)
         raise
     return run
 
 
 def fit(run: Run) -> dict[str, Any]:
     """Train ``run`` until a budget, early stopping or an error ends it; returns a summary.
+
+    Releases the run folder's lock at the end.
 
     Raises:
         FsmtlError: when the loss becomes NaN/inf (naming the step; no checkpoint is overwritten).
@@ -420,6 +456,7 @@ def fit(run: Run) -> dict[str, Any]:
     finally:
         run.loader.close()
         run.log.finish()
+        _release(run.lock)
 
 
 def train(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
