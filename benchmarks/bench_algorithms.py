@@ -309,7 +309,7 @@ def resolve_size(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsmtl.train.setup import resolve_device, resolve_precision
+    from fsmtl.core.device import CLI_ARGS, autocast_dtype, resolve_device
 
     a = parse_args(list(argv or []), torch.cuda.is_available())
     names = parse_names("--algorithms", a.algorithms, list(ALGORITHMS))
@@ -318,10 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     check_writable(path, "--json" if a.json else "--out")
     if not a.skip_tta:
         check_writable_dir(a.out)
-    device = resolve_device(a.device)
+    device = resolve_device(a.device, CLI_ARGS)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fsmtl train sets it
-    amp = resolve_precision(a.precision, device)
+    amp = autocast_dtype(a.precision, device)
     names, skipped = available_algorithms(names)
     for name, why in skipped.items():
         print(f"  skipping {name}: {why}")

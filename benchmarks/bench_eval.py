@@ -18,6 +18,7 @@ import torch
 
 from fsmtl.benchmarks.common import check_writable, device_name, format_table, median, positive_int, synchronize, time_runs, write_results
 from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.device import CLI_ARGS, resolve_device
 def clustered_features(tasks: int, ways: int, per_class: int, dim: int, noise: float, seed: int) -> torch.Tensor:
     """float32 [tasks, ways, per_class, dim]: class centre N(0, I) plus noise * N(0, I) per image."""
     g = torch.Generator().manual_seed(seed)
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)  # set here, in main, and recorded in the JSON's hardware
     _check(a)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else torch.device(a.device)
+    device = resolve_device(a.device, CLI_ARGS)
     check_writable(a.json)  # now, not after the measuring
     bt = a.batch_tasks or (a.tasks if device.type == "cuda" else 500)
     feats = clustered_features(a.tasks, a.ways, a.shots + a.queries, a.dim, a.noise, a.seed)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from fsmtl.core.device import cpu_workers
 from fsmtl.core.cli import CliParser, plain_doc
 from fsmtl.core.errors import FsmtlError
 
@@ -224,14 +225,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     from fsmtl.benchmarks.common import check_writable, format_table, hardware_info, parse_names, write_results
-    from fsmtl.pipelines.config import PipelineConfig, default_workers
+    from fsmtl.pipelines.config import PipelineConfig
     args = _parser().parse_args(argv)
     names = parse_names("--backends", args.backends, ALL)
     if args.data and args.sizes is not None:
         raise FsmtlError("--sizes: sets the synthetic shards' sizes; with --data the sizes are the data's (leave --sizes out)")
     check_writable(args.json)
     cfg = PipelineConfig(ways=args.ways, shots=args.shots, queries=args.queries, tasks_per_batch=args.tasks, workers=args.workers)
-    cfg = replace(cfg, workers=default_workers(cfg))
+    cfg = replace(cfg, workers=cpu_workers(cfg.workers))
     gpu = ("cuda" if torch.cuda.is_available() else None) if args.device == "auto" else args.device
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-pipeline-") as tmp:
         data = [Path(d) for d in args.data or []]

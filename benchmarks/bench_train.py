@@ -265,15 +265,15 @@ def tf32(enabled: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fsmtl.train.setup import resolve_device, resolve_precision
+    from fsmtl.core.device import CLI_ARGS, autocast_dtype, resolve_device
 
     cuda = torch.cuda.is_available()
     a = parse_args(list(argv or []), cuda)
     check_writable(a.json)
-    device = resolve_device(a.device)
+    device = resolve_device(a.device, CLI_ARGS)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as fsmtl train sets it; TF32 is set per row (tf32())
-    amp = resolve_precision("bf16", device)
+    amp = autocast_dtype("bf16", device)
     memory = preset_memory(device, amp) if a.memory else None  # first: on CPU, RSS peak is lifetime
     plan = [("fp32-eager", None, False, False), ("bf16-cl", amp, True, False)]
     if a.compile:

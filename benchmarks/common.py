@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from fsmtl.core.device import CLI_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.fileio import atomic_write_json
 
@@ -204,20 +205,12 @@ def image_sizes(text: str) -> tuple[int, ...]:
 
 
 def device_name(text: str) -> str:
-    """argparse type: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``, a CUDA device only where one exists."""
-    if text == "auto":
-        return text
+    """argparse type: a device that :func:`fsmtl.core.device.resolve_device` can use here (kept as text)."""
     try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine (use cpu or auto)")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        resolve_device(text, CLI_ARGS)
+    except FsmtlError as e:
+        why = str(e).removeprefix(f"--device {text}: ")
+        raise argparse.ArgumentTypeError(f"{why}, got {text!r}" if why.startswith("expected") else f"{text}: {why} (use cpu or auto)") from None
     return text
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=positive_int, default=120, help="loader batches timed (and as many warm-up)")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     a = p.parse_args(argv)
-    from fsmtl.train.setup import resolve_device
+    from fsmtl.core.device import CLI_ARGS, resolve_device
 
-    device = resolve_device(a.device)
+    device = resolve_device(a.device, CLI_ARGS)
     res: dict[str, Any] = {f"plan_batch_us_{n}_per_class": planning_us(n, a.calls) for n in (60, 600)}
     with tempfile.TemporaryDirectory(prefix="fsmtl-gpu-probe-") as tmp:
         for group in (2048, 8192):

@@ -14,7 +14,7 @@ from typing import Any
 
 from fsmtl.core.cli import CliParser, plain_doc
 # the targets of the pipeline, trainer and GPU-check issues
-TARGETS = {
+GPU_TARGETS = {
     "pipeline_images_per_s": 1_000_000.0,  # torch back end, 84x84 Lee19 task batches, at least
     "pipeline_share_of_step": 0.02,  # of a ResNet-12 training step, under
     "train_speedup": 3.0,  # bf16 + channels_last + compile over fp32 eager, at least
@@ -43,7 +43,7 @@ def _verdict(value: float | None, target: float, above: bool, at_most: bool = Fa
     return "PASS" if (value >= target if above else (value <= target if at_most else value < target)) else "FAIL"
 
 
-def summarize(doc: dict[str, Any]) -> dict[str, Any]:
+def summarize_check(doc: dict[str, Any]) -> dict[str, Any]:
     """The headline numbers of a gpu_check JSON document (None where a step failed or did not run)."""
     out: dict[str, Any] = {"gpu": doc.get("hardware", {}).get("gpu"), "torch": doc.get("hardware", {}).get("torch"),
                            "date": doc.get("hardware", {}).get("date"), "errors": {}}  # fmt: skip
@@ -94,7 +94,7 @@ def markdown(s: dict[str, Any]) -> str:
              "Command: `bash benchmarks/gpu_check.sh` on the lent machine; this section: "
              "`python -m fsmtl.benchmarks.gpu_report gpu_check.json`.", "",
              "| target | measured | verdict |", "| --- | --- | --- |"]  # fmt: skip
-    t = TARGETS
+    t = GPU_TARGETS
     lines += [
         f"| pipeline, 84x84 Lee19 task batches >= 1,000,000 images/s | {_num(s['pipeline_images_per_s'])} images/s "
         f"(seed's pipeline, all cores: {_num(s['reference_images_per_s'])}) | "
@@ -183,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     total = a.json.parent / "gpu_check_total_s.txt"  # written by gpu_check.sh
     if total.is_file():
         doc["script_seconds"] = float(total.read_text().strip() or "nan")
-    s = summarize(doc)
+    s = summarize_check(doc)
     print(markdown(s))
-    verdicts = [_verdict(s[k], v, k in ABOVE, k in AT_MOST) for k, v in TARGETS.items()]
+    verdicts = [_verdict(s[k], v, k in ABOVE, k in AT_MOST) for k, v in GPU_TARGETS.items()]
     return 0 if all(v == "PASS" for v in verdicts) else 1
 
 

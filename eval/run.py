@@ -12,12 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fsmtl.core.device import PYTHON_ARGS, ArgNames, pick_device
+from fsmtl.core.device import PYTHON_ARGS, ArgNames, autocast_dtype, resolve_device
 from fsmtl.core.checks import is_int
 from fsmtl.core.errors import FsmtlError
 from fsmtl.train.checkpoint import load_checkpoint
 
-_AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def resolve_checkpoint(
@@ -72,21 +71,13 @@ def _same_file(a: Path, b: str | os.PathLike[str]) -> bool:
         return False
 
 
-def amp_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for a run's precision setting ("auto" resolves as training does on this device)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-        try:
-            return torch.bfloat16 if bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) else None
-        except (AttributeError, RuntimeError):
-            return None
-    if precision not in _AMP:
-        raise FsmtlError(f"precision: expected one of auto, {', '.join(_AMP)}, got {precision!r}")
+def embedding_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for embedding with a run's precision setting ("auto" resolves as training
+    does on this device); fp16 off CUDA embeds in float32, with a note."""
     if precision == "fp16" and device.type != "cuda":
         print(f"fsmtl eval: fp16 autocast is for CUDA; embedding in fp32 on {device}", file=sys.stderr)
         return None
-    return _AMP[precision]
+    return autocast_dtype(precision, device)
 
 
 @dataclass
@@ -240,7 +231,7 @@ def open_run(
     """:func:`load_run`, with errors naming the inputs as ``names`` says (``CLI_ARGS`` for fsmtl eval)."""
     from fsmtl.models import build_model
 
-    dev = pick_device(device, names)
+    dev = resolve_device(device, names)
     ckpt_path = resolve_checkpoint(path, checkpoint, names)
     ckpt = load_checkpoint(ckpt_path)
     meta = ckpt["data_meta"]
@@ -255,6 +246,6 @@ def open_run(
         raise FsmtlError(f"{ckpt_path}: weights do not fit model {ckpt['model_name']} {kwargs}: {e}") from e
     model.to(dev).eval().requires_grad_(False)
     config = dict(ckpt["config"] or {})
-    amp = amp_dtype_for(precision or str(config.get("precision", "fp32")), dev)
+    amp = embedding_dtype(precision or str(config.get("precision", "fp32")), dev)
     info = {k: ckpt.get(k) for k in ("epoch", "step", "best_val_acc")}
     return Run(model, ckpt_path, config, dict(meta), dev, amp, info)

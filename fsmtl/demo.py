@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.device import CLI_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.plots import plot_bars
 from fsmtl.report import load_metrics, plot_curves
@@ -142,14 +143,12 @@ def _write_report(run: Path, train_dir: Path, ev: dict[str, Any], bench: dict[st
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run every step; returns the summary that is also printed."""
-    import torch
-
     from fsmtl.eval.__main__ import main as eval_main
     from fsmtl.train.__main__ import main as train_main
 
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    cuda = resolve_device(cfg.device, CLI_ARGS).type == "cuda"
     seconds: dict[str, float] = {}
     t = _step("1/5 synthetic data")
     data = _data(cfg, run)

@@ -80,7 +80,7 @@ def devices() -> dict[str, Any]:
     import torch
 
     from fsmtl.benchmarks.common import cpu_model
-    from fsmtl.train.setup import cpu_bf16_supported
+    from fsmtl.core.device import cpu_bf16_supported
 
     out: dict[str, Any] = {
         "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu_model(),

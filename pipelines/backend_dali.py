@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fsmtl.core.device import cpu_workers
 from fsmtl.pipelines.augment import CONTRAST, GRAY_WEIGHTS, SATURATION
 from fsmtl.pipelines.formats import ExportCache, dali_images
-from fsmtl.pipelines.config import PipelineConfig, default_workers
+from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.planning import plan_batch
 from fsmtl.pipelines.types import BatchPlan, TaskBatch
 from fsmtl.preprocess.shards import SplitData
@@ -111,7 +112,7 @@ class DaliBackend:
 
         @pipeline_def(
             batch_size=self.cfg.batch_images,
-            num_threads=max(1, default_workers(self.cfg)),  # --workers 0: no worker processes; DALI still needs one thread
+            num_threads=max(1, cpu_workers(self.cfg.workers)),  # --workers 0: no worker processes; DALI still needs one thread
             device_id=(self.device.index or 0) if self.gpu else None,
             prefetch_queue_depth=2 if self.cfg.prefetch else 1,
         )

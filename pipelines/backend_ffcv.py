@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fsmtl.core.device import cpu_workers
 from fsmtl.pipelines.formats import ExportCache, ffcv_file
-from fsmtl.pipelines.config import PipelineConfig, default_workers
+from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.planning import plan_batch
 from fsmtl.pipelines.types import TaskBatch
 from fsmtl.preprocess.export_ffcv import keep_thread_counts
@@ -57,7 +58,7 @@ class FfcvBackend:
         return Loader(
             str(self.path),
             batch_size=self.cfg.batch_images,
-            num_workers=default_workers(self.cfg),
+            num_workers=cpu_workers(self.cfg.workers),
             order=OrderOption.SEQUENTIAL,
             indices=first_order,
             pipelines={"image": [NDArrayDecoder(), ToTensor()], "label": [IntDecoder(), ToTensor()]},

@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from fsmtl.pipelines.config import PipelineConfig, default_workers
+from fsmtl.core.device import cpu_workers
+from fsmtl.pipelines.config import PipelineConfig
 
 from fsmtl.pipelines.planning import plan_batch
 
@@ -128,7 +129,7 @@ class ReferenceBackend:
         self.device = torch.device(cfg.device)
         self.transform = seed_transform(split.images.shape[1], pad, mean, std, cfg)
         self.dataset = PilDataset(split, self.transform)
-        self.workers = default_workers(cfg)
+        self.workers = cpu_workers(cfg.workers)
         self.use_learn2learn = learn2learn_available() if use_learn2learn is None else use_learn2learn
 
     def _finish(self, x: Tensor) -> Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -42,7 +41,7 @@ class PipelineConfig:
     channels_last: bool = True
     seed: int = 0
     workers: int | None = None  # reference/ffcv/dali CPU workers; None -> os.cpu_count()
-    device: str = "cpu"
+    device: str | torch.device = "cpu"  # a torch.device as resolved by the caller, or its name
     memory_budget_gb: float | None = None  # split larger than this stays in pinned host memory
     prefetch: bool = True
     # the torch back end's device path (CUDA): "auto" = the fused Triton kernel where it imports
@@ -154,11 +153,3 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
         except Exception as e:  # noqa: BLE001 - ImportError or a broken native library
             raise FsmtlError(f"pipeline backend {cfg.backend!r}: {module} is not installed ({e}); pip install 'fsmtl[{cfg.backend}]'") from None
     return pad
-
-
-
-def default_workers(cfg: PipelineConfig) -> int:
-    """CPU workers for the back ends that use them: cfg.workers, else every core."""
-    return int(cfg.workers) if cfg.workers is not None else (os.cpu_count() or 1)
-
-

@@ -126,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+def convert_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     """Build the stage's config from parsed ``convert`` arguments."""
     if args.ratios is not None and args.split_file is not None:
         raise FsmtlError("--ratios and --split-file: give one (the split file assigns every class itself)")
@@ -186,7 +186,7 @@ def main(argv: list[str]) -> int:
     from fsmtl.preprocess.run import convert, format_summary
 
     try:
-        cfg = config_from_args(args)
+        cfg = convert_config_from_args(args)
     except (TypeError, ValueError) as e:
         raise FsmtlError(f"convert: bad option ({e})") from None
     print(format_summary(convert(cfg)))

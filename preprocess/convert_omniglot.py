@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fsmtl.core.device import cpu_workers
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
-from fsmtl.preprocess.imaging import cancelling_pool, decode_image, default_workers, parallel_fill, read_file
+from fsmtl.preprocess.imaging import cancelling_pool, decode_image, parallel_fill, read_file
 from fsmtl.preprocess.shards import ShardWriter
 
 _ROTATIONS = (90, 180, 270)
@@ -114,7 +115,7 @@ def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
     """Write Omniglot's train (+val) and/or test splits; return the sources read."""
     assert cfg.src is not None
     sources = find_sources(Path(cfg.src))
-    with cancelling_pool(min(len(sources), default_workers(cfg.workers))) as pool:
+    with cancelling_pool(min(len(sources), cpu_workers(cfg.workers))) as pool:
         read = list(pool.map(lambda ks: _read_source(*ks), sources))
     items: dict[str, list[tuple[str, str, bytes]]] = {"background": [], "evaluation": []}
     seen: set[tuple[str, str]] = set()

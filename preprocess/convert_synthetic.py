@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from fsmtl.core.device import cpu_workers
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
-from fsmtl.preprocess.imaging import cancelling_pool, default_workers
+from fsmtl.preprocess.imaging import cancelling_pool
 from fsmtl.preprocess.shards import SPLITS, ShardWriter
 from fsmtl.preprocess.synthetic import SyntheticConfig, class_names, generate_class
 
@@ -43,7 +44,7 @@ def convert_synthetic(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
             out[k * scfg.per_class : (k + 1) * scfg.per_class] = generate_class(scfg, split, k)
 
         # numpy releases the GIL in the heavy array ops, so classes render in parallel
-        with cancelling_pool(default_workers(cfg.workers)) as pool:
+        with cancelling_pool(cpu_workers(cfg.workers)) as pool:
             done = pool.map(fill, range(n_classes))
             for _ in tqdm(
                 done,

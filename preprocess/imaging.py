@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, Iterator
@@ -13,15 +12,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from fsmtl.core.device import cpu_workers
 from fsmtl.core.errors import FsmtlError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _CHUNK = 128  # images per parallel task: large enough to amortise scheduling, small for progress
-
-
-def default_workers(workers: int | None) -> int:
-    """``workers`` or, if None, the number of CPUs (decoding releases the GIL, so threads scale)."""
-    return max(1, int(workers) if workers else (os.cpu_count() or 1))
 
 
 def read_file(path: Path) -> bytes:
@@ -139,7 +134,7 @@ def parallel_fill(
         return stop - start
 
     with (
-        cancelling_pool(default_workers(workers)) as pool,
+        cancelling_pool(cpu_workers(workers)) as pool,
         tqdm(total=n, desc=desc, unit="img", disable=None if progress else True, leave=False) as bar,
     ):
         pending = {pool.submit(fill, s, min(s + _CHUNK, n)) for s in range(0, n, _CHUNK)}

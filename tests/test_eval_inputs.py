@@ -199,7 +199,7 @@ def test_python_api_errors_name_arguments_not_cli_flags(run_dir):
     assert str(e.value) == "path: expected a run directory or a checkpoint file, got None"
     with pytest.raises(FsmtlError, match=r"^path: .*\(checkpoint='last' picks from a run directory\)$"):
         load_run(None, "last")
-    with pytest.raises(FsmtlError, match=r"^device='gpu7': expected auto, cpu or cuda\[:N\]$"):
+    with pytest.raises(FsmtlError, match=r"^device='gpu7': expected auto, cpu, cuda or cuda:N$"):
         load_run(run_dir, device="gpu7")
     for call in (lambda: load_run(None), lambda: load_run(run_dir, device="gpu7")):
         with pytest.raises(FsmtlError) as e:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.train.__main__ import config_from_args
+from fsmtl.train.__main__ import train_config_from_args
 from fsmtl.train.algorithms import protonet_loss
 from fsmtl.train.shape import StepShape
 from fsmtl.train.config import OPTIMIZERS, TrainConfig
@@ -174,29 +174,29 @@ def test_every_preset_is_a_valid_config() -> None:
 
 def test_unknown_preset_is_a_user_error() -> None:
     with pytest.raises(FsmtlError, match="--preset"):
-        config_from_args(["--data", "x", "--preset", "imagenet-21k"])
+        train_config_from_args(["--data", "x", "--preset", "imagenet-21k"])
 
 
 def test_flags_accept_dashes_and_the_seeds_underscore_spellings() -> None:
-    a = config_from_args(["--data", "d", "--meta-batch-size", "2", "--norm-train-features", "--train-queries", "15"])
-    b = config_from_args(["--data", "d", "--meta_batch_size", "2", "--norm_train_features", "--train_queries", "15"])
+    a = train_config_from_args(["--data", "d", "--meta-batch-size", "2", "--norm-train-features", "--train-queries", "15"])
+    b = train_config_from_args(["--data", "d", "--meta_batch_size", "2", "--norm_train_features", "--train_queries", "15"])
     assert a == b
     assert (a.meta_batch_size, a.norm_train_features, a.train_queries) == (2, True, 15)
 
 
 def test_preset_then_flags_override_it() -> None:
-    cfg = config_from_args(["--data", "d", "--preset", "tiered-imagenet-1shot", "--meta-batch-size", "3"])
+    cfg = train_config_from_args(["--data", "d", "--preset", "tiered-imagenet-1shot", "--meta-batch-size", "3"])
     assert (cfg.train_queries, cfg.norm_train_features, cfg.test_shots) == (35, True, 1)
     assert cfg.meta_batch_size == 3 and cfg.preset == "tiered-imagenet-1shot"
 
 
 def test_fc100_5shot_preset_trains_without_feature_normalisation() -> None:
-    cfg = config_from_args(["--data", "d", "--preset", "fc100-5shot"])
+    cfg = train_config_from_args(["--data", "d", "--preset", "fc100-5shot"])
     assert cfg.norm_train_features is False and cfg.test_shots == 5
 
 
 def test_optional_flags_accept_none() -> None:
-    cfg = config_from_args(["--data", "d", "--max-epochs", "3", "--weight-decay", "none"])
+    cfg = train_config_from_args(["--data", "d", "--max-epochs", "3", "--weight-decay", "none"])
     assert cfg.max_epochs == 3 and cfg.weight_decay is None
 
 
@@ -320,7 +320,7 @@ def test_a_checkpoint_path_that_cannot_be_read_is_named_as_such(tmp_path) -> Non
 
 
 def test_the_run_log_names_precision_as_the_flag_spells_it() -> None:
-    from fsmtl.train.run import precision_name
+    from fsmtl.core.device import precision_name
 
     assert [precision_name(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]
 

@@ -94,7 +94,7 @@ FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "
                    "epoch_length")  # fmt: skip
 
 
-def config_from_args(argv: list[str]) -> TrainConfig:
+def train_config_from_args(argv: list[str]) -> TrainConfig:
     """Defaults <- preset <- flags; or, with --resume, the run's stored config <- flags."""
     given = vars(build_parser().parse_args(argv))
     if given.get("resume"):
@@ -156,7 +156,7 @@ def done_line(summary: dict[str, Any], cfg: TrainConfig) -> str:
 
 
 def main(argv: list[str]) -> int:
-    cfg = config_from_args(argv)
+    cfg = train_config_from_args(argv)
     from fsmtl.train.run import train
 
     set_backend_flags(torch.cuda.is_available() and cfg.device != "cpu")  # the run's first line shows them

@@ -78,7 +78,7 @@ def check_run_not_in_use(run: str | Path) -> None:
         raise _in_use(Path(run), lock)
 
 
-def remove_stale_temporaries(run: str | Path) -> list[Path]:
+def remove_run_temporaries(run: str | Path) -> list[Path]:
     """Delete the temporaries of train's atomic writes (RUN_FILES, CHECKPOINT_FILES) that a killed
     run left in ``run`` and its checkpoints folder; only while holding ``run``'s lock."""
     found = remove_atomic_temporaries(run, RUN_FILES)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from fsmtl.models.heads import HEAD_NAMES, adapt, check_options
 from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
 from fsmtl.core.checks import is_int
-from fsmtl.core.device import PYTHON_ARGS, pick_device
+from fsmtl.core.device import PYTHON_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.episodes import sample_episode_indices
 from fsmtl.pipelines.transforms import normalize_batch
@@ -228,7 +228,7 @@ def _check_backbone_args(
         raise FsmtlError(f"dtype: expected None, torch.float32, torch.float16 or torch.bfloat16, got {dtype!r}")
     if finetune is not None and not isinstance(finetune, FinetuneConfig):
         raise FsmtlError(f"finetune: expected an eval.heads.finetune.FinetuneConfig, got {type(finetune).__name__}")
-    dev = pick_device(device, PYTHON_ARGS)
+    dev = resolve_device(device, PYTHON_ARGS)
     return dev, (None if dtype in (None, torch.float32) else dtype)
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
+from fsmtl.core.device import CLI_ARGS, autocast_dtype, precision_name, resolve_device
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.fileio import FileLock
 from fsmtl.train import checkpoint as ck
@@ -31,7 +32,7 @@ from fsmtl.train.optim import (
 from fsmtl.train.runlog import RunLog, peak_memory_mb
 from fsmtl.train.signals import StopRequest
 from fsmtl.train.setup import (
-    Data, build_backbone, build_loader, load_data, model_kwargs_for, resolve_device, resolve_precision,
+    Data, build_backbone, build_loader, load_data, model_kwargs_for,
     seed_everything,
 )
 from fsmtl.train.validate import ValSettings, make_validator
@@ -51,7 +52,7 @@ class Progress:
 
 
 @dataclass
-class Run:
+class TrainingRun:
     cfg: TrainConfig
     dist: DistInfo
     device: torch.device
@@ -88,7 +89,7 @@ def _claim_out(cfg: TrainConfig, dist: DistInfo) -> FileLock | None:
                     f"start over with --overwrite, or pick another --out"
                 )
         if lock is not None:  # no other fsmtl train can be writing there now
-            ck.remove_stale_temporaries(cfg.out)
+            ck.remove_run_temporaries(cfg.out)
     except BaseException:
         _release(lock)
         raise
@@ -100,7 +101,7 @@ def _release(lock: FileLock | None) -> None:
         lock.release()
 
 
-def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
+def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> TrainingRun:
     cfg.check()
     if cfg.data:  # stored absolute, so eval and --resume work from any directory
         cfg = replace(cfg, data=os.path.abspath(cfg.data))
@@ -109,8 +110,8 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
               "channels_last weights do not allow; training with --no-channels-last", file=sys.stderr)  # fmt: skip
         cfg = replace(cfg, channels_last=False)
     dist = dist_info_from_env()
-    device = resolve_device(cfg.device, dist.local_rank)
-    amp_dtype = resolve_precision(cfg.precision, device)
+    device = resolve_device(cfg.device, CLI_ARGS, dist.local_rank)
+    amp_dtype = autocast_dtype(cfg.precision, device)
     data = load_data(cfg)
     algorithm = get_algorithm(cfg.algorithm)
     init_distributed(dist, device)
@@ -141,11 +142,11 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Run:
         validate = make_validator(data.val, data.mean, data.std, vs, device, amp_dtype)
     log = RunLog(Path(cfg.out), enabled=dist.is_main)
     scheduler = build_scheduler(optimizer, cfg)
-    return Run(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress(),
+    return TrainingRun(cfg, dist, device, amp_dtype, data, net, tools, scheduler, loader, validate, log, Progress(),
                cfg.steps_per_epoch(dist.world_size), cfg.cosine_length() if cfg.scheduler == "cosine" else None)
 
 
-def _state(run: Run, wall_s: float) -> dict[str, Any]:
+def _state(run: TrainingRun, wall_s: float) -> dict[str, Any]:
     """The checkpoint contents (see docs/training.md); every rank's RNG and loader state included."""
     mine = {**ck.capture_rng(run.device), "loader": run.loader.state_dict()}
     ranks = gather_objects(mine, run.dist)
@@ -163,7 +164,7 @@ def _state(run: Run, wall_s: float) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _resume(run: Run) -> None:
+def _resume(run: TrainingRun) -> None:
     """Load RUN/checkpoints/last.pt into the built run (checks model and data first)."""
     path = ck.checkpoint_dir(run.cfg.resume) / "last.pt"
     c = ck.load_checkpoint(path)
@@ -211,7 +212,7 @@ def _resume(run: Run) -> None:
     sync_scheduler_lr(run.scheduler)  # the lr of the (possibly stretched) schedule at this epoch
 
 
-def _validate(run: Run) -> dict | None:
+def _validate(run: TrainingRun) -> dict | None:
     res = None
     if run.validate is not None:
         run.net.backbone.eval()
@@ -221,7 +222,7 @@ def _validate(run: Run) -> dict | None:
     return res if res is not None else ({"acc": acc, "ci95": None, "head": None} if acc is not None else None)
 
 
-def _stop_reason(run: Run, deadline: float | None, stop: StopRequest) -> str | None:
+def _stop_reason(run: TrainingRun, deadline: float | None, stop: StopRequest) -> str | None:
     """Why the run should end after this epoch, or None."""
     cfg, p = run.cfg, run.progress
     if any_rank(stop.requested, run.dist, run.device):
@@ -241,7 +242,7 @@ def _stop_reason(run: Run, deadline: float | None, stop: StopRequest) -> str | N
     return None
 
 
-def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float, lr: float) -> dict[str, Any]:
+def _epoch_record(run: TrainingRun, stats: Any, val: dict | None, t_run: float, lr: float) -> dict[str, Any]:
     images = stats.steps * run.cfg.meta_batch_size * run.cfg.train_ways * (run.cfg.train_shots + run.cfg.train_queries)
     return {
         "epoch": run.progress.epoch, "step": run.progress.step, "train_loss": stats.loss, "train_acc": stats.acc,
@@ -255,7 +256,7 @@ def _epoch_record(run: Run, stats: Any, val: dict | None, t_run: float, lr: floa
     }  # fmt: skip
 
 
-def _after_epoch(run: Run, stats: Any, t_run: float) -> dict[str, Any]:
+def _after_epoch(run: TrainingRun, stats: Any, t_run: float) -> dict[str, Any]:
     """Validate, schedule, log, checkpoint (last.pt; best.pt on improvement)."""
     p = run.progress
     t_val = time.perf_counter()
@@ -290,11 +291,6 @@ def _epoch_line(rec: dict[str, Any]) -> str:
     )
 
 
-def precision_name(amp_dtype: torch.dtype | None) -> str:
-    """The --precision spelling of an autocast dtype: bf16, fp16, or fp32 for None."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32") if amp_dtype else "fp32"
-
-
 def _best(p: Progress) -> float | None:
     return p.best_val_acc if p.best_val_acc >= 0 else None
 
@@ -310,7 +306,7 @@ def _budget_spent(cfg: TrainConfig, p: Progress, validates: bool) -> str | None:
     return None
 
 
-def _save_partial(run: Run, t_run: float) -> None:
+def _save_partial(run: TrainingRun, t_run: float) -> None:
     """Checkpoint a run stopped mid-epoch: last.pt only, no validation, no scheduler step, no metrics
     line, so that resuming finishes the epoch exactly as an uninterrupted run would have."""
     p = run.progress
@@ -321,7 +317,7 @@ def _save_partial(run: Run, t_run: float) -> None:
                     "last.pt holds the unfinished epoch and --resume finishes it")  # fmt: skip
 
 
-def _run_epochs(run: Run, deadline: float | None, stop: StopRequest) -> str:
+def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> str:
     cfg, p, t_run = run.cfg, run.progress, time.monotonic()
     spent = _budget_spent(cfg, p, run.data.val is not None or run.dist.enabled)
     if spent:
@@ -381,7 +377,7 @@ def _resume_hint(cfg: TrainConfig, reason: str, stop: StopRequest, torchrun: boo
     return None
 
 
-def build_run(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> Run:
+def build_run(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None) -> TrainingRun:
     """Check ``cfg`` and build every part of the run (loading ``cfg.resume`` if set); no step yet.
 
     Rank 0 holds the lock of the run folder ``cfg.out`` from here until :func:`fit` returns (or
@@ -410,7 +406,7 @@ def build_run(cfg: TrainConfig, loader_factory: Callable[..., Any] | None = None
     return run
 
 
-def fit(run: Run) -> dict[str, Any]:
+def fit(run: TrainingRun) -> dict[str, Any]:
     """Train ``run`` until a budget, early stopping or an error ends it; returns a summary.
 
     Releases the run folder's lock at the end.

@@ -19,37 +19,6 @@ from fsmtl.preprocess.shards import SplitData, open_shards
 from fsmtl.train.config import TrainConfig
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise FsmtlError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    return device
-
-
-def cpu_bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - an older build without the probe: assume not
-        return False
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = fp32). ``auto``: bf16 on CUDA with bf16 and on CPUs with native
-    bf16 (AVX512-BF16/AMX), else fp32."""
-    if precision == "auto":
-        ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_bf16_supported()
-        return torch.bfloat16 if ok else None
-    if precision == "fp16" and device.type != "cuda":
-        raise FsmtlError("--precision fp16: float16 training needs a CUDA device; use bf16 or fp32 on CPU")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -148,6 +117,6 @@ def build_loader(cfg: TrainConfig, data: Data, device: torch.device, amp_dtype: 
         backend=cfg.pipeline, ways=cfg.train_ways, shots=cfg.train_shots, queries=cfg.train_queries,
         tasks_per_batch=cfg.meta_batch_size, augment=cfg.augment, jitter=cfg.jitter,
         out_dtype=amp_dtype or torch.float32, channels_last=cfg.channels_last,
-        seed=cfg.seed + 1_000_003 * rank, workers=cfg.workers, device=str(device), progress=cfg.progress,
+        seed=cfg.seed + 1_000_003 * rank, workers=cfg.workers, device=device, progress=cfg.progress,
     )  # fmt: skip
     return (factory or build_task_loader)(data.train, data.mean, data.std, pcfg)

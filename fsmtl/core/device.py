@@ -3,6 +3,7 @@ with errors that name the argument as the caller spelt it (Python argument or CL
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,18 +30,68 @@ PYTHON_ARGS = ArgNames(run="path", checkpoint="checkpoint", device="device", cli
 CLI_ARGS = ArgNames(run="--run", checkpoint="--checkpoint", device="--device", cli=True)
 
 
-def pick_device(device: str | torch.device, names: ArgNames = PYTHON_ARGS) -> torch.device:
-    """``device`` as a torch.device ("auto": CUDA when available); FsmtlError when it cannot be used."""
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"  # what resolve_device takes, as messages say it
+
+
+def resolve_device(device: str | torch.device, names: ArgNames = PYTHON_ARGS, local_rank: int = 0) -> torch.device:
+    """``device`` as a usable ``torch.device``, decided once and passed down as the object.
+
+    "auto" is ``cuda:<local_rank>`` when CUDA is available, else ``cpu``; "cuda" without an index
+    is ``cuda:<local_rank>`` (``local_rank``: torchrun's, 0 in a plain run). FsmtlError, naming the
+    argument as ``names`` spells it, when it is malformed or cannot be used here.
+    """
     shown = names.show(names.device, str(device))
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise FsmtlError(f"{shown}: expected auto, cpu or cuda[:N]") from e
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise FsmtlError(f"{shown}: expected {DEVICE_NAMES}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise FsmtlError(f"{shown}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+        if dev.index >= torch.cuda.device_count():
             raise FsmtlError(f"{shown}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}  # precision name -> autocast dtype
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 / AMX), by oneDNN's probe."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - an older build without the probe: assume not
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: float32, no autocast).
+
+    "auto" is bf16 on a CUDA device with bf16 and on a CPU with native bf16, else float32.
+    FsmtlError for an unknown name, and for fp16 off CUDA (float16 without a grad scaler's
+    device support; callers that can fall back to fp32 decide so before calling).
+    """
+    if precision == "auto":
+        ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_bf16_supported()
+        return torch.bfloat16 if ok else None
+    if precision not in AUTOCAST:
+        raise FsmtlError(f"precision: expected one of auto, {', '.join(AUTOCAST)}, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise FsmtlError("--precision fp16: float16 training needs a CUDA device; use bf16 or fp32 on CPU")
+    return AUTOCAST[precision]
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The --precision spelling of an autocast dtype: bf16, fp16, or fp32 for None."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32") if amp_dtype else "fp32"
+
+
+def cpu_workers(workers: int | None) -> int:
+    """CPU workers or threads to use: ``workers`` as given, or every core when None."""
+    return int(workers) if workers is not None else (os.cpu_count() or 1)
