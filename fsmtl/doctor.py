@@ -9,9 +9,6 @@ may be missing), 1 otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import io
 import os
 import platform
 import sys
@@ -21,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from fsmtl.core.cli import CliParser, plain_doc
+from fsmtl.core.optional import import_optional
 @dataclass(frozen=True)
 class Component:
     """One thing fsmtl can use: the module to import, its distribution name, what it enables."""
@@ -59,19 +57,12 @@ def check_component(c: Component) -> dict[str, Any]:
     except PackageNotFoundError:
         ver = None
     try:
-        if c.module == "ffcv":  # its import resets torch's and numba's thread counts: restore them
-            from fsmtl.preprocess.export_ffcv import import_ffcv
-
-            import_ffcv()
-        else:
-            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-                importlib.import_module(c.module)
+        import_optional(c.module)
         status, detail = "ok", ""
     except ImportError as e:
-        status = "missing" if ver is None else "broken"
+        native = e.__cause__ is not None and not isinstance(e.__cause__, ImportError)  # a library that fails to load
+        status = "missing" if ver is None and not native else "broken"
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    except Exception as e:  # noqa: BLE001 - a broken native library raises anything
-        status, detail = "broken", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
     return {**asdict(c), "version": ver, "status": status, "detail": detail}
 
 

@@ -34,7 +34,7 @@ from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.planning import plan_batch
 
 from fsmtl.pipelines.types import TaskBatch
-from fsmtl.core.optional import import_learn2learn
+from fsmtl.core.optional import import_optional
 from fsmtl.preprocess.shards import SplitData
 
 
@@ -113,7 +113,7 @@ class _Zeros:
 
 def learn2learn_available() -> bool:
     try:
-        import_learn2learn()
+        import_optional("learn2learn")
     except Exception:  # noqa: BLE001 - optional extra
         return False
     return True
@@ -165,7 +165,7 @@ class ReferenceBackend:
 
     def _stream_l2l(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
         """The seed's task construction with learn2learn (optional extra; not installed here)."""
-        l2l = import_learn2learn()
+        l2l = import_optional("learn2learn")
         from fsmtl.pipelines.episodes import remap_labels
 
         off = [int(v) for v in self.split.class_offsets]

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.optional import optional_problem
 from fsmtl.pipelines.augment import LeeParams, augment_rows, draw_lee_params
 from fsmtl.pipelines.checks import check_pad
 from fsmtl.pipelines.config import PipelineConfig, check_request
@@ -34,20 +35,13 @@ log = logging.getLogger(__name__)
 
 
 def _numba_available() -> bool:
-    try:
-        import fsmtl.pipelines.numba_aug  # noqa: F401
-    except Exception:  # noqa: BLE001 - numba missing or broken: fall back to torch ops
-        return False
-    return True
+    """Whether the fused numba kernel imports (else the torch ops serve on the CPU)."""
+    return optional_problem("fsmtl.pipelines.numba_aug") is None
 
 
 def _triton_error() -> str | None:
-    """None when the fused Triton kernel imports, else why not."""
-    try:
-        import fsmtl.pipelines.triton_aug  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - triton missing or broken: the torch ops serve instead
-        return f"{type(e).__name__}: {e}"
-    return None
+    """None when the fused Triton kernel imports, else why not (the torch ops serve instead)."""
+    return optional_problem("fsmtl.pipelines.triton_aug")
 
 
 def choose_device_kernel(want: str, on_cuda: bool, problem: Callable[[], str | None]) -> str:

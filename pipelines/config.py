@@ -3,7 +3,6 @@ whole request (split, normalisation, config) before any back end is built."""
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.optional import import_optional
 from fsmtl.pipelines.augment import default_padding
 from fsmtl.core.checks import check_int, describe, is_real
 from fsmtl.pipelines.checks import check_mean_std, check_out_dtype
@@ -145,11 +145,7 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
     module = _BACKEND_MODULES.get(cfg.backend)
     if module is not None:
         try:
-            if module == "ffcv":  # its import resets the thread counts; this one restores them
-                from fsmtl.preprocess.export_ffcv import import_ffcv
-
-                import_ffcv()
-            importlib.import_module(module)
-        except Exception as e:  # noqa: BLE001 - ImportError or a broken native library
+            import_optional(module)
+        except ImportError as e:
             raise FsmtlError(f"pipeline backend {cfg.backend!r}: {module} is not installed ({e}); pip install 'fsmtl[{cfg.backend}]'") from None
     return pad

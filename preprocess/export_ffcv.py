@@ -12,31 +12,17 @@ import contextlib
 import io
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import numpy as np
 
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.optional import import_optional, keep_thread_counts
 from fsmtl.preprocess.shards import SplitData
 
 FIELDS = ("image", "label")
 # FFCV's default 8 MB pages make even a tiny split's file >= 16 MB; 2 MB pages still hold ~100
 # 84x84x3 samples each
 _PAGE_SIZE = 1 << 21
-
-
-@contextlib.contextmanager
-def keep_thread_counts() -> Iterator[None]:
-    """Restore torch's and numba's thread counts on exit (FFCV sets both as a side effect)."""
-    import numba
-    import torch
-
-    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(torch_threads)
-        numba.set_num_threads(numba_threads)
 
 
 def import_ffcv() -> ModuleType:
@@ -50,14 +36,9 @@ def import_ffcv() -> ModuleType:
         FsmtlError: if FFCV is not installed.
     """
     try:
-        with keep_thread_counts():
-            import ffcv
-            import ffcv.fields  # noqa: F401
-            import ffcv.loader  # noqa: F401
-            import ffcv.writer  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - ImportError or a broken native library
+        return import_optional("ffcv")  # thread counts restored after its import
+    except ImportError as e:
         raise FsmtlError(f"--format ffcv: ffcv is not installed ({e}); pip install 'fsmtl[ffcv]'") from None
-    return ffcv
 
 
 class _Rows:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.optional import import_optional
 from fsmtl.preprocess.config import BENCHMARK_OPTIONS, PreprocessConfig
 from fsmtl.preprocess.shards import SPLITS, ShardWriter, SplitData
 
@@ -50,7 +51,7 @@ def load_exporters(formats: tuple[str, ...]) -> dict[str, ModuleType]:
             continue
         module, lib, extra = _EXPORTERS[fmt]
         try:
-            out[fmt] = importlib.import_module(module)
+            out[fmt] = import_optional(module)
         except ImportError as e:
             raise FsmtlError(
                 f"--format {fmt}: needs {lib}, which does not import here ({e}); "

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.core.optional import import_learn2learn
+from fsmtl.core.optional import import_optional
 
 from fsmtl.train.shape import StepShape
 
@@ -58,7 +58,7 @@ class MetaConfig:
 def import_l2l() -> ModuleType:
     """``learn2learn``, or an FsmtlError saying how to install it."""
     try:
-        learn2learn = import_learn2learn()
+        learn2learn = import_optional("learn2learn")
     except ImportError as e:
         raise FsmtlError(
             f"--algorithm anil/maml: needs learn2learn, which does not import ({e}); install with `make l2l`"
