@@ -294,7 +294,7 @@ def resolve_size(a: argparse.Namespace) -> int:
     --data's images, so a --size that differs from them is refused rather than mislabelled."""
     if a.data is None or a.skip_tta:
         return a.size or 32
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
 
     try:
         h, w = (int(v) for v in open_shards(a.data).image_shape[:2])  # checks --data now, before (a)

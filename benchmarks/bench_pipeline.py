@@ -40,7 +40,8 @@ def synthetic_roots(out: Path, sizes: tuple[int, ...] = (84, 32), per_class: int
     """Write synthetic shards (84x84x3 and 32x32x3 by default) with the FFCV/DALI exports of their
     train split named in ``exports``."""
     from fsmtl.preprocess.export_dali import export_split_dali
-    from fsmtl.preprocess.shards import ShardWriter, open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
+    from fsmtl.preprocess.shard_writer import ShardWriter
     from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
     roots = []
@@ -70,7 +71,7 @@ def open_ffcv_loaders(jobs: list[tuple[Path, str, Any]]) -> dict[int, Any]:
     .beton is exported on the fly, and FFCV's writer forks, which is unsafe once numba's threads
     have started (any measured back end running the numba kernel); numba warns of it. Maps a job's
     index to its loader, or to the exception that building it raised (that row reports it)."""
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
 
     out: dict[int, Any] = {}
     for i, (root, name, cfg) in enumerate(jobs):
@@ -89,7 +90,7 @@ def check_jobs(jobs: list[tuple[Path, str, Any]], flag: str = "--data") -> None:
     """Open every shard directory and check every row's request before anything is measured: a
     bad directory, a missing back end or an impossible task shape fails now, not after minutes."""
     from fsmtl.pipelines.config import check_request
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
 
     for root, name, cfg in jobs:
         try:
@@ -133,7 +134,7 @@ def _step_ms(model_name: str, batch: Any, device: torch.device, warmup: int, run
 
 
 def open_shards_size(root: Path) -> int:
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
 
     return int(open_shards(root).image_shape[0])
 
@@ -141,7 +142,7 @@ def open_shards_size(root: Path) -> int:
 def measure(name: str, root: Path, cfg: Any, args: argparse.Namespace, loader: Any = None) -> dict[str, Any]:
     """One row: the back end ``name`` on ``root``'s train split (through ``loader`` if given; closed after)."""
     from fsmtl.benchmarks.common import median, time_windows
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
 
     shards = open_shards(root)
     if loader is None:

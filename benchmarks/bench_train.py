@@ -167,7 +167,8 @@ def data_wait(a: argparse.Namespace, device: torch.device, amp: torch.dtype | No
     """Fraction of wall time in next(loader), real torch-back-end loader, bf16 + channels_last step."""
     from fsmtl.pipelines.config import PipelineConfig
     from fsmtl.pipelines.loader import build_task_loader
-    from fsmtl.preprocess.shards import ShardWriter, open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
+    from fsmtl.preprocess.shard_writer import ShardWriter
     from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-train-") as tmp:

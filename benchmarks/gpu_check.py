@@ -50,7 +50,7 @@ def check_sampling(device: torch.device, tmp: Path, quick: bool) -> dict[str, An
     """The same seed gives the same task batch (indices, labels, images) on CPU and ``device``."""
     from fsmtl.pipelines.config import PipelineConfig
     from fsmtl.pipelines.loader import build_task_loader
-    from fsmtl.preprocess.shards import load_split, open_shards
+    from fsmtl.preprocess.shard_reader import load_split, open_shards
     from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards as write_synthetic
 
     root = write_synthetic(tmp / "check84", SyntheticConfig(image_size=84, classes=(10, 5, 5), per_class=20))

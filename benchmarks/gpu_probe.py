@@ -40,7 +40,7 @@ def loader_images_per_s(device: torch.device, group_images: int, prefetch: bool,
     """The torch loader's images/s on 84x84 synthetic shards (64 classes x 60 images)."""
     from fsmtl.pipelines.config import PipelineConfig
     from fsmtl.pipelines.loader import build_task_loader
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
     from fsmtl.preprocess.synthetic import SyntheticConfig, write_synthetic_shards
 
     root = tmp / "s84"

@@ -22,7 +22,7 @@ REPORT_FORMAT = "fsmtl-eval"
 
 
 def _open_split(run: Run, cfg: EvalConfig):
-    from fsmtl.preprocess.shards import load_split
+    from fsmtl.preprocess.shard_reader import load_split
 
     data = cfg.data or run.config.get("data")
     if not data:
@@ -34,7 +34,7 @@ def _open_split(run: Run, cfg: EvalConfig):
         split = load_split(data, cfg.split)
     except FsmtlError as e:
         if f"no split {cfg.split!r}" in str(e):
-            from fsmtl.preprocess.shards import open_shards
+            from fsmtl.preprocess.shard_reader import open_shards
 
             other = "val" if cfg.split == "test" else "test"
             if other in open_shards(data).splits:

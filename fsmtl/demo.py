@@ -58,7 +58,8 @@ def _call(main: Any, argv: list[str], what: str) -> None:
 
 def _data(cfg: DemoConfig, run: Path) -> Path:
     from fsmtl.preprocess.__main__ import main as preprocess_main
-    from fsmtl.preprocess.shards import open_shards, verify_shards
+    from fsmtl.preprocess.shard_reader import open_shards
+    from fsmtl.preprocess.shard_verify import verify_shards
 
     data = run / "data"
     if data.exists() and not cfg.force:

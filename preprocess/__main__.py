@@ -155,7 +155,8 @@ def convert_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
 
 
 def _verify(root: Path) -> int:
-    from fsmtl.preprocess.shards import open_shards, verify_shards
+    from fsmtl.preprocess.shard_reader import open_shards
+    from fsmtl.preprocess.shard_verify import verify_shards
 
     problems = verify_shards(root)
     if problems:

@@ -18,7 +18,8 @@ from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import copy_in_chunks
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle, load_pickle_stream
-from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.shard_writer import ShardWriter
+from fsmtl.preprocess.shards import SPLITS
 from fsmtl.preprocess.splitlists import cifar100_names, class_lists
 
 _ROW = 3 * 32 * 32

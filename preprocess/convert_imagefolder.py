@@ -17,7 +17,8 @@ import numpy as np
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import IMAGE_SUFFIXES, decode_image, parallel_fill, read_file
-from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.shard_writer import ShardWriter
+from fsmtl.preprocess.shards import SPLITS
 from fsmtl.preprocess.splitlists import check_class_set
 
 

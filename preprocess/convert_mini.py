@@ -21,7 +21,8 @@ from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import IMAGE_SUFFIXES, copy_in_chunks, decode_image, parallel_fill, read_file
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle
-from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.shard_writer import ShardWriter
+from fsmtl.preprocess.shards import SPLITS
 from fsmtl.preprocess.splitlists import check_class_set, class_lists, ravi_csv
 
 _CACHE_NAMES = {"train": ("train",), "val": ("validation", "val"), "test": ("test",)}

@@ -21,7 +21,7 @@ from fsmtl.core.device import cpu_workers
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import cancelling_pool, decode_image, parallel_fill, read_file
-from fsmtl.preprocess.shards import ShardWriter
+from fsmtl.preprocess.shard_writer import ShardWriter
 
 _ROTATIONS = (90, 180, 270)
 

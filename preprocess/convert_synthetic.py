@@ -11,7 +11,8 @@ from fsmtl.core.device import cpu_workers
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import cancelling_pool
-from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.shard_writer import ShardWriter
+from fsmtl.preprocess.shards import SPLITS
 from fsmtl.preprocess.synthetic import SyntheticConfig, class_names, generate_class
 
 

@@ -18,7 +18,8 @@ from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import decode_image, parallel_fill
 from fsmtl.preprocess.safe_pickle import get_key, load_pickle
-from fsmtl.preprocess.shards import SPLITS, ShardWriter
+from fsmtl.preprocess.shard_writer import ShardWriter
+from fsmtl.preprocess.shards import SPLITS
 from fsmtl.preprocess.splitlists import check_class_set, class_lists
 
 _NATIVE = 84

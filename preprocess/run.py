@@ -15,9 +15,8 @@ import numpy as np
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.optional import import_optional
 from fsmtl.preprocess.config import BENCHMARK_OPTIONS, PreprocessConfig
-from fsmtl.preprocess.shards import SPLITS, ShardWriter, SplitData
-
-# benchmark -> "module:function"; each function is (cfg, writer) -> source paths read
+from fsmtl.preprocess.shard_writer import ShardWriter
+from fsmtl.preprocess.shards import SPLITS, SplitData
 _CONVERTERS = {
     "cifar-fs": "fsmtl.preprocess.convert_cifar:convert_cifar",
     "fc100": "fsmtl.preprocess.convert_cifar:convert_cifar",

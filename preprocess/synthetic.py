@@ -170,7 +170,7 @@ def write_synthetic_shards(out: str | os.PathLike[str], cfg: SyntheticConfig, fo
 
     For tests, benchmarks and checks; ``fsmtl convert synthetic`` streams large sets instead.
     """
-    from fsmtl.preprocess.shards import ShardWriter
+    from fsmtl.preprocess.shard_writer import ShardWriter
 
     with ShardWriter(Path(out), "synthetic", force=force) as w:
         for split in SPLITS:

@@ -11,7 +11,8 @@ import pytest
 
 from fsmtl.benchmarks.bench_convert import write_fake_cifar100
 from fsmtl.cli import main as cli
-from fsmtl.preprocess.shards import open_shards, verify_shards
+from fsmtl.preprocess.shard_reader import open_shards
+from fsmtl.preprocess.shard_verify import verify_shards
 from fsmtl.preprocess.splitlists import cifar100_names, class_lists
 
 
@@ -164,7 +165,7 @@ def test_a_corrupt_tar_gz_exits_2(cifar_dir, tmp_path, capsys):
 def test_cifar_shards_normalise_with_the_seeds_constants_unless_asked_for_the_datas(cifar_dir, tmp_path):
     import json
 
-    from fsmtl.preprocess.shards import channel_stats
+    from fsmtl.preprocess.shard_writer import channel_stats
 
     assert _convert("fc100", cifar_dir, tmp_path / "seed") == 0
     meta = json.loads((tmp_path / "seed" / "meta.json").read_text())

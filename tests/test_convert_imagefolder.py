@@ -9,7 +9,7 @@ from PIL import Image
 from fsmtl.cli import main as cli
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.convert_imagefolder import read_split_file, split_by_ratios
-from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.shard_reader import open_shards
 
 
 @pytest.fixture()

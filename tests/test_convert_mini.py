@@ -12,7 +12,7 @@ from PIL import Image
 from fsmtl.cli import main as cli
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.convert_mini import select_ravi_images
-from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.shard_reader import open_shards
 from fsmtl.preprocess.splitlists import class_lists
 
 LISTS = class_lists("mini-imagenet")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fsmtl.cli import main as cli
-from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.shard_reader import open_shards
 from conftest import SHARED
 
 OMNIGLOT = SHARED / "data" / "omniglot"

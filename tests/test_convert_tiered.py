@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fsmtl.cli import main as cli
-from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.shard_reader import open_shards
 from fsmtl.preprocess.splitlists import class_lists, tiered_categories
 
 LISTS = class_lists("tiered-imagenet")

@@ -12,7 +12,7 @@ from fsmtl.eval import adapt, adapt_scores, evaluate_backbone, load_run
 from fsmtl.models.heads.finetune import FinetuneConfig
 from fsmtl.cli import main as fsmtl_main
 from fsmtl.core.errors import FsmtlError
-from fsmtl.preprocess.shards import load_split
+from fsmtl.preprocess.shard_reader import load_split
 
 FEATURE_HEADS = ["logreg", "proto", "proto_euclidean", "ridge", "svm"]
 TASK = dict(ways=5, shots=1, queries=2, n_tasks=2)

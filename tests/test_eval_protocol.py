@@ -17,7 +17,7 @@ from fsmtl.train.protocol import episode_rows
 from fsmtl.cli import main as fsmtl_main
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.transforms import normalize_batch
-from fsmtl.preprocess.shards import load_split, open_shards
+from fsmtl.preprocess.shard_reader import load_split, open_shards
 
 
 def write_run(run: Path, data: Path, precision: str = "fp32", seed: int = 0) -> Path:

@@ -16,7 +16,8 @@ from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.loader import TaskLoader, build_task_loader, concat_splits
 from fsmtl.pipelines.planning import plan_batch
 from fsmtl.pipelines.types import TaskBatch
-from fsmtl.preprocess.shards import SplitData, open_shards
+from fsmtl.preprocess.shard_reader import open_shards
+from fsmtl.preprocess.shards import SplitData
 
 CFG = PipelineConfig(ways=4, shots=2, queries=3, tasks_per_batch=3)
 

@@ -17,7 +17,8 @@ from fsmtl.pipelines.formats import split_dir
 from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.loader import TaskLoader, build_task_loader
 from fsmtl.pipelines.types import TaskBatch
-from fsmtl.preprocess.shards import SplitData, open_shards
+from fsmtl.preprocess.shard_reader import open_shards
+from fsmtl.preprocess.shards import SplitData
 from test_pipelines import check_structure
 
 CFG = PipelineConfig(ways=3, shots=2, queries=2, tasks_per_batch=2)

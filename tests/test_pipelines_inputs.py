@@ -22,7 +22,8 @@ from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.loader import TaskLoader, build_task_loader
 from fsmtl.pipelines.types import TaskBatch
 from fsmtl.pipelines.numba_aug import augment_rows_numba
-from fsmtl.preprocess.shards import SplitData, open_shards
+from fsmtl.preprocess.shard_reader import open_shards
+from fsmtl.preprocess.shards import SplitData
 
 CFG = PipelineConfig(ways=4, shots=2, queries=3, tasks_per_batch=3, prefetch=False)
 MEAN, STD = [0.45, 0.44, 0.4], [0.27, 0.26, 0.28]

@@ -9,7 +9,7 @@ import numpy as np
 
 from conftest import optional_import
 from fsmtl.cli import main as cli
-from fsmtl.preprocess.shards import load_split, open_shards
+from fsmtl.preprocess.shard_reader import load_split, open_shards
 from fsmtl.preprocess.synthetic import SyntheticConfig, generate_split
 
 SMALL = ["--size", "16", "--classes", "4,2,3", "--per-class", "5", "--no-progress"]
@@ -212,7 +212,7 @@ def test_force_replaces_only_a_shard_directory_and_never_the_source(tmp_path, ca
 
 
 def test_temporaries_of_a_killed_conversion_are_cleaned_up_by_the_next(tmp_path):
-    from fsmtl.preprocess.shards import _host
+    from fsmtl.preprocess.shard_temporaries import _host
 
     stale = tmp_path / f".s.tmp-{_host()}-999999999-1"  # no process on this host has this pid
     other_host = tmp_path / ".s.tmp-some_other_node-999999999-1"  # maybe alive over there: kept

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.preprocess.shards import ShardWriter, load_split, open_shards, verify_shards
+from fsmtl.preprocess.shard_reader import load_split, open_shards
+from fsmtl.preprocess.shard_verify import verify_shards
+from fsmtl.preprocess.shard_writer import ShardWriter
 
 
 def _write(out, labels, n_classes=3, shape=(8, 8, 3)):
@@ -99,10 +101,10 @@ def test_atomic_writes_get_ordinary_file_permissions(tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_created_is_named_as_given_not_as_the_hidden_temporary(tmp_path, monkeypatch):
-    from fsmtl.preprocess import shards
+    from fsmtl.preprocess import shard_writer
 
     # the temporary beside --out cannot be made (as in /proc or a read-only folder)
-    monkeypatch.setattr(shards, "temporary_name", lambda out: f"no_such_folder/.{out.name}.tmp-1")
+    monkeypatch.setattr(shard_writer, "temporary_name", lambda out: f"no_such_folder/.{out.name}.tmp-1")
     out = tmp_path / "s"
     with pytest.raises(FsmtlError) as e:
         ShardWriter(out, "toy")

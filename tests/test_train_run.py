@@ -213,7 +213,7 @@ def test_trainval_trains_on_train_and_val_classes_and_validates_on_test_as_the_s
                                                          (True, "none", None)])
 def test_val_split_picks_the_split_validation_runs_on(tiny_shards: Path, tmp_path: Path, trainval: bool,
                                                       val_split: str, expected: str | None) -> None:
-    from fsmtl.preprocess.shards import open_shards
+    from fsmtl.preprocess.shard_reader import open_shards
 
     run = build_run(tiny_cfg(tiny_shards, tmp_path / "r", trainval=trainval, val_split=val_split))
     try:

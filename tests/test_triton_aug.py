@@ -18,7 +18,7 @@ from fsmtl.pipelines.augment import augment_rows, color_jitter, draw_lee_params,
 from fsmtl.pipelines.backend_torch import TorchBackend, choose_device_kernel
 from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.pipelines.loader import TaskLoader
-from fsmtl.preprocess.shards import open_shards
+from fsmtl.preprocess.shard_reader import open_shards
 
 triton_aug = pytest.importorskip("fsmtl.pipelines.triton_aug", reason="triton is not installed")
 

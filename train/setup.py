@@ -15,7 +15,8 @@ import torch
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.models import build_model, feature_dim, model_kwarg_names
-from fsmtl.preprocess.shards import SplitData, open_shards
+from fsmtl.preprocess.shard_reader import open_shards
+from fsmtl.preprocess.shards import SplitData
 from fsmtl.train.config import TrainConfig
 
 
