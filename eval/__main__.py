@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")
     p.add_argument("--json", help="report file (default RUN/reports/eval_<split>_<checkpoint>.json; a checkpoint "
                    "from outside RUN/checkpoints/ adds _from_<its run>-<hash>, --data other than the run's _on_<data>-<hash>)")
+    p.add_argument("--no-verify-data", dest="verify_data", action="store_false", default=None,
+                   help="skip comparing the split's files with meta.json's sha256 (cached by size and mtime: only "
+                        "the first use after a change hashes)")
     return p
 
 

@@ -31,6 +31,7 @@ class EvalConfig:
     precision: str | None = None  # None: the run's training precision
     data: str | None = None  # shard directory; None: the checkpoint config's "data"
     json: str | None = None  # None: RUN/reports/eval_<split>_<checkpoint>.json
+    verify_data: bool = True  # sha256 of the split's files against meta.json (cached by size+mtime)
 
     def __post_init__(self) -> None:
         if self.split not in ("test", "val", "train"):

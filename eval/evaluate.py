@@ -31,7 +31,7 @@ def _open_split(run: Run, cfg: EvalConfig):
         origin = "--data" if cfg.data else run.path
         raise FsmtlError(f"{data}: data directory not found (from {origin}); pass --data DIR")
     try:
-        split = load_split(data, cfg.split)
+        split = load_split(data, cfg.split, verify=cfg.verify_data)
     except FsmtlError as e:
         if f"no split {cfg.split!r}" in str(e):
             from fsmtl.preprocess.shard_reader import open_shards

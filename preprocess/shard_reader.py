@@ -12,6 +12,7 @@ import numpy as np
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.fileio import read_json
+from fsmtl.preprocess.shard_integrity import check_files, check_meta_hash, split_files
 from fsmtl.preprocess.shards import SPLITS, SplitData, check_meta
 
 
@@ -47,9 +48,9 @@ class ShardSet:
     def splits(self) -> list[str]:
         return [s for s in SPLITS if s in self.meta["splits"]]
 
-    def split(self, name: str, mmap: bool = True) -> SplitData:
+    def split(self, name: str, mmap: bool = True, verify: bool = False) -> SplitData:
         """Load and check one split (see :func:`load_split`)."""
-        return load_split(self.root, name, mmap=mmap, meta=self.meta)
+        return load_split(self.root, name, mmap=mmap, meta=self.meta, verify=verify)
 
 
 def open_shards(root: str | os.PathLike[str]) -> ShardSet:
@@ -63,6 +64,7 @@ def open_shards(root: str | os.PathLike[str]) -> ShardSet:
         raise FsmtlError(f"{root}: not a directory (expected a shard directory with meta.json)")
     meta_path = root / "meta.json"
     meta = check_meta(meta_path, read_json(meta_path, "shard meta.json"))
+    check_meta_hash(root)
     return ShardSet(root=root, meta=meta)
 
 
@@ -79,7 +81,8 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
 
 
 def load_split(
-    root: str | os.PathLike[str], split: str, mmap: bool = True, meta: dict[str, Any] | None = None
+    root: str | os.PathLike[str], split: str, mmap: bool = True, meta: dict[str, Any] | None = None,
+    verify: bool = False,
 ) -> SplitData:
     """Load one split, checking shapes, dtypes and counts against meta.json.
 
@@ -88,6 +91,8 @@ def load_split(
         split: "train", "val" or "test".
         mmap: memory-map images (default) instead of reading them into RAM.
         meta: an already-checked meta dict (skips re-reading meta.json).
+        verify: first compare the split's files with meta.json's sha256 (cached by size and
+            mtime: see :mod:`fsmtl.preprocess.shard_integrity`); training and eval do.
 
     Returns:
         The split, with ``images`` uint8 [N, H, W, C] and ``labels`` int64 [N].
@@ -101,6 +106,8 @@ def load_split(
         )
     info = meta["splits"][split]
     d = root / split
+    if verify:
+        check_files(root, meta, split_files(meta, split))
     images = _load_npy(d / "images.npy", mmap)
     labels = np.asarray(_load_npy(d / "labels.npy", mmap=False))
     h, w, c = meta["image_shape"]

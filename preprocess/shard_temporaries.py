@@ -13,6 +13,7 @@ from pathlib import Path
 
 
 from fsmtl.core.errors import FsmtlError
+from fsmtl.preprocess.shard_integrity import OWN_FILES
 from fsmtl.preprocess.shards import FORMAT_NAME
 
 
@@ -40,7 +41,7 @@ def check_replaceable(out: Path, force: bool) -> None:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
             raise FsmtlError(f"{out}: holds files that are not fsmtl shards (no fsmtl meta.json); --force replaces "
                              "only a shard directory: remove it yourself or choose another --out")  # fmt: skip
-        ours = {"meta.json", *meta.get("files", {})}
+        ours = {*OWN_FILES, *meta.get("files", {})}  # meta.json, its sha256, the verified-state cache
         ours |= {str(Path(f).parents[i].as_posix()) for f in ours for i in range(len(Path(f).parents) - 1)}
         for p in sorted(out.rglob("*")):
             rel = p.relative_to(out).as_posix()

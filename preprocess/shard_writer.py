@@ -3,6 +3,7 @@ then one rename."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import numpy as np
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.fileio import atomic_write_json, sha256_file
+from fsmtl.preprocess.shard_integrity import META_HASH
 from fsmtl.preprocess.shard_temporaries import check_replaceable, remove_stale_temporaries, temporary_name
 from fsmtl.preprocess.shards import FORMAT_NAME, FORMAT_VERSION, SPLITS
 
@@ -247,6 +249,8 @@ class ShardWriter:
             **self.extra_meta,
         }
         atomic_write_json(self.tmp_dir / "meta.json", meta)
+        digest = hashlib.sha256((self.tmp_dir / "meta.json").read_bytes()).hexdigest()
+        (self.tmp_dir / META_HASH).write_text(digest + "\n")  # meta.json's own integrity, checked at open
         if self.out.exists():
             check_replaceable(self.out, self.force)  # again: it may have changed while we converted
             shutil.rmtree(self.out)

@@ -45,3 +45,13 @@ def optional_import(name: str):
         if REQUIRE_BACKENDS:
             pytest.fail(f"FSMTL_REQUIRE_BACKENDS=1 but {name} does not import: {e}")
         pytest.skip(f"{name} not installed: {e}")
+
+
+def rewrite_meta(root: Path, meta: dict) -> None:
+    """Write ``root/meta.json`` and its ``meta.sha256`` together, as the shard writer does (for tests
+    that build a shard set of another shape from a converted one)."""
+    import hashlib
+    import json
+
+    (root / "meta.json").write_text(json.dumps(meta))
+    (root / "meta.sha256").write_text(hashlib.sha256((root / "meta.json").read_bytes()).hexdigest() + "\n")

@@ -181,6 +181,12 @@ def test_verify_catches_a_meta_json_that_no_longer_describes_the_arrays(tmp_path
     meta["image_shape"] = [28, 28, 3]
     meta_path.write_text(json.dumps(meta))
     capsys.readouterr()
+    # meta.json's own sha256 (meta.sha256, written with it) catches the edit at once
+    assert cli(["verify", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert f"{meta_path}: changed or corrupt (its sha256 differs from meta.sha256)" in err
+    # shards from before meta.sha256: the arrays no longer match what meta.json says of them
+    (tmp_path / "s" / "meta.sha256").unlink()
     assert cli(["verify", str(tmp_path / "s")]) == 1
     assert "images.npy" in capsys.readouterr().out
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import optional_import
+from conftest import optional_import, rewrite_meta
 from fsmtl.core.cli import run_stage_main
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.loader import build_task_loader
@@ -233,7 +233,7 @@ def test_a_val_split_the_data_lacks_is_refused_before_training(tiny_shards: Path
     shutil.copytree(tiny_shards, data)
     meta = json.loads((data / "meta.json").read_text())
     meta["splits"] = {k: v for k, v in meta["splits"].items() if k != "test"}
-    (data / "meta.json").write_text(json.dumps(meta))
+    rewrite_meta(data, meta)
     with pytest.raises(FsmtlError, match="no 'test' split.*as the seed did.*--val-split none"):
         build_run(tiny_cfg(data, tmp_path / "r", trainval=True))
 

@@ -59,6 +59,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "augment": ("data", "training augmentation: {choices} (lee = MetaOptNet's crop, colour jitter, flip)"),
     "jitter": ("data", "colour jitter inside lee (the omniglot preset turns it off; --no-jitter for other greyscale data)"),
     "pipeline": ("data", "batch back end: {choices} (reference = the seed's per-image PIL way, for comparison)"),
+    "verify_data": ("data", "compare the shards with meta.json's sha256 when they are opened (cached by size and mtime: only the first run after a change hashes)"),
     "workers": ("data", "worker processes of the dali/ffcv/reference back ends; none = one per CPU core"),
     "seed": ("data", "seed of weights, task sampling and augmentation; the same seed gives the same run"),
     "precision": ("speed", "{choices}; auto = bf16 autocast where the device supports it, else fp32; fp16 uses a grad scaler (CUDA)"),
@@ -132,6 +133,7 @@ class TrainConfig:
     log_every: int = 50  # steps between host syncs for the running loss / progress bar
     resume: str | None = None  # run directory to continue exactly
     overwrite: bool = False  # start over in an --out that already holds a run
+    verify_data: bool = True  # sha256 of the shards against meta.json at open (cached by size+mtime)
     progress: bool = True  # tqdm bars
 
     def check(self) -> "TrainConfig":

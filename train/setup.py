@@ -69,12 +69,12 @@ def load_data(cfg: TrainConfig) -> Data:
     h, w, c = shards.image_shape
     if h != w:
         raise FsmtlError(f"{cfg.data}/meta.json: expected square images, got {h}x{w}")
-    train = shards.split("train")
+    train = shards.split("train", verify=cfg.verify_data)
     if cfg.trainval:
         if "val" not in shards.splits:
             raise FsmtlError(f"--trainval: {cfg.data} has no 'val' split to merge")
         from fsmtl.pipelines.loader import concat_splits
-        train = concat_splits([train, shards.split("val")])
+        train = concat_splits([train, shards.split("val", verify=cfg.verify_data)])
     name = cfg.validation_split()
     if name is not None and name not in shards.splits:
         if cfg.val_split == "auto" and name == "val":
@@ -83,7 +83,7 @@ def load_data(cfg: TrainConfig) -> Data:
             why = " (--trainval validates on the test split, as the seed did)" if cfg.val_split == "auto" else ""
             raise FsmtlError(f"--val-split {cfg.val_split}: {cfg.data} has no '{name}' split{why}; "
                              "pass --val-split none to train without validation")  # fmt: skip
-    val = shards.split(name) if name is not None else None
+    val = shards.split(name, verify=cfg.verify_data) if name is not None else None
     if val is not None:
         _check_val(val, cfg, name)
     meta = {
