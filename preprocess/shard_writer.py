@@ -3,6 +3,7 @@ then one rename."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -52,6 +53,21 @@ class _SplitRecord:
     n_classes: int
     class_offsets: list[int]
     bytes: int
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+
+def _free_bytes(folder: Path) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 1 << 62  # unknown: let the writes decide
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 @dataclass
@@ -104,6 +120,10 @@ class ShardWriter:
         if self._tmp is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = None
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:  # one line naming --out, not the temporary
+            free = _free_bytes(self.out.parent)
+            raise FsmtlError(f"{self.out}: the disk filled up while writing ({exc.strerror}; {_gb(free)} free now); "
+                             "nothing was written, choose another --out or free space") from None  # fmt: skip
 
     def alloc_images(self, split: str, n: int, shape: tuple[int, int, int]) -> np.ndarray:
         """A writable uint8 [n, H, W, C] memmap at ``<split>/images.npy`` to fill in place.
@@ -114,7 +134,30 @@ class ShardWriter:
         self._check_split_shape(split, shape)
         d = self.tmp_dir / split
         d.mkdir(exist_ok=True)
-        return np.lib.format.open_memmap(d / "images.npy", mode="w+", dtype=np.uint8, shape=(n, *shape))
+        need = int(n) * int(np.prod(shape))
+        if need > _free_bytes(d):  # sizes are known up front: refuse before writing anything
+            raise self._no_space(split, need, _free_bytes(d))
+        arr = np.lib.format.open_memmap(d / "images.npy", mode="w+", dtype=np.uint8, shape=(n, *shape))
+        self._reserve(d / "images.npy", split, need)
+        return arr
+
+    def _no_space(self, split: str, need: int, free: int) -> FsmtlError:
+        return FsmtlError(f"{self.out}: not enough free space for the {split} images ({_gb(need)} needed, "
+                          f"{_gb(free)} free on that file system); nothing was written")  # fmt: skip
+
+    def _reserve(self, path: Path, split: str, need: int) -> None:
+        """Allocate the memmap's blocks now: a file system that fills up later would kill the
+        process with SIGBUS at the first write into an unbacked page (no message, temporaries left)."""
+        with open(path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as e:
+                if e.errno in _DISK_FULL:
+                    raise self._no_space(split, need, _free_bytes(path.parent)) from None
+                if e.errno not in _NO_FALLOCATE:
+                    raise
+                # a file system without fallocate: the free-space check above is all there is
+
 
     def write_split(
         self,

@@ -133,7 +133,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     full[CHECKSUM_KEY] = tensor_checksum(full)
     buf = io.BytesIO()
     torch.save(full, buf)
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    atomic_write(path, lambda f: f.write(buf.getbuffer()), buf.getbuffer().nbytes)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

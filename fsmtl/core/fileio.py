@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import errno
 import hashlib
 import json
 import os
@@ -133,11 +134,18 @@ class FileLock:
         return int(text) if text.isdigit() else None
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+_DEVICE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EIO)  # the disk's fault, not the caller's
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], size: int | None = None) -> None:
     """Write ``path`` through a temporary file in the same folder, fsync, then rename.
 
     A crash or an exception inside ``write`` leaves the old file (or nothing) in place,
-    never a half-written one.
+    never a half-written one. ``size``: the bytes ``write`` will write, when known (for the message).
+
+    Raises:
+        FsmtlError: the disk is full, over quota or failing (ENOSPC, EDQUOT, EIO): one line naming
+            ``path``, the error and the bytes needed; the temporary is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,16 +157,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DEVICE_FAULTS:
+            need = f"; {size:,} bytes needed" if size is not None else ""
+            raise FsmtlError(f"{path}: cannot be written ({e.strerror}{need}); the previous file, if any, is unchanged") from None
         raise
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data), len(data))
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON") -> Any:
