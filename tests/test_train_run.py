@@ -96,6 +96,23 @@ def test_resume_on_other_data_is_refused_before_training(tiny_shards: Path, tiny
         train(tiny_cfg(tiny_shards_84, run, resume=str(run), test_shots=1, test_queries=5))
 
 
+def test_resume_on_other_images_of_the_same_shape_is_refused(tiny_shards: Path, tmp_path: Path) -> None:
+    # same benchmark, shape, classes and normalisation, other pixels: refused by the train files' sha256
+    from fsmtl.preprocess.synthetic import SyntheticConfig
+
+    from conftest import write_synthetic
+
+    other = write_synthetic(tmp_path / "other", SyntheticConfig(image_size=32, classes=(8, 5, 5), per_class=30, seed=7))
+    meta = json.loads((other / "meta.json").read_text())
+    ours = json.loads((tiny_shards / "meta.json").read_text())
+    rewrite_meta(other, {**meta, "mean": ours["mean"], "std": ours["std"]})
+    run = tmp_path / "run"
+    train(tiny_cfg(tiny_shards, run, max_epochs=1))
+    with pytest.raises(FsmtlError, match="checkpoint was trained on other images"):
+        train(tiny_cfg(other, run, resume=str(run), max_epochs=2))
+    assert train(tiny_cfg(tiny_shards, run, resume=str(run), max_epochs=2))["epoch"] == 2  # its own data: resumes
+
+
 def test_cli_reports_bad_settings_as_one_line_errors(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     base = ["--data", str(tiny_shards), "--out", str(tmp_path / "r"), "--wandb", "disabled"]
     for bad, word in ((["--model", "vit"], "--model"), (["--optimizer", "lion"], "--optimizer"),

@@ -200,3 +200,6 @@ def check_resume_matches(ckpt: dict[str, Any], path: Path, model_name: str, mode
             )
     if not np.allclose(saved["mean"], data_meta["mean"]) or not np.allclose(saved["std"], data_meta["std"]):
         raise FsmtlError(f"{path}: checkpoint's normalisation mean/std differ from --data's")
+    if saved.get("train_sha256") and data_meta.get("train_sha256") and saved["train_sha256"] != data_meta["train_sha256"]:
+        raise FsmtlError(f"{path}: checkpoint was trained on other images (its train split's files differ from --data's, "
+                         "by their sha256 in meta.json); resume on the data it was trained on, or start a new run")  # fmt: skip

@@ -5,6 +5,8 @@ Every check that can fail on user input runs here, before the first step.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +91,16 @@ def load_data(cfg: TrainConfig) -> Data:
     meta = {
         "benchmark": shards.benchmark, "image_shape": [h, w, c], "mean": list(shards.mean),
         "std": list(shards.std), "n_train_classes": train.n_classes,
+        # what was trained on, by content: --resume refuses other images of the same shape
+        "train_sha256": trained_on_digest(shards.meta, ["train", "val"] if cfg.trainval else ["train"]),
     }  # fmt: skip
     return Data(train, val, tuple(shards.mean), tuple(shards.std), meta)
+
+
+def trained_on_digest(meta: dict[str, Any], splits: list[str]) -> str | None:
+    """One sha256 over the sha256 meta.json lists for the files of ``splits`` (None: none listed)."""
+    files = sorted((rel, d) for rel, d in meta.get("files", {}).items() if rel.split("/")[0] in splits)
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest() if files else None
 
 
 def model_kwargs_for(cfg: TrainConfig) -> dict[str, Any]:
