@@ -4,7 +4,10 @@ task tensors, a backbone's sizes) live with their stage and are built from these
 
 from __future__ import annotations
 
+import math
 import numbers
+import os
+import re
 
 import numpy as np
 from torch import Tensor
@@ -42,3 +45,56 @@ def check_int(v: object, name: str, lo: int, hi: int | None = None) -> int:
     if not is_int(v) or v < lo or (hi is not None and v > hi):  # type: ignore[operator]
         raise InputError(f"{name}: expected {want}, got {describe(v)}")
     return int(v)  # type: ignore[call-overload]
+
+
+INT64_MAX = 2**63 - 1  # counts and budgets end up in torch/numpy int64 (steps, tensor sizes, JSON)
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes [0, 2**64 - 1]; numpy any non-negative integer
+DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+
+
+def check_real(v: object, name: str, lo: float, hi: float | None = None, *, lo_open: bool = False,
+               hi_open: bool = False) -> float:
+    """``v`` as a finite float in the interval ``lo..hi`` (open ends as asked; nan and inf never
+    pass); else :class:`InputError` naming ``name`` and the interval."""
+    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+    want = f"a finite number > {lo}" if lo_open else f"a finite number >= {lo}"
+    if hi is not None:
+        want = f"a number in {left}{lo}, {hi}{right}"
+    ok = is_real(v) and math.isfinite(v)  # type: ignore[arg-type]
+    if ok:
+        x = float(v)  # type: ignore[arg-type]
+        ok = (x > lo if lo_open else x >= lo) and (hi is None or (x < hi if hi_open else x <= hi))
+    if not ok:
+        raise InputError(f"{name}: expected {want}, got {v!r}")
+    return float(v)  # type: ignore[arg-type]
+
+
+def is_device_name(text: object) -> bool:
+    """``text`` is a device as the user may name one: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (syntax only: whether the machine has it is :func:`fsmtl.core.device.pick_device`'s question)."""
+    return isinstance(text, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text) is not None
+
+
+def check_fits(name: str, what: str, nbytes: int, device: str) -> None:
+    """Refuse a request whose one allocation of ``nbytes`` is larger than the memory of ``device``
+    (the GPU's total memory for ``cuda``/``auto`` with CUDA, else this machine's physical RAM):
+    :class:`InputError` naming ``name``, the size and the bound."""
+    limit, where = memory_bound(device)
+    if nbytes > limit:
+        raise InputError(f"{name}: {what} take {nbytes / 2**30:,.1f} GiB, more than {where}'s "
+                         f"{limit / 2**30:,.1f} GiB of memory")  # fmt: skip
+
+
+def memory_bound(device: str) -> tuple[int, str]:
+    """(bytes, name) of the memory one allocation on ``device`` can at most have: the CUDA device's
+    total memory, else physical RAM (``auto``: CUDA when available)."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available() and is_device_name(device):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index < torch.cuda.device_count():
+            return int(torch.cuda.get_device_properties(index).total_memory), f"cuda:{index}"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 1 TiB, a bound no box exceeds
+        return 2**40, "a 1 TiB machine"
