@@ -256,6 +256,9 @@ def tta_summary(curves: dict[str, list[dict[str, float]]]) -> list[dict[str, Any
 
 
 def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
+    from fsmtl.benchmarks.limits import check_batch_fits, check_flags
+    from fsmtl.core.device import check_fits
+
     p = CliParser(prog="fsmtl bench algorithms", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="conv4", choices=MODEL_NAMES, help="backbone (default conv4)")
@@ -286,6 +289,12 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
         raise FsmtlError(f"--size {a.size}: expected an image side >= 16")
     if a.minutes <= 0 or a.val_every <= 0:
         raise FsmtlError("bench algorithms: expected --minutes > 0 and --val-every > 0")
+    check_flags(a, {"--ways": 2, "--tasks": 1, "--steps": 1, "--runs": 1, "--warmup": 0, "--val-tasks": 1},
+                {"--minutes": (0.0, True), "--val-every": (0.0, True)}, sides=("--size",))
+    check_batch_fits("--tasks/--ways/--shots/--queries/--size", a.tasks * a.ways * (a.shots + a.queries),
+                     a.size or 32, a.device)
+    picks = a.val_tasks * a.ways * (a.shots + a.queries)  # (b)'s validation tasks' image indices, int64
+    check_fits("--val-tasks/--ways/--shots/--queries", f"the {picks:,} image indices of the validation tasks", picks * 8, "cpu")
     return a
 
 

@@ -8,7 +8,6 @@ Target: under 30 s on a 2-core CPU.
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import tempfile
 import time
@@ -57,12 +56,14 @@ def main(argv: list[str]) -> int:
     from fsmtl.benchmarks.common import check_writable, format_table, median, positive_int, write_results
     from fsmtl.preprocess.config import PreprocessConfig
     from fsmtl.preprocess.run import convert
+    from fsmtl.benchmarks.limits import check_flags
 
     p = CliParser(prog="fsmtl bench convert", description=plain_doc(__doc__))
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--runs", type=positive_int, default=3, help="timed conversions, median taken (default 3)")
     p.add_argument("--workers", type=positive_int, default=None, help="decoding threads (default: all CPUs)")
     args = p.parse_args(argv)
+    check_flags(args, {"--runs": 1, "--workers": 1})
     check_writable(args.json)
     rows = []
     with tempfile.TemporaryDirectory(prefix="fsmtl-bench-convert-") as tmp:

@@ -125,9 +125,17 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     a = _parser().parse_args(argv)
+    from fsmtl.benchmarks.limits import check_flags
+    from fsmtl.core.device import check_fits
+
+    _check(a)  # its own messages first ("at least 2 classes a task"), then the generic bounds
+    check_flags(a, {"--tasks": 1, "--ways": 2, "--shots": 1, "--queries": 1, "--dim": 1, "--batch-tasks": 1,
+                    "--runs": 1, "--sklearn-tasks": 1, "--seed": 0, "--threads": 1},
+                {"--noise": (0.0, False), "--C": (0.0, True), "--tol": (0.0, True)})
+    n = a.tasks * a.ways * (a.shots + a.queries)
+    check_fits("--tasks/--ways/--shots/--queries/--dim", f"{n:,} float32 features of width {a.dim}", n * a.dim * 4, "cpu")
     if a.threads:
         torch.set_num_threads(a.threads)  # set here, in main, and recorded in the JSON's hardware
-    _check(a)
     device = resolve_device(a.device, CLI_ARGS)
     check_writable(a.json)  # now, not after the measuring
     bt = a.batch_tasks or (a.tasks if device.type == "cuda" else 500)

@@ -225,9 +225,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
+    from fsmtl.benchmarks.limits import check_batch_fits, check_flags
     from fsmtl.benchmarks.common import check_writable, format_table, hardware_info, parse_names, write_results
     from fsmtl.pipelines.config import PipelineConfig
     args = _parser().parse_args(argv)
+    check_flags(args, {"--tasks": 1, "--ways": 1, "--shots": 1, "--queries": 0, "--workers": 1, "--batches": 1,
+                       "--warmup": 0, "--runs": 1}, sides=("--sizes",))
+    check_batch_fits("--tasks/--ways/--shots/--queries/--sizes", args.tasks * args.ways * (args.shots + args.queries),
+                     max(args.sizes or (84,)), args.device)
     names = parse_names("--backends", args.backends, ALL)
     if args.data and args.sizes is not None:
         raise FsmtlError("--sizes: sets the synthetic shards' sizes; with --data the sizes are the data's (leave --sizes out)")

@@ -74,6 +74,8 @@ def count(size: int, tasks: int, group_images: int, batches: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fsmtl.benchmarks.limits import check_batch_fits, check_flags
+
     p = CliParser(prog="fsmtl bench traffic", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--sizes", type=image_sizes, default=(84, 32), help="comma-separated image sides >= 8 (default 84,32)")
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", type=positive_int, default=2, help="launches counted per row")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default: not written)")
     a = p.parse_args(argv)
+    check_flags(a, {"--tasks": 1, "--batches": 1}, sides=("--sizes",))
+    check_batch_fits("--tasks/--sizes", a.tasks * 50, max(a.sizes), "cpu")  # 5 ways x 10 images a task
     check_writable(a.json)
     rows = [count(size, a.tasks, group, a.batches) for size in a.sizes for group in (1, 2048)]
     cols = ["size", "kernel", "batches_per_launch", "device_ops_per_batch", "full_size_ops_per_batch",

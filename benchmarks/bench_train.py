@@ -212,6 +212,8 @@ def preset_memory(device: torch.device, amp: torch.dtype | None) -> dict[str, An
 
 
 def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
+    from fsmtl.benchmarks.limits import check_batch_fits, check_flags
+
     p = CliParser(prog="fsmtl bench train", description=plain_doc(__doc__),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet12", choices=MODEL_NAMES, help="backbone (default resnet12)")
@@ -232,6 +234,8 @@ def parse_args(argv: list[str], cuda: bool) -> argparse.Namespace:
         raise FsmtlError("bench train: --tasks, --steps, --runs must be >= 1 and --size >= 16")
     if a.warmup < 0:
         raise FsmtlError("bench train: --warmup must be >= 0")
+    check_flags(a, {"--tasks": 1, "--steps": 1, "--runs": 1, "--warmup": 0}, sides=("--size",))
+    check_batch_fits("--tasks/--size", a.tasks * 50, a.size, a.device)  # 5 ways x 10 images a task
     return a
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from fsmtl.models.heads import HEAD_NAMES
+from fsmtl.core.checks import INT64_MAX, SEED_MAX, check_int, check_real
+from fsmtl.core.device import DEVICE_NAMES, check_fits, is_device_name
 from fsmtl.core.errors import FsmtlError
+from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE as MIN_SIDE  # the smallest side a shard holds
+
 
 
 @dataclass(frozen=True)
@@ -36,20 +40,38 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in ("test", "val", "train"):
             raise FsmtlError(f"--split: expected test or val, got {self.split!r}")
-        if self.ways is not None and self.ways < 2:
-            raise FsmtlError(f"--ways: expected >= 2, got {self.ways}")
+        if self.ways is not None:
+            check_int(self.ways, "--ways", 2, INT64_MAX)
         for name in ("queries", "tasks", "batch_tasks", "finetune_steps"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise FsmtlError(f"--{name.replace('_', '-')}: expected >= 1, got {value}")
-        if not self.shots or min(self.shots) < 1:
-            raise FsmtlError(f"--shots: expected positive integers, got {list(self.shots)}")
+            if value is not None:
+                check_int(value, f"--{name.replace('_', '-')}", 1, INT64_MAX)
+        if not self.shots:
+            raise FsmtlError("--shots: expected positive integers, got none")
+        for shots in self.shots:
+            check_int(shots, "--shots", 1, INT64_MAX)
+        check_int(self.seed, "--seed", 0, SEED_MAX)
+        if not is_device_name(self.device):
+            raise FsmtlError(f"--device: expected {DEVICE_NAMES}, got {self.device!r}")
+        self._check_fits()
         bad = [h for h in self.heads if h not in HEAD_NAMES]
         if bad or not self.heads:
             raise FsmtlError(f"--head: expected some of {', '.join(HEAD_NAMES)}, got {list(self.heads)}")
         for name in ("C", "svm_C", "ridge_lam", "finetune_lr"):
-            if not getattr(self, name) > 0:
-                raise FsmtlError(f"--{name.replace('_', '-')}: expected > 0, got {getattr(self, name)}")
+            check_real(getattr(self, name), f"--{name.replace('_', '-')}", 0.0, lo_open=True)
+
+    def _check_fits(self) -> None:
+        """Refuse a task shape whose one batch of tasks cannot be allocated on the device: the
+        images are not known yet (the run names the data), so the bound counts the smallest image the
+        shards hold (MIN_IMAGE_SIZE x MIN_IMAGE_SIZE x 1 as float32): no data passes a shape
+        this refuses."""
+        ways, queries = self.ways or 2, self.queries or 1
+        images = min(self.batch_tasks, self.tasks) * ways * (max(self.shots) + queries)
+        check_fits("--batch-tasks/--tasks/--ways/--shots/--queries",
+                   f"a batch's {images:,} float32 images of at least {MIN_SIDE}x{MIN_SIDE}",
+                   images * MIN_SIDE * MIN_SIDE * 4, self.device)
+        picks = self.tasks * ways * (max(self.shots) + queries)  # every test task's image indices, int64
+        check_fits("--tasks/--ways/--shots/--queries", f"the {picks:,} image indices of the test tasks", picks * 8, "cpu")
 
     def for_run(self, run_config: dict) -> "EvalConfig":
         """Fill the task shape left unset from the run's training config (its ``test_ways`` and

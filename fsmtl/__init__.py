@@ -40,7 +40,9 @@ def _map_source_stages() -> None:
     root = Path(__file__).resolve().parent.parent
     if (root / "pyproject.toml").is_file() and all((root / s / "__init__.py").is_file() for s in STAGES):
         if not any(isinstance(f, _SourceStages) for f in sys.meta_path):
-            sys.meta_path.append(_SourceStages(root))
+            # first, before an editable install's finder: the stages beside the imported fsmtl/
+            # are the ones meant (a second checkout on PYTHONPATH must not get the installed one's)
+            sys.meta_path.insert(0, _SourceStages(root))
 
 
 _map_source_stages()

@@ -44,6 +44,22 @@ class DemoConfig:
     bench: bool = True
     force: bool = False
 
+    def __post_init__(self) -> None:
+        """Check every setting now, before any work, with the stages' own checks and messages."""
+        from fsmtl.core.checks import check_real
+        from fsmtl.eval.config import EvalConfig
+        from fsmtl.preprocess.config import PreprocessConfig
+
+        try:
+            classes = tuple(int(c) for c in self.classes.split(","))
+        except ValueError:
+            raise FsmtlError(f"--classes: expected three comma-separated integers, got {self.classes!r}") from None
+        PreprocessConfig("synthetic", Path(self.out) / "data", size=self.image_size, classes=classes,  # type: ignore[arg-type]
+                         per_class=self.per_class)  # fmt: skip
+        EvalConfig(tasks=self.tasks, device=self.device, heads=self.heads)
+        if self.minutes is not None:
+            check_real(self.minutes, "--minutes", 0.0, lo_open=True)
+
 
 def _step(title: str) -> float:
     print(f"\n==> {title}", flush=True)

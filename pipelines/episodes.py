@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from fsmtl.core.checks import describe
-
 from fsmtl.pipelines.checks import PipelineInputError
 
 

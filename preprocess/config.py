@@ -7,6 +7,9 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from fsmtl.core.checks import SEED_MAX, check_int
+
+from fsmtl.core.device import check_fits
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE
 
@@ -35,6 +38,7 @@ SEED_NORMALIZATION["fc100"] = SEED_NORMALIZATION["cifar-fs"]
 # output side length when --size is not given
 DEFAULT_SIZE = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
 FALLBACK_SIZE = 84
+MAX_WORKERS = 1024  # --workers: decoding threads; a thread a CPU is the default, 1024 is past any CPU count
 MAX_SIZE = 1024  # --size range: MIN_IMAGE_SIZE (the synthetic generator's smallest) .. MAX_SIZE
 # The benchmark-specific options and the benchmarks that read them (beyond src/out/size/workers/
 # formats/normalization, which every converter reads). Giving one a non-default value for any other
@@ -138,11 +142,13 @@ class PreprocessConfig:
             raise FsmtlError(f"--size: expected {MIN_IMAGE_SIZE}..{MAX_SIZE}, got {self.size}")
         if self.channels not in (1, 3):
             raise FsmtlError(f"--channels: expected 1 or 3, got {self.channels}")
-        if self.workers is not None and self.workers < 1:
-            raise FsmtlError(f"--workers: expected >= 1, got {self.workers}")
-        if self.val_alphabets < 0:
-            raise FsmtlError(f"--val-alphabets: expected >= 0, got {self.val_alphabets}")
-        if len(self.ratios) != 3 or min(self.ratios) < 0 or abs(sum(self.ratios) - 1.0) > 1e-6:
+        if self.workers is not None:
+            check_int(self.workers, "--workers", 1, MAX_WORKERS)
+        check_int(self.seed, "--seed", 0, SEED_MAX)
+        # Omniglot's background set has 30 alphabets; at least one must stay for training
+        check_int(self.val_alphabets, "--val-alphabets", 0, 29)
+        finite = all(isinstance(r, (int, float)) and math.isfinite(r) for r in self.ratios)
+        if not finite or len(self.ratios) != 3 or min(self.ratios) < 0 or abs(sum(self.ratios) - 1.0) > 1e-6:
             raise FsmtlError(f"--ratios: expected three non-negative fractions summing to 1, got {','.join(map(str, self.ratios))}")
         if self.normalization not in NORMALIZATIONS:
             raise FsmtlError(f"--normalization: expected one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
@@ -155,6 +161,11 @@ class PreprocessConfig:
             )
         if not (math.isfinite(self.difficulty) and self.difficulty >= 0):
             raise FsmtlError(f"--difficulty: expected a number >= 0 (0 = clean prototypes), got {self.difficulty}")
+        if self.benchmark == "synthetic":  # the generated split is written whole: it must fit in memory
+            c = 1 if self.channels == 1 else 3
+            check_fits("--classes/--per-class/--size", f"the largest split's {max(self.classes) * self.per_class:,} "
+                       f"uint8 images of {self.out_size}x{self.out_size}x{c}",
+                       max(self.classes) * self.per_class * self.out_size**2 * c, "cpu")
 
     def _check_src(self) -> None:
         """--src: required by every benchmark but synthetic, refused by synthetic, apart from --out."""

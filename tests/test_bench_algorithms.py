@@ -33,7 +33,7 @@ def test_step_costs_write_one_json_row_per_available_algorithm_and_a_bar_chart(t
 
 
 def test_time_to_accuracy_trains_each_algorithm_and_plots_its_validation_curve(tiny_shards: Path, tmp_path: Path) -> None:
-    argv = [*TINY, "--size", "32", "--algorithms", "mtl,metaoptnet", "--minutes", "0.02", "--val-every", "1",
+    argv = [*TINY, "--size", "32", "--algorithms", "mtl,metaoptnet", "--minutes", "0.1", "--val-every", "1",
             "--val-tasks", "4", "--data", str(tiny_shards), "--out", str(tmp_path)]
     assert main(argv) == 0
     doc = json.loads((tmp_path / "algorithms.json").read_text())

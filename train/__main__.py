@@ -122,7 +122,30 @@ def train_config_from_args(argv: list[str]) -> TrainConfig:
     else:
         base = preset_overrides(given.pop("preset")) if given.get("preset") else {}
         cfg = TrainConfig(**{**base, **given})
-    return cfg.check()
+    return check_batches_fit(cfg.check())
+
+
+def check_batches_fit(cfg: TrainConfig) -> TrainConfig:
+    """Refuse task shapes whose one batch (float32 images, as the backbone gets them) cannot be
+    allocated on the run's device: ``--meta-batch-size 200000`` is refused now, not by the allocator
+    after the data is loaded. The image shape comes from ``cfg.data``'s meta.json; without a
+    readable one this check is left to the loader."""
+    from fsmtl.core.device import check_fits
+
+    try:
+        shape = json.loads((Path(cfg.data) / "meta.json").read_text())["image_shape"]
+        pixels = 1
+        for side in shape:
+            pixels *= int(side)
+    except (OSError, ValueError, KeyError, TypeError):
+        return cfg
+    train = cfg.meta_batch_size * cfg.train_ways * (cfg.train_shots + cfg.train_queries)
+    check_fits("--meta-batch-size/--train-ways/--train-shots/--train-queries",
+               f"a training step's {train:,} float32 images of {'x'.join(map(str, shape))}", 4 * pixels * train, cfg.device)
+    val = cfg.val_batch_tasks * cfg.test_ways * (cfg.test_shots + cfg.test_queries)
+    check_fits("--val-batch-tasks/--test-ways/--test-shots/--test-queries",
+               f"a validation batch's {val:,} float32 images of {'x'.join(map(str, shape))}", 4 * pixels * val, cfg.device)
+    return cfg
 
 
 def set_backend_flags(device_is_cuda: bool) -> dict[str, Any]:

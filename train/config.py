@@ -6,6 +6,9 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any
 
+from fsmtl.core.checks import INT64_MAX, SEED_MAX, check_int, check_real
+
+from fsmtl.core.device import DEVICE_NAMES, is_device_name
 from fsmtl.core.errors import FsmtlError
 
 OPTIMIZERS = ("sgd", "sgdp", "sgdw", "adam", "adamw", "adamax", "radam", "adabound", "adamp")
@@ -70,6 +73,11 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "log_every": ("logging", "steps between host syncs for the running loss and the progress bar"),
     "progress": ("logging", "tqdm progress bars"),
 }
+
+def _flag(name: str) -> str:
+    """A field's flag: ``meta_batch_size`` -> ``--meta-batch-size``."""
+    return "--" + name.replace("_", "-")
+
 
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "pipeline": PIPELINES,
@@ -155,44 +163,36 @@ class TrainConfig:
         choice("augment", AUGMENTS)
         choice("val_split", VAL_SPLITS)
         choice("algorithm", tuple(ALGORITHMS))
+        self._check_numbers()
+        if self.algorithm != "mtl" and self.train_queries < 1:
+            raise FsmtlError(f"--algorithm {self.algorithm}: episodic training needs --train-queries >= 1")
+        if not is_device_name(self.device):
+            raise FsmtlError(f"--device: expected {DEVICE_NAMES}, got {self.device!r}")
+        return self
+
+    def _check_numbers(self) -> None:
+        """Every count and real in range (integers up to int64, where they end up; reals finite)."""
         for name in ("train_ways", "test_ways"):
             if getattr(self, name) < 2:
                 raise FsmtlError(f"--{name.replace('_', '-')}: expected at least 2 classes a task, got {getattr(self, name)} "
                                  "(a 1-way task has nothing to tell apart)")  # fmt: skip
-        for name in ("train_shots", "meta_batch_size", "test_shots",
-                     "test_queries", "epoch_length", "val_epoch_length", "val_batch_tasks", "log_every"):
-            if getattr(self, name) < 1:
-                raise FsmtlError(f"--{name.replace('_', '-')}: expected a positive integer, got {getattr(self, name)}")
-        if self.train_queries < 0:
-            raise FsmtlError(f"--train-queries: expected >= 0, got {self.train_queries}")
-        if self.algorithm != "mtl" and self.train_queries < 1:
-            raise FsmtlError(f"--algorithm {self.algorithm}: episodic training needs --train-queries >= 1")
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise FsmtlError(f"--drop-rate: expected a value in [0, 1), got {self.drop_rate}")
-        if self.lr <= 0:
-            raise FsmtlError(f"--lr: expected > 0, got {self.lr}")
-        ranges = {  # name: (test, what is expected)
-            "weight_decay": (self.weight_decay is None or self.weight_decay >= 0, ">= 0 (or none)"),
-            "momentum": (0.0 <= self.momentum < 1.0, "a value in [0, 1)"),
-            "grad_clip": (self.grad_clip >= 0, ">= 0 (0 = off)"),
-            "plateau_factor": (0.0 < self.plateau_factor < 1.0, "a value in (0, 1)"),
-            "plateau_patience": (self.plateau_patience >= 0, ">= 0"),
-            "step_size": (self.step_size >= 1, ">= 1"),
-            "cosine_epochs": (self.cosine_epochs is None or self.cosine_epochs >= 1, ">= 1 (or none)"),
-            "step_gamma": (self.step_gamma > 0, "> 0"),
-            "early_stop_patience": (self.early_stop_patience >= 1, ">= 1"),
-            "workers": (self.workers is None or self.workers >= 0, ">= 0 (or none)"),
-        }  # fmt: skip
-        for name, (ok, expected) in ranges.items():
-            if not ok:
-                raise FsmtlError(f"--{name.replace('_', '-')}: expected {expected}, got {getattr(self, name)}")
-        for name in ("max_epochs", "max_steps", "max_minutes"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise FsmtlError(f"--{name.replace('_', '-')}: expected > 0, got {v}")
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            raise FsmtlError(f"--device: expected auto, cpu or cuda[:N], got {self.device!r}")
-        return self
+        lows = {"train_ways": 2, "test_ways": 2, "train_shots": 1, "meta_batch_size": 1, "test_shots": 1,
+                "test_queries": 1, "epoch_length": 1, "val_epoch_length": 1, "val_batch_tasks": 1, "log_every": 1,
+                "train_queries": 0, "plateau_patience": 0, "step_size": 1, "cosine_epochs": 1,
+                "early_stop_patience": 1, "workers": 0, "max_epochs": 1, "max_steps": 1}  # fmt: skip
+        for name, lo in lows.items():
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), _flag(name), lo, INT64_MAX)
+        check_int(self.seed, "--seed", 0, SEED_MAX)
+        check_real(self.drop_rate, "--drop-rate", 0.0, 1.0, hi_open=True)
+        check_real(self.momentum, "--momentum", 0.0, 1.0, hi_open=True)
+        check_real(self.plateau_factor, "--plateau-factor", 0.0, 1.0, lo_open=True, hi_open=True)
+        for name in ("lr", "step_gamma", "max_minutes"):
+            if getattr(self, name) is not None:
+                check_real(getattr(self, name), _flag(name), 0.0, lo_open=True)
+        for name in ("grad_clip", "weight_decay"):
+            if getattr(self, name) is not None:
+                check_real(getattr(self, name), _flag(name), 0.0)
 
     def validation_split(self) -> str | None:
         """The split validation runs on, ``val_split`` resolved: None for no validation."""

@@ -4,6 +4,7 @@ task tensors, a backbone's sizes) live with their stage and are built from these
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -42,3 +43,24 @@ def check_int(v: object, name: str, lo: int, hi: int | None = None) -> int:
     if not is_int(v) or v < lo or (hi is not None and v > hi):  # type: ignore[operator]
         raise InputError(f"{name}: expected {want}, got {describe(v)}")
     return int(v)  # type: ignore[call-overload]
+
+
+INT64_MAX = 2**63 - 1  # counts and budgets end up in torch/numpy int64 (steps, tensor sizes, JSON)
+SEED_MAX = 2**64 - 1  # torch.manual_seed takes [0, 2**64 - 1]; numpy any non-negative integer
+
+
+def check_real(v: object, name: str, lo: float, hi: float | None = None, *, lo_open: bool = False,
+               hi_open: bool = False) -> float:
+    """``v`` as a finite float in the interval ``lo..hi`` (open ends as asked; nan and inf never
+    pass); else :class:`InputError` naming ``name`` and the interval."""
+    left, right = ("(" if lo_open else "["), (")" if hi_open else "]")
+    want = f"a finite number > {lo}" if lo_open else f"a finite number >= {lo}"
+    if hi is not None:
+        want = f"a number in {left}{lo}, {hi}{right}"
+    ok = is_real(v) and math.isfinite(v)  # type: ignore[arg-type]
+    if ok:
+        x = float(v)  # type: ignore[arg-type]
+        ok = (x > lo if lo_open else x >= lo) and (hi is None or (x < hi if hi_open else x <= hi))
+    if not ok:
+        raise InputError(f"{name}: expected {want}, got {v!r}")
+    return float(v)  # type: ignore[arg-type]

@@ -4,11 +4,13 @@ with errors that name the argument as the caller spelt it (Python argument or CL
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from fsmtl.core.checks import InputError
 from fsmtl.core.errors import FsmtlError
 
 
@@ -95,3 +97,34 @@ def precision_name(amp_dtype: torch.dtype | None) -> str:
 def cpu_workers(workers: int | None) -> int:
     """CPU workers or threads to use: ``workers`` as given, or every core when None."""
     return int(workers) if workers is not None else (os.cpu_count() or 1)
+
+
+def is_device_name(text: object) -> bool:
+    """``text`` is a device as the user may name one: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
+    (syntax only: whether the machine has it is :func:`resolve_device`'s question)."""
+    return isinstance(text, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text) is not None
+
+
+def check_fits(name: str, what: str, nbytes: int, device: str) -> None:
+    """Refuse a request whose one allocation of ``nbytes`` is larger than the memory of ``device``
+    (the GPU's total memory for ``cuda``/``auto`` with CUDA, else this machine's physical RAM):
+    :class:`InputError` naming ``name``, the size and the bound."""
+    limit, where = memory_bound(device)
+    if nbytes > limit:
+        raise InputError(f"{name}: {what} take {nbytes / 2**30:,.1f} GiB, more than {where}'s "
+                         f"{limit / 2**30:,.1f} GiB of memory")  # fmt: skip
+
+
+def memory_bound(device: str) -> tuple[int, str]:
+    """(bytes, name) of the memory one allocation on ``device`` can at most have: the CUDA device's
+    total memory, else physical RAM (``auto``: CUDA when available)."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available() and is_device_name(device):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index < torch.cuda.device_count():
+            return int(torch.cuda.get_device_properties(index).total_memory), f"cuda:{index}"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "this machine"
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 1 TiB, a bound no box exceeds
+        return 2**40, "a 1 TiB machine"
