@@ -58,11 +58,31 @@ def find_sources(src: Path) -> list[tuple[str, Path]]:
     return list(found.values())
 
 
+# An Omniglot PNG is a 105x105 drawing of a few kB; no image this converter can take (--size up to
+# 1024, at most 4 channels) needs more than 4 MB even stored uncompressed. A member past this is not
+# an Omniglot image, and is refused while it is read, before a zip bomb inflates into memory.
+MAX_PNG_BYTES = 8 << 20
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bytes:
+    """A zip member's bytes, read at most :data:`MAX_PNG_BYTES` (+1) whatever its header claims."""
+    too_big = FsmtlError(f"{name}: larger than {MAX_PNG_BYTES >> 20} MB, not an Omniglot PNG (refused unread)")
+    if info.file_size > MAX_PNG_BYTES:
+        raise too_big
+    with z.open(info) as m:
+        data = m.read(MAX_PNG_BYTES + 1)
+    if len(data) > MAX_PNG_BYTES:
+        raise too_big
+    return data
+
+
 def _read_source(kind: str, src: Path) -> list[tuple[str, str, bytes]]:
     """[(class id "<Alphabet>/<character>", name for errors, PNG bytes)] of one zip or folder."""
     out = []
     if src.is_dir():
         for p in sorted(src.glob("*/*/*.png")):
+            if p.stat().st_size > MAX_PNG_BYTES:
+                raise FsmtlError(f"{p}: larger than {MAX_PNG_BYTES >> 20} MB, not an Omniglot PNG (refused unread)")
             out.append((f"{p.parent.parent.name}/{p.parent.name}", str(p), read_file(p)))
     else:
         try:
@@ -71,7 +91,8 @@ def _read_source(kind: str, src: Path) -> list[tuple[str, str, bytes]]:
                     parts = info.filename.rstrip("/").split("/")
                     if info.is_dir() or not parts[-1].lower().endswith(".png") or len(parts) < 3:
                         continue
-                    out.append((f"{parts[-3]}/{parts[-2]}", f"{src}:{info.filename}", z.read(info)))
+                    name = f"{src}:{info.filename}"
+                    out.append((f"{parts[-3]}/{parts[-2]}", name, _read_member(z, info, name)))
         except (zipfile.BadZipFile, EOFError, OSError) as e:
             raise FsmtlError(
                 f"{src}: not a readable zip ({e}); expected an Omniglot {kind} archive"

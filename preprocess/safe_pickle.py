@@ -55,13 +55,21 @@ def _numpy_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     return allowed
 
 
+def _bytearray(*args: Any) -> bytearray:
+    """``bytearray`` of given bytes or text only: ``bytearray(10**10)`` would allocate 10 GB
+    from a pickle of a few bytes."""
+    if args and not isinstance(args[0], (bytes, bytearray, str)):
+        raise pickle.UnpicklingError(f"refusing bytearray({type(args[0]).__name__}) (only from bytes or text)")
+    return bytearray(*args)
+
+
 def _builtin_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     allowed: dict[tuple[str, str], Callable[..., Any]] = {("_codecs", "encode"): _latin1_encode}
     for mod in ("builtins", "__builtin__"):  # __builtin__: Python-2 pickles
         for name, fn in (
             ("set", set),
             ("frozenset", frozenset),
-            ("bytearray", bytearray),
+            ("bytearray", _bytearray),
             ("complex", complex),
         ):
             allowed[(mod, name)] = fn
@@ -69,12 +77,36 @@ def _builtin_globals() -> dict[tuple[str, str], Callable[..., Any]]:
     return allowed
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that admits only plain data and numpy arrays."""
+MAX_OBJECTS = 20_000_000  # objects a data pickle may build: its arrays come whole, as one object each
 
-    def __init__(self, file: IO[bytes], encoding: str = "latin1") -> None:
+
+class TooLarge(pickle.UnpicklingError):
+    """The pickle builds more objects than any benchmark file holds (see :data:`MAX_OBJECTS`)."""
+
+
+def _counted(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def step(self: "RestrictedUnpickler") -> Any:
+        self.objects += 1
+        if self.objects > self.max_objects:
+            raise TooLarge(f"more than {self.max_objects:,} objects (a benchmark file holds its images as one array, "
+                           "not as nested lists)")  # fmt: skip
+        return fn(self)
+
+    return step
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # the Python unpickler: each opcode can be counted
+    """An unpickler that admits only plain data and numpy arrays, and at most ``max_objects``
+    pickle operations (one per object built or container element added): a file whose nested
+    lists would grow to gigabytes is refused early, at a few hundred MB at most."""
+
+    dispatch = {op: _counted(fn) for op, fn in pickle._Unpickler.dispatch.items()}
+
+    def __init__(self, file: IO[bytes], encoding: str = "latin1", max_objects: int = MAX_OBJECTS) -> None:
         super().__init__(file, encoding=encoding, errors="strict")
         self._allowed = {**_builtin_globals(), **_numpy_globals()}
+        self.objects = 0
+        self.max_objects = max_objects
 
     def find_class(self, module: str, name: str) -> Any:
         fn = self._allowed.get((module, name))
@@ -89,7 +121,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing persistent ids")
 
 
-def load_pickle_stream(f: IO[bytes], name: str, what: str, encoding: str = "latin1") -> Any:
+def load_pickle_stream(f: IO[bytes], name: str, what: str, encoding: str = "latin1", max_objects: int = MAX_OBJECTS) -> Any:
     """Unpickle plain data from an open binary stream; errors name ``name`` and ``what``.
 
     Args:
@@ -97,11 +129,14 @@ def load_pickle_stream(f: IO[bytes], name: str, what: str, encoding: str = "lati
         name: how to name the source in errors (a path, or ``archive.tar.gz:member``).
         what: what the file should hold, e.g. ``"a CIFAR-100 batch (dict with 'data')"``.
         encoding: how to decode Python-2 ``str`` objects ("latin1" or "bytes").
+        max_objects: refuse a pickle that builds more objects than this.
     """
     try:
-        return RestrictedUnpickler(f, encoding=encoding).load()
+        return RestrictedUnpickler(f, encoding=encoding, max_objects=max_objects).load()
+    except TooLarge as e:
+        raise FsmtlError(f"{name}: refused: the pickle builds {e}; expected {what}") from None
     except pickle.UnpicklingError as e:
-        if "truncated" in str(e):
+        if "truncated" in str(e) or "exhausted" in str(e):  # the C and the Python unpickler's words
             raise FsmtlError(f"{name}: truncated pickle; expected {what}") from None
         if str(e).startswith("refusing"):
             raise FsmtlError(f"{name}: not a safe data pickle ({e}); expected {what}") from None
@@ -116,7 +151,7 @@ def load_pickle_stream(f: IO[bytes], name: str, what: str, encoding: str = "lati
         ) from None
 
 
-def load_pickle(path: str | os.PathLike[str], what: str, encoding: str = "latin1") -> Any:
+def load_pickle(path: str | os.PathLike[str], what: str, encoding: str = "latin1", max_objects: int = MAX_OBJECTS) -> Any:
     """Unpickle a user file with :class:`RestrictedUnpickler` (never runs code from the file).
 
     Raises:
@@ -131,7 +166,7 @@ def load_pickle(path: str | os.PathLike[str], what: str, encoding: str = "latin1
     except OSError as e:
         raise FsmtlError(f"{path}: cannot read ({e.strerror}); expected {what}") from None
     with f:
-        return load_pickle_stream(f, str(path), what, encoding)
+        return load_pickle_stream(f, str(path), what, encoding, max_objects)
 
 
 def get_key(d: Any, key: str, name: str, what: str) -> Any:

@@ -131,3 +131,33 @@ def test_the_real_omniglot_zips_convert(tmp_path):
     assert train.images.shape[1:] == (28, 28, 1)
     assert 0.02 < shards.mean[0] < 0.4  # sparse bright ink on a dark background
     assert cli(["verify", str(tmp_path / "o")]) == 0
+
+
+def test_a_zip_member_that_inflates_past_any_image_is_refused_unread(omniglot_src, tmp_path, capsys):
+    import resource
+    import struct
+
+    # a small zip whose member inflates to 400 MB; its header claims it is tiny, as a crafted one can
+    z = omniglot_src / "images_background.zip"
+    with zipfile.ZipFile(z, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images_background/Alpha/character01/bomb.png", b"\0" * (400 << 20))
+    assert z.stat().st_size < 2 << 20
+    data = bytearray(z.read_bytes())
+    with zipfile.ZipFile(z) as zf:
+        at = zf.start_dir  # walk the central directory to the member's entry
+    while True:
+        assert data[at : at + 4] == b"PK\x01\x02"
+        n_name, n_extra, n_comment = struct.unpack_from("<HHH", data, at + 28)
+        if data[at + 46 : at + 46 + n_name].endswith(b"bomb.png"):
+            break
+        at += 46 + n_name + n_extra + n_comment
+    struct.pack_into("<I", data, at + 24, 1000)  # declared uncompressed size: 1000 bytes
+    z.write_bytes(bytes(data))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert cli(["convert", "omniglot", "--src", str(z), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    # a header that lies is caught by the zip's CRC within the declared size; either way refused unread
+    assert "bomb.png" in err and ("larger than 8 MB, not an Omniglot PNG" in err or "Bad CRC-32" in err)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert grown_mb < 100, grown_mb  # the 400 MB member was never held (it was, whole, before)
+    assert not (tmp_path / "o").exists()

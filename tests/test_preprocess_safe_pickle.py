@@ -88,3 +88,34 @@ def test_codecs_encode_is_limited_to_text_encodings(tmp_path):
     path.write_bytes(payload)
     with pytest.raises(FsmtlError, match="codec.pkl"):
         load_pickle(path, "bytes")
+
+
+def test_a_pickle_of_nested_lists_past_the_object_cap_is_refused_early(tmp_path):
+    # images as nested Python lists (not an array) would grow to gigabytes before any check
+    path = tmp_path / "nested.pkl"
+    path.write_bytes(pickle.dumps({"image_data": [[[0] * 50 for _ in range(40)] for _ in range(30)]}))
+    from fsmtl.preprocess.safe_pickle import RestrictedUnpickler
+
+    with open(path, "rb") as f:
+        with pytest.raises(pickle.UnpicklingError, match="more than 10,000 objects"):
+            RestrictedUnpickler(f, max_objects=10_000).load()
+    with open(path, "rb") as f:
+        assert len(RestrictedUnpickler(f, max_objects=100_000).load()["image_data"]) == 30
+    with pytest.raises(FsmtlError, match=r"nested.pkl: refused: the pickle builds more than 10,000 objects .*expected a cache"):
+        load_pickle(path, "a cache", max_objects=10_000)
+
+
+def test_a_bytearray_of_a_huge_size_is_refused_without_allocating(tmp_path):
+    # bytearray(10**12) from a pickle of a few dozen bytes would allocate a terabyte
+    payload = b"\x80\x02c__builtin__\nbytearray\nJ\x00\x10\xa5\xd4\x85R."  # bytearray(0xd4a51000)
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(payload)
+    with pytest.raises(FsmtlError, match="bomb.pkl: not a safe data pickle .*refusing bytearray\\(int\\)"):
+        load_pickle(path, "a dict")
+    assert load_pickle_bytes_roundtrip(tmp_path) == bytearray(b"ok")
+
+
+def load_pickle_bytes_roundtrip(tmp_path):
+    path = tmp_path / "ba.pkl"
+    path.write_bytes(pickle.dumps(bytearray(b"ok"), protocol=2))
+    return load_pickle(path, "bytes")
