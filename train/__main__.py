@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import typing
@@ -21,6 +22,7 @@ import torch
 
 from fsmtl.core.cli import CliParser
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import read_json
 from fsmtl.train.config import TrainConfig
 from fsmtl.train.presets import PRESETS, preset_overrides
 
@@ -133,11 +135,9 @@ def check_batches_fit(cfg: TrainConfig) -> TrainConfig:
     from fsmtl.core.device import check_fits
 
     try:
-        shape = json.loads((Path(cfg.data) / "meta.json").read_text())["image_shape"]
-        pixels = 1
-        for side in shape:
-            pixels *= int(side)
-    except (OSError, ValueError, KeyError, TypeError):
+        shape = read_json(Path(cfg.data) / "meta.json", "shard meta.json")["image_shape"]
+        pixels = math.prod(int(side) for side in shape)
+    except (FsmtlError, KeyError, TypeError, ValueError):
         return cfg
     train = cfg.meta_batch_size * cfg.train_ways * (cfg.train_shots + cfg.train_queries)
     check_fits("--meta-batch-size/--train-ways/--train-shots/--train-queries",
