@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/fsmtl doctor --warm > /dev/null || echo "fsmtl: the CPU kernels were not compiled ahead; the first training run compiles them"
 	touch $(STAMP)
 
 install: $(STAMP)

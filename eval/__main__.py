@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help=f"finetune head: Adam steps on the support set (default {d.finetune_steps}, the seed's tune-all)")
     p.add_argument("--finetune-lr", dest="finetune_lr", type=float, help=f"finetune head: learning rate (default {d.finetune_lr})")
     p.add_argument("--seed", type=int, help=f"episode seed: the same tasks for every head and checkpoint (default {d.seed})")
+    p.add_argument("--within-group", dest="within_group", action=argparse.BooleanOptionalAction, default=None,
+                   help="every task's classes from one group of the split (an Omniglot alphabet: the within-alphabet "
+                        "protocol; a tiered-ImageNet category); default: as the run validated (--val-within-group)")
     p.add_argument("--batch-tasks", dest="batch_tasks", type=int, help=f"tasks embedded and solved per batch (default {d.batch_tasks})")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")

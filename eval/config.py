@@ -30,6 +30,7 @@ class EvalConfig:
     finetune_steps: int = 10
     finetune_lr: float = 1e-3
     seed: int = 0  # the episode seed: the same tasks for every head and checkpoint
+    within_group: bool | None = None  # each task's classes from one group; None: the run's --val-within-group
     batch_tasks: int = 100
     device: str = "auto"
     precision: str | None = None  # None: the run's training precision
@@ -74,11 +75,13 @@ class EvalConfig:
         check_fits("--tasks/--ways/--shots/--queries", f"the {picks:,} image indices of the test tasks", picks * 8, "cpu")
 
     def for_run(self, run_config: dict) -> "EvalConfig":
-        """Fill the task shape left unset from the run's training config (its ``test_ways`` and
-        ``test_queries``; the seed's 5 and 30 when the run does not say)."""
+        """Fill the task shape left unset from the run's training config (its ``test_ways``,
+        ``test_queries`` and ``val_within_group``; the seed's 5, 30 and whole-split tasks when the run
+        does not say)."""
         ways = self.ways if self.ways is not None else int(run_config.get("test_ways") or 5)
         queries = self.queries if self.queries is not None else int(run_config.get("test_queries") or 30)
-        return replace(self, ways=ways, queries=queries)
+        grouped = self.within_group if self.within_group is not None else bool(run_config.get("val_within_group"))
+        return replace(self, ways=ways, queries=queries, within_group=grouped)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""

@@ -113,6 +113,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             run.model, split, run.mean, run.std, ways=cfg.ways, shots=shots, queries=cfg.queries,
             n_tasks=cfg.tasks, heads=list(cfg.heads), seed=cfg.seed, device=run.device, dtype=amp,
             batch_tasks=cfg.batch_tasks, head_options=cfg.head_options(), finetune=ft,
+            within_group=bool(cfg.within_group),
         )  # fmt: skip
         results[str(shots)] = res
     notes = optimism_notes(run.config, cfg.split, Path(run.path).name)
@@ -129,7 +130,8 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
 
 def results_table(doc: dict[str, Any]) -> str:
     """One line per (shots, head): accuracy +- 95% interval in percent."""
-    lines = [f"{doc['split']} split, {doc['config']['ways']}-way, {doc['config']['queries']} queries, "
+    grouped = " within one group" if doc["config"].get("within_group") else ""
+    lines = [f"{doc['split']} split, {doc['config']['ways']}-way{grouped}, {doc['config']['queries']} queries, "
              f"{doc['config']['tasks']} tasks, seed {doc['config']['seed']}  ({doc['checkpoint']})",
              f"{'shots':>5}  {'head':<16} {'accuracy %':>18}  {'tasks':>6}  {'seconds':>8}"]  # fmt: skip
     for shots, heads in doc["results"].items():

@@ -27,7 +27,7 @@ from fsmtl.core.device import cpu_workers
 from fsmtl.pipelines.augment import CONTRAST, GRAY_WEIGHTS, SATURATION
 from fsmtl.pipelines.formats import ExportCache, dali_images
 from fsmtl.pipelines.config import PipelineConfig
-from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.planning import plan_batch, task_groups
 from fsmtl.pipelines.types import BatchPlan, TaskBatch
 from fsmtl.preprocess.shards import SplitData
 
@@ -102,6 +102,7 @@ class DaliBackend:
         self.cache = ExportCache()
         self.data = dali_images(split, self.cache)
         self.offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
+        self.groups = task_groups(split, cfg)
         self.device = torch.device(cfg.device)
         self.gpu = self.device.type == "cuda"
 
@@ -130,7 +131,7 @@ class DaliBackend:
 
         def source() -> tuple[np.ndarray, ...]:
             # called by DALI when it schedules a batch (ahead of the consumer)
-            plan = plan_batch(self.offsets, self.cfg, self.pad, generator)
+            plan = plan_batch(self.offsets, self.cfg, self.pad, generator, self.groups)
             plans.append((plan, generator.get_state()))
             return plan_inputs(plan, self.data, channels)[:used]
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from fsmtl.core.device import cpu_workers
 from fsmtl.pipelines.formats import ExportCache, ffcv_file
 from fsmtl.pipelines.config import PipelineConfig
-from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.planning import plan_batch, task_groups
 from fsmtl.pipelines.types import TaskBatch
 from fsmtl.preprocess.export_ffcv import keep_thread_counts
 from fsmtl.preprocess.shards import SplitData
@@ -46,6 +46,7 @@ class FfcvBackend:
         self.cache = ExportCache()
         self.path = ffcv_file(split, self.cache, progress=cfg.progress)
         self.offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
+        self.groups = task_groups(split, cfg)
         self.device = torch.device(cfg.device)
         # the augmenter: the torch back end over each loaded batch (a tiny stand-in split)
         self._augment = TorchBackend.batch_augmenter(mean, std, cfg)
@@ -71,7 +72,7 @@ class FfcvBackend:
         while True:
             plans = collections.deque()
             for _ in range(_EPOCH_BATCHES):
-                plan = plan_batch(self.offsets, self.cfg, self.pad, generator)
+                plan = plan_batch(self.offsets, self.cfg, self.pad, generator, self.groups)
                 plans.append((plan, generator.get_state()))
             order = torch.cat([p.rows for p, _ in plans]).numpy().astype(np.uint64)
             # FFCV sets this thread's torch/numba thread counts to its worker count; undo it

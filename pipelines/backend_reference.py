@@ -31,7 +31,7 @@ from torchvision import transforms as T
 from fsmtl.core.device import cpu_workers
 from fsmtl.pipelines.config import PipelineConfig
 
-from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.planning import plan_batch, task_groups
 
 from fsmtl.pipelines.types import TaskBatch
 from fsmtl.core.optional import import_optional
@@ -69,13 +69,13 @@ class PilDataset(Dataset):
 class _PlanSampler:
     """A batch sampler yielding each planned batch's rows; records plans for the consumer."""
 
-    def __init__(self, offsets: Tensor, cfg: PipelineConfig, pad: int, generator: torch.Generator) -> None:
-        self.offsets, self.cfg, self.pad, self.gen = offsets, cfg, pad, generator
+    def __init__(self, offsets: Tensor, cfg: PipelineConfig, pad: int, generator: torch.Generator, groups=None) -> None:
+        self.offsets, self.cfg, self.pad, self.gen, self.groups = offsets, cfg, pad, generator, groups
         self.plans: collections.deque = collections.deque()
 
     def __iter__(self) -> Iterator[list[int]]:
         while True:
-            plan = plan_batch(self.offsets, self.cfg, self.pad, self.gen)
+            plan = plan_batch(self.offsets, self.cfg, self.pad, self.gen, self.groups)
             self.plans.append((plan, self.gen.get_state()))
             yield plan.rows.tolist()
 
@@ -139,11 +139,11 @@ class ReferenceBackend:
         return x.to(self.cfg.out_dtype)
 
     def stream(self, generator: torch.Generator) -> Iterator[tuple[TaskBatch, Tensor, Any]]:
-        if self.use_learn2learn:
+        if self.use_learn2learn and not self.cfg.within_group:  # learn2learn has no grouped tasks
             yield from self._stream_l2l(generator)
             return
         offsets = torch.from_numpy(np.asarray(self.split.class_offsets, dtype=np.int64))
-        sampler = _PlanSampler(offsets, self.cfg, self.pad, generator)
+        sampler = _PlanSampler(offsets, self.cfg, self.pad, generator, task_groups(self.split, self.cfg))
         seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(self.cfg.seed)))
         loader = DataLoader(
             self.dataset,

@@ -26,7 +26,7 @@ from fsmtl.core.optional import optional_problem
 from fsmtl.pipelines.augment import LeeParams, augment_rows, draw_lee_params
 from fsmtl.pipelines.checks import check_pad
 from fsmtl.pipelines.config import PipelineConfig, check_request
-from fsmtl.pipelines.planning import plan_batch
+from fsmtl.pipelines.planning import plan_batch, task_groups
 from fsmtl.pipelines.types import BatchPlan, TaskBatch
 from fsmtl.pipelines.transforms import normalize_batch
 from fsmtl.preprocess.shards import SplitData
@@ -147,6 +147,7 @@ class TorchBackend:
         self.cfg, self.mean, self.std, self.pad = cfg, mean, std, pad
         self.device = torch.device(cfg.device)
         self.offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
+        self.groups = task_groups(split, cfg)
         nbytes = int(split.images.nbytes)
         budget = None if cfg.memory_budget_gb is None else cfg.memory_budget_gb * 1e9
         self.resident = budget is None or nbytes <= budget
@@ -202,7 +203,7 @@ class TorchBackend:
         while True:
             plans, states = [], []
             for _ in range(self.group):  # the generator's state after each plan: exact resume per batch
-                plans.append(plan_batch(self.offsets, self.cfg, self.pad, generator))
+                plans.append(plan_batch(self.offsets, self.cfg, self.pad, generator, self.groups))
                 states.append(generator.get_state())
             event = None
             if self.side is not None:

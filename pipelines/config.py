@@ -21,7 +21,7 @@ BACKENDS = ("torch", "dali", "ffcv", "reference")
 _BACKEND_MODULES = {"dali": "nvidia.dali", "ffcv": "ffcv"}
 # the settings that decide the stream of batches (with backend and seed): a saved loader state
 # resumes only a loader that has the same ones
-_STREAM_FIELDS = ("ways", "shots", "queries", "tasks_per_batch", "augment", "padding", "jitter", "flip")
+_STREAM_FIELDS = ("ways", "shots", "queries", "tasks_per_batch", "augment", "padding", "jitter", "flip", "within_group")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class PipelineConfig:
     shots: int = 5
     queries: int = 5
     tasks_per_batch: int = 6
+    within_group: bool = False  # every task's classes from one group of the split (SplitData.categories)
     augment: str = "lee"  # "lee" | "none"
     padding: int | None = None  # None -> 8 at >= 64 px, 4 below
     jitter: bool = True  # colour jitter (Omniglot turns it off)
@@ -79,7 +80,7 @@ def check_config(cfg: PipelineConfig) -> None:
         if getattr(cfg, name) is not None:
             check_int(getattr(cfg, name), f"pipeline {name} (or None)", 0)
     check_int(cfg.seed, "pipeline seed", -(2**63), 2**64 - 1)  # torch.Generator.manual_seed's range
-    for name in ("jitter", "flip", "channels_last", "prefetch", "progress"):
+    for name in ("jitter", "flip", "channels_last", "prefetch", "progress", "within_group"):
         if not isinstance(getattr(cfg, name), (bool, np.bool_)):
             raise FsmtlError(f"pipeline {name}: expected True or False, got {describe(getattr(cfg, name))}")
     check_out_dtype(cfg.out_dtype, "pipeline out_dtype")
@@ -128,6 +129,13 @@ def check_request(split: SplitData, mean: Sequence[float], std: Sequence[float],
     n_classes = len(offsets) - 1
     if cfg.ways > n_classes:
         raise FsmtlError(f"pipeline ways: split {split.name!r} has {n_classes} classes, cannot make {cfg.ways}-way tasks")
+    if cfg.within_group:
+        from fsmtl.pipelines.episodes import class_groups
+
+        try:
+            class_groups(split.categories, f"split {split.name!r}").eligible(cfg.ways)
+        except ValueError as e:
+            raise FsmtlError(f"pipeline within_group: split {split.name!r}: {e}") from None
     smallest = int(np.diff(offsets).min())
     if cfg.per_class > smallest:
         raise FsmtlError(

@@ -8,6 +8,8 @@ microseconds: the images themselves are gathered on the device.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Sequence
+
 import numba
 import numpy as np
 import torch
@@ -221,13 +223,16 @@ def _sample_within_classes(
 
 
 def sample_episode_indices(
-    class_offsets: Tensor, n_tasks: int, ways: int, per_class: int, generator: torch.Generator
+    class_offsets: Tensor, n_tasks: int, ways: int, per_class: int, generator: torch.Generator,
+    groups: ClassGroups | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Sample ``n_tasks`` N-way tasks with ``per_class`` images per class.
 
     Args:
         class_offsets: int64 [n_classes + 1] (CPU).
         generator: a CPU ``torch.Generator``; the result depends only on its state.
+        groups: when given, every task's classes come from one group (:func:`sample_grouped_classes`);
+            None: from the whole split.
 
     Returns:
         (rows, classes): rows int64 [n_tasks, ways, per_class] indices into the split, and
@@ -236,6 +241,11 @@ def sample_episode_indices(
     """
     counts = _check(class_offsets, ways, per_class)  # per_class <= every class: no per-draw check
     n_classes = class_offsets.numel() - 1
+    if groups is not None:
+        if groups.members.numel() and int(groups.members.max()) >= n_classes:
+            raise PipelineInputError(f"groups: name class ids up to {int(groups.members.max())}, the split has {n_classes} classes")
+        classes = sample_grouped_classes(groups, n_tasks, ways, generator)
+        return _sample_within_classes(class_offsets, counts, classes, per_class, generator), classes
     if max(ways, per_class) > _BUFFER_MAX:
         classes = sample_classes(n_classes, n_tasks, ways, generator)
         rows = _sample_within_classes(class_offsets, counts, classes, per_class, generator)
@@ -249,6 +259,80 @@ def sample_episode_indices(
     _episode_rows(class_keys.numpy(), within_keys.numpy(), class_offsets.contiguous().numpy(), ways, per_class,
                   classes.numpy(), rows.numpy())  # fmt: skip
     return rows.reshape(n_tasks, ways, per_class), classes
+
+
+class ClassGroups(NamedTuple):
+    """The classes of a split by group (Omniglot's alphabet, tiered-ImageNet's category, the first
+    folder level of an imagefolder tree), for tasks whose classes all come from one group.
+
+    Attributes:
+        names: one name a group, sorted.
+        members: int64 [G, M]: group g's class ids in its first ``sizes[g]`` columns, ascending, -1 after.
+        sizes: int64 [G]: classes a group.
+    """
+
+    names: tuple[str, ...]
+    members: Tensor
+    sizes: Tensor
+
+    def eligible(self, ways: int) -> Tensor:
+        """int64 [G'] ids of the groups with at least ``ways`` classes, ascending.
+
+        Raises:
+            PipelineInputError: no group has ``ways`` classes (names the largest and its size).
+        """
+        ok = torch.nonzero(self.sizes >= ways).reshape(-1)
+        if ok.numel() == 0:
+            big = int(self.sizes.argmax())
+            raise PipelineInputError(
+                f"ways: cannot make {ways}-way tasks within one group: the largest group, {self.names[big]!r}, "
+                f"has {int(self.sizes[big])} classes"
+            )
+        return ok
+
+    def too_small(self, ways: int) -> list[str]:
+        """'name (size)' of each group with fewer than ``ways`` classes (left out of grouped tasks)."""
+        return [f"{n} ({int(s)})" for n, s in zip(self.names, self.sizes.tolist()) if s < ways]
+
+
+def class_groups(categories: Sequence[str] | None, where: str = "split") -> ClassGroups:
+    """:class:`ClassGroups` of a split's per-class group names (``SplitData.categories``).
+
+    Raises:
+        PipelineInputError: ``categories`` is None (the converter recorded no groups) or empty.
+    """
+    if categories is None or len(categories) == 0:
+        raise PipelineInputError(
+            f"{where}: has no class groups (classes.json lists no categories); tasks within one group need shards "
+            "converted with groups: Omniglot's alphabets, tiered-ImageNet's categories, or imagefolder's --group-folders"
+        )
+    names = tuple(sorted(set(map(str, categories))))
+    index = {n: g for g, n in enumerate(names)}
+    of_class = torch.tensor([index[str(c)] for c in categories], dtype=torch.int64)
+    sizes = torch.bincount(of_class, minlength=len(names))
+    members = torch.full((len(names), int(sizes.max())), -1, dtype=torch.int64)
+    order = torch.argsort(of_class, stable=True)  # classes by group, ascending within each
+    starts = torch.cumsum(sizes, 0) - sizes
+    col = torch.arange(order.numel()) - starts[of_class[order]]
+    members[of_class[order], col] = order
+    return ClassGroups(names, members, sizes)
+
+
+def sample_grouped_classes(groups: ClassGroups, n_tasks: int, ways: int, generator: torch.Generator) -> Tensor:
+    """Draw each task's group (uniformly among those with at least ``ways`` classes), then ``ways``
+    distinct classes of that group.
+
+    Returns:
+        int64 [n_tasks, ways] class ids, every row's classes from one group, in random order.
+
+    Raises:
+        PipelineInputError: no group has ``ways`` classes.
+    """
+    ok = groups.eligible(ways)
+    pick = ok[torch.randint(0, ok.numel(), (n_tasks,), generator=generator)]
+    keys = torch.rand(n_tasks, groups.members.shape[1], generator=generator)
+    within = _smallest_keys(keys, ways, groups.sizes[pick])  # columns past a group's size take no part
+    return groups.members[pick].gather(1, within)
 
 
 def remap_labels(labels: Tensor) -> tuple[Tensor, Tensor]:

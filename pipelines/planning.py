@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from fsmtl.pipelines.augment import draw_lee_params
-from fsmtl.pipelines.episodes import sample_episode_indices
+from fsmtl.pipelines.episodes import ClassGroups, class_groups, sample_episode_indices
 from fsmtl.pipelines.config import PipelineConfig
+from fsmtl.preprocess.shards import SplitData
 from fsmtl.pipelines.types import BatchPlan
 
 
@@ -19,16 +20,24 @@ def _task_and_label(t: int, n: int, k: int) -> tuple[Tensor, Tensor]:
     return torch.arange(t).repeat_interleave(n * k), torch.arange(n).repeat_interleave(k).repeat(t)
 
 
-def plan_batch(class_offsets: Tensor, cfg: PipelineConfig, pad: int, generator: torch.Generator) -> BatchPlan:
+def task_groups(split: SplitData, cfg: PipelineConfig) -> ClassGroups | None:
+    """The class groups a loader draws tasks within (``cfg.within_group``), else None."""
+    return class_groups(split.categories, f"split {split.name!r}") if cfg.within_group else None
+
+
+def plan_batch(
+    class_offsets: Tensor, cfg: PipelineConfig, pad: int, generator: torch.Generator, groups: ClassGroups | None = None
+) -> BatchPlan:
     """Draw one batch's episodes and augmentation parameters (CPU, vectorised).
 
     Args:
         class_offsets: int64 [n_classes + 1] (CPU).
         pad: crop padding.
         generator: the loader's CPU generator (advanced by this call).
+        groups: each task's classes from one group (:func:`task_groups`); None: from the whole split.
     """
     t, n, k = cfg.tasks_per_batch, cfg.ways, cfg.per_class
-    rows, classes = sample_episode_indices(class_offsets, t, n, k, generator)
+    rows, classes = sample_episode_indices(class_offsets, t, n, k, generator, groups)
     task, label = (x.clone() for x in _task_and_label(t, n, k))  # the same every batch: built once
     global_class = classes.unsqueeze(2).expand(t, n, k).reshape(-1)
     params = None

@@ -74,14 +74,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--rotations",
-        action="store_true",
-        help="omniglot: add 90/180/270-degree rotations of train classes as new classes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="omniglot: add 90/180/270-degree rotations of train classes as new classes (default: on)",
     )
     c.add_argument(
         "--val-alphabets",
         type=int,
-        default=d.val_alphabets,
-        help=f"omniglot: background alphabets held out as val (default {d.val_alphabets})",
+        default=None,
+        help="omniglot: background alphabets held out as val (default 1); held-out alphabets are taken from the "
+        "end of the sorted list, preferring those with at least 20 characters (20-way tasks within one alphabet)",
+    )
+    c.add_argument(
+        "--test-alphabets",
+        type=int,
+        default=None,
+        help="omniglot: background alphabets held out as test (default 2 without an images_evaluation set, "
+        "which is otherwise the test split)",
     )
     c.add_argument(
         "--split-file",
@@ -143,6 +152,7 @@ def convert_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         seed=args.seed,
         rotations=args.rotations,
         val_alphabets=args.val_alphabets,
+        test_alphabets=args.test_alphabets,
         split_file=args.split_file,
         # None (not given) becomes the dataclass default, which the config reads as "not given"
         ratios=args.ratios if args.ratios is not None else defaults.ratios,  # type: ignore[arg-type]

@@ -44,7 +44,7 @@ MAX_SIZE = 1024  # --size range: MIN_IMAGE_SIZE (the synthetic generator's small
 # formats/normalization, which every converter reads). Giving one a non-default value for any other
 # benchmark is an error; run.py records these in meta.json.
 BENCHMARK_OPTIONS: dict[str, tuple[str, ...]] = {
-    "omniglot": ("rotations", "val_alphabets"),
+    "omniglot": ("rotations", "val_alphabets", "test_alphabets"),
     "imagefolder": ("channels", "seed", "split_file", "ratios"),
     "synthetic": ("channels", "seed", "classes", "per_class", "difficulty"),
 }
@@ -91,8 +91,11 @@ class PreprocessConfig:
         channels: 1 or 3 (imagefolder, synthetic).
         workers: decoding threads (None: all CPUs).
         seed: seed of imagefolder's ratio split and of the synthetic generator.
-        rotations: Omniglot: add 90/180/270-degree rotations of train classes as new classes.
-        val_alphabets: Omniglot: hold out this many background alphabets as the val split.
+        rotations: Omniglot: add 90/180/270-degree rotations of train classes as new classes
+            (None: yes).
+        val_alphabets: Omniglot: hold out this many background alphabets as the val split (None: 1).
+        test_alphabets: Omniglot: hold out this many background alphabets as the test split (None:
+            2 when no images_evaluation set is given, else 0: the evaluation set is the test split).
         split_file: imagefolder: a file assigning each class folder to a split.
         ratios: imagefolder: fractions of classes for (train, val, test), used without split_file.
         classes: synthetic: classes per split (train, val, test).
@@ -116,8 +119,9 @@ class PreprocessConfig:
     channels: int = 3
     workers: int | None = None
     seed: int = 0
-    rotations: bool = False
-    val_alphabets: int = 0
+    rotations: bool | None = None  # None: omniglot's default, on
+    val_alphabets: int | None = None  # None: 1
+    test_alphabets: int | None = None  # None: 2 without an evaluation set, else 0
     split_file: Path | None = None
     ratios: tuple[float, float, float] = (0.64, 0.16, 0.20)
     classes: tuple[int, int, int] = (64, 16, 20)
@@ -146,7 +150,9 @@ class PreprocessConfig:
             check_int(self.workers, "--workers", 1, MAX_WORKERS)
         check_int(self.seed, "--seed", 0, SEED_MAX)
         # Omniglot's background set has 30 alphabets; at least one must stay for training
-        check_int(self.val_alphabets, "--val-alphabets", 0, 29)
+        for name in ("val_alphabets", "test_alphabets"):
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), _flag(name), 0, 29)
         finite = all(isinstance(r, (int, float)) and math.isfinite(r) for r in self.ratios)
         if not finite or len(self.ratios) != 3 or min(self.ratios) < 0 or abs(sum(self.ratios) - 1.0) > 1e-6:
             raise FsmtlError(f"--ratios: expected three non-negative fractions summing to 1, got {','.join(map(str, self.ratios))}")

@@ -129,7 +129,38 @@ def _write(w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotat
         )
         labels = np.concatenate([labels + i * n for i in range(len(_ROTATIONS) + 1)])
         classes = classes + [f"{c}/rot{r}" for r in _ROTATIONS for c in classes]
-    w.write_split(split, np.ascontiguousarray(images), labels, classes)
+    # each class's group is its alphabet (rotated characters too): tasks within one alphabet
+    w.write_split(split, np.ascontiguousarray(images), labels, classes, [c.split("/")[0] for c in classes])
+
+
+# Held out by default when no images_evaluation set is given: 2 alphabets to test on, 1 to validate
+# (tune) on; the rest train. Held-out alphabets are preferably ones with at least HELD_OUT_MIN_CLASSES
+# characters, so that Lake et al.'s 20-way within-alphabet tasks can be drawn from each of them.
+DEFAULT_TEST_ALPHABETS = 2
+DEFAULT_VAL_ALPHABETS = 1
+HELD_OUT_MIN_CLASSES = 20
+
+
+def hold_out(sizes: dict[str, int], n_test: int, n_val: int) -> tuple[set[str], set[str]]:
+    """(test alphabets, val alphabets) of background alphabets {name: characters}.
+
+    Taken from the end of the sorted names, those with at least :data:`HELD_OUT_MIN_CLASSES`
+    characters first (the rest only when too few are that large); test first, then val.
+
+    Raises:
+        FsmtlError: fewer than n_test + n_val + 1 alphabets (one must stay to train on).
+    """
+    names = sorted(sizes)
+    if n_test + n_val >= len(names):
+        raise FsmtlError(f"--val-alphabets {n_val} + --test-alphabets {n_test}: expected fewer than the "
+                         f"{len(names)} background alphabets (one must stay for training)")  # fmt: skip
+    order = [a for a in reversed(names) if sizes[a] >= HELD_OUT_MIN_CLASSES]
+    order += [a for a in reversed(names) if sizes[a] < HELD_OUT_MIN_CLASSES]
+    return set(order[:n_test]), set(order[n_test : n_test + n_val])
+
+
+def _split_of(alphabet: str, test_set: set[str], val_set: set[str]) -> str:
+    return "test" if alphabet in test_set else "val" if alphabet in val_set else "train"
 
 
 def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
@@ -148,24 +179,28 @@ def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
                 seen.add(key)
                 items[kind].append(item)
     size = cfg.out_size
+    rotations = True if cfg.rotations is None else cfg.rotations
+    n_test = cfg.test_alphabets if cfg.test_alphabets is not None else (0 if items["evaluation"] else DEFAULT_TEST_ALPHABETS)
+    n_val = cfg.val_alphabets if cfg.val_alphabets is not None else DEFAULT_VAL_ALPHABETS
+    if items["evaluation"] and n_test:
+        raise FsmtlError(f"--test-alphabets {n_test}: {cfg.src} has an images_evaluation set, which is the test split; "
+                         "pass --test-alphabets 0, or leave the evaluation set out of --src")  # fmt: skip
     if items["background"]:
         bg = items["background"]
-        alphabets = sorted({c.split("/")[0] for c, _, _ in bg})
-        if cfg.val_alphabets >= len(alphabets):
-            raise FsmtlError(
-                f"--val-alphabets: expected fewer than the {len(alphabets)} background alphabets, got {cfg.val_alphabets}"
-            )
-        val_set = (
-            set(alphabets[len(alphabets) - cfg.val_alphabets :]) if cfg.val_alphabets else set()
-        )
+        sizes: dict[str, set[str]] = {}
+        for c, _, _ in bg:
+            sizes.setdefault(c.split("/")[0], set()).add(c)
+        test_set, val_set = hold_out({a: len(v) for a, v in sizes.items()}, n_test, n_val)
         images = _decode_all(bg, size, cfg, "omniglot background")
-        is_val = np.array([c.split("/")[0] in val_set for c, _, _ in bg])
-        for split, mask in (("train", ~is_val), ("val", is_val)):
+        where = np.array([_split_of(c.split("/")[0], test_set, val_set) for c, _, _ in bg])
+        for split in ("train", "val", "test"):
+            mask = where == split
             if mask.any():
                 ids = [bg[i][0] for i in np.flatnonzero(mask)]
-                _write(w, split, images[mask], ids, cfg.rotations and split == "train")
-    elif cfg.val_alphabets:
-        raise FsmtlError(f"--val-alphabets: {cfg.src} has no background alphabets to hold out")
+                _write(w, split, images[mask], ids, rotations and split == "train")
+    elif cfg.val_alphabets or cfg.test_alphabets:
+        flag = "--val-alphabets" if cfg.val_alphabets else "--test-alphabets"
+        raise FsmtlError(f"{flag}: {cfg.src} has no background alphabets to hold out")
     if items["evaluation"]:
         ev = items["evaluation"]
         _write(

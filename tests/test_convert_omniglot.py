@@ -53,8 +53,9 @@ def omniglot_src(tmp_path):
 
 
 def test_background_is_train_and_evaluation_is_test_with_bright_ink(omniglot_src, tmp_path):
+    args = ["--no-rotations", "--val-alphabets", "0"]
     assert (
-        cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "o")]) == 0
+        cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "o"), *args]) == 0
     )
     shards = open_shards(tmp_path / "o")
     assert shards.splits == ["train", "test"] and shards.image_shape == (28, 28, 1)
@@ -86,8 +87,39 @@ def test_val_alphabets_are_held_out_and_rotations_add_train_classes(omniglot_src
 
 def test_a_single_zip_can_be_the_source(omniglot_src, tmp_path):
     src = omniglot_src / "images_background.zip"
-    assert cli(["convert", "omniglot", "--src", str(src), "--out", str(tmp_path / "o")]) == 0
+    args = ["--val-alphabets", "0", "--test-alphabets", "0"]
+    assert cli(["convert", "omniglot", "--src", str(src), "--out", str(tmp_path / "o"), *args]) == 0
     assert open_shards(tmp_path / "o").splits == ["train"]
+
+
+def test_defaults_hold_out_alphabets_for_val_and_test_and_record_each_class_alphabet(omniglot_src, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    src = tmp_path / "bg"
+    (src / "images_background").mkdir(parents=True)
+    # Delta has 20 characters: preferred as a held-out alphabet (20-way tasks within it are possible)
+    for name, data in {**_omniglot_tree(rng, ["Alpha", "Beta", "Gamma", "Eta"]), **_omniglot_tree(rng, ["Delta"], chars=20)}.items():
+        p = src / "images_background" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    assert cli(["convert", "omniglot", "--src", str(src), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    shards = open_shards(tmp_path / "o")
+    train, val, test = (shards.split(s) for s in ("train", "val", "test"))
+    assert sorted(set(test.categories)) == ["Delta", "Gamma"]  # 2 test alphabets: the large one first
+    assert val.categories == ["Eta", "Eta"]  # then the next from the end of the sorted names
+    assert sorted(set(train.categories)) == ["Alpha", "Beta"]
+    assert train.n_classes == 4 * 4  # rotations on by default, each rotated class in its alphabet
+    assert train.categories == [c.split("/")[0] for c in train.classes]
+    # an evaluation set is the test split: no background alphabet is then held out for test
+    assert cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "e"), "--no-progress"]) == 0
+    e = open_shards(tmp_path / "e")
+    assert e.split("test").categories == ["Zeta_(script)"] * 2 and e.split("val").n_classes == 2
+    assert cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "x"),
+                "--test-alphabets", "1"]) == 2  # fmt: skip
+    assert "has an images_evaluation set, which is the test split" in capsys.readouterr().err
+    assert cli(["convert", "omniglot", "--src", str(src), "--out", str(tmp_path / "y"), "--val-alphabets", "2",
+                "--test-alphabets", "3"]) == 2  # fmt: skip
+    assert "expected fewer than the 5 background alphabets" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
 def test_a_corrupt_zip_and_a_bad_png_exit_2_naming_the_file(omniglot_src, tmp_path, capsys):
@@ -119,6 +151,9 @@ def test_the_real_omniglot_zips_convert(tmp_path):
             str(tmp_path / "o"),
             "--val-alphabets",
             "2",
+            "--test-alphabets",
+            "0",
+            "--no-rotations",
             "--no-progress",
         ]
     )
@@ -128,6 +163,7 @@ def test_the_real_omniglot_zips_convert(tmp_path):
     assert set(train.classes) | set(val.classes) == expected
     assert all(c.count("/") == 1 for c in train.classes)
     assert len({c.split("/")[0] for c in val.classes}) == 2
+    assert val.categories == [c.split("/")[0] for c in val.classes]
     assert train.images.shape[1:] == (28, 28, 1)
     assert 0.02 < shards.mean[0] < 0.4  # sparse bright ink on a dark background
     assert cli(["verify", str(tmp_path / "o")]) == 0

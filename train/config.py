@@ -12,7 +12,7 @@ from fsmtl.core.device import DEVICE_NAMES, is_device_name
 from fsmtl.core.errors import FsmtlError
 
 OPTIMIZERS = ("sgd", "sgdp", "sgdw", "adam", "adamw", "adamax", "radam", "adabound", "adamp")
-SCHEDULERS = ("plateau", "step", "cosine", "none")
+SCHEDULERS = ("plateau", "step", "cosine", "budget", "none")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 PIPELINES = ("torch", "dali", "ffcv", "reference")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -31,6 +31,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "algorithm": ("method", "{choices}: mtl is the seed's multi-task learning, the others episodic baselines"),
     "model": ("method", "backbone: {choices}"),
     "drop_rate": ("method", "dropout / DropBlock rate of ResNet-12 (the seed: 0.1)"),
+    "width": ("method", "conv4: channels of every block (none = 64, Prototypical Networks' width)"),
     "norm_train_features": ("method", "L2-normalise features before the task heads in training (the seed's published commands turn it on for every benchmark but FC100)"),
     "trainval": ("method", "train on train + val classes, as the seed's flag (which then validates on the test split: see --val-split)"),
     "val_split": ("method", "the split validation runs on (it picks best.pt and drives the plateau scheduler and early stopping): {choices}; auto = val, or with --trainval test, as the seed did; none = no validation"),
@@ -38,6 +39,8 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "train_shots": ("tasks", "images per class of a training task (with MTL all are trained on: no split)"),
     "train_queries": ("tasks", "more images per class of a training task (the queries of episodic baselines)"),
     "meta_batch_size": ("tasks", "training tasks per optimizer step, all in one forward pass"),
+    "train_within_group": ("tasks", "every training task's classes from one group of the data (an Omniglot alphabet, a tiered-ImageNet category, an imagefolder group folder); groups with fewer than --train-ways classes are left out"),
+    "val_within_group": ("tasks", "every validation task's classes from one group (Omniglot's within-alphabet protocol); fsmtl eval follows it unless told otherwise"),
     "test_ways": ("tasks", "classes per validation task"),
     "test_shots": ("tasks", "support images per class of a validation task"),
     "test_queries": ("tasks", "query images per class of a validation task (the seed's code: 30; its paper: 50)"),
@@ -46,7 +49,9 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "weight_decay": ("optimization", "weight decay; none = the seed's default for the optimizer (0, adamw 0.01)"),
     "momentum": ("optimization", "momentum of the SGD family"),
     "grad_clip": ("optimization", "clip the global gradient norm to this; 0 = off (the seed does not clip)"),
-    "scheduler": ("optimization", "learning-rate schedule, stepped once an epoch: {choices}"),
+    "scheduler": ("optimization", "learning-rate schedule: {choices}; budget = set every step from the fraction of the run's budget spent (--max-minutes, --max-epochs, --max-steps: the largest), a cosine to --lr-floor at its end (one-cycle with --warmup-frac); the others step once an epoch"),
+    "warmup_frac": ("optimization", "budget: linear warm-up from lr/25 over this fraction of the budget (0 = none)"),
+    "lr_floor": ("optimization", "budget: the lr factor the cosine ends at (a fraction of --lr)"),
     "plateau_factor": ("optimization", "plateau: multiply the lr by this when validation accuracy stalls"),
     "plateau_patience": ("optimization", "plateau: epochs without improvement before the lr drops"),
     "step_size": ("optimization", "step: epochs between lr drops"),
@@ -61,6 +66,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "max_minutes": ("schedule", "stop once this much wall time has passed in this invocation (the unfinished epoch is checkpointed; --resume finishes it)"),
     "augment": ("data", "training augmentation: {choices} (lee = MetaOptNet's crop, colour jitter, flip)"),
     "jitter": ("data", "colour jitter inside lee (the omniglot preset turns it off; --no-jitter for other greyscale data)"),
+    "flip": ("data", "horizontal flips inside lee (the omniglot preset turns them off: a mirrored character is another character)"),
     "pipeline": ("data", "batch back end: {choices} (reference = the seed's per-image PIL way, for comparison)"),
     "verify_data": ("data", "compare the shards with meta.json's sha256 when they are opened (cached by size and mtime: only the first run after a change hashes)"),
     "workers": ("data", "worker processes of the dali/ffcv/reference back ends; none = one per CPU core"),
@@ -100,10 +106,13 @@ class TrainConfig:
     algorithm: str = "mtl"  # "mtl" (the seed) or an episodic baseline ("protonet")
     model: str = "resnet12"
     drop_rate: float = 0.1
+    width: int | None = None  # conv4's channels; None: the model's default (64)
     train_ways: int = 5
     train_shots: int = 5
     train_queries: int = 5
     meta_batch_size: int = 6  # tasks per optimizer step
+    train_within_group: bool = False  # each training task's classes from one group (SplitData.categories)
+    val_within_group: bool = False  # each validation task's classes from one group
     test_ways: int = 5
     test_shots: int = 5
     test_queries: int = 30  # the seed's code (the paper's tables use 50)
@@ -121,12 +130,15 @@ class TrainConfig:
     step_size: int = 20
     step_gamma: float = 1.0
     cosine_epochs: int | None = None  # None: max_epochs, or 100 when unbounded
+    warmup_frac: float = 0.0  # budget scheduler: warm-up fraction of the budget
+    lr_floor: float = 0.0  # budget scheduler: final lr factor
     early_stop_patience: int = 15
     epoch_length: int = 1600  # training tasks per epoch (the seed's count); see steps_per_epoch()
     val_epoch_length: int = 400  # validation tasks per epoch (the same tasks every epoch)
     val_batch_tasks: int = 50  # validation tasks embedded per forward
     augment: str = "lee"
     jitter: bool = True  # colour jitter inside "lee" (off for Omniglot)
+    flip: bool = True  # horizontal flips inside "lee"
     precision: str = "auto"  # auto: bf16 where supported (CUDA with bf16, CPU), else fp32
     channels_last: bool = True
     compile: bool = False
@@ -164,6 +176,11 @@ class TrainConfig:
         choice("val_split", VAL_SPLITS)
         choice("algorithm", tuple(ALGORITHMS))
         self._check_numbers()
+        if self.scheduler == "budget" and self.max_minutes is None and self.max_epochs is None and self.max_steps is None:
+            raise FsmtlError("--scheduler budget: expected a budget to lay the schedule over (--max-minutes, "
+                             "--max-epochs or --max-steps), got none")  # fmt: skip
+        if self.width is not None and self.model != "conv4":
+            raise FsmtlError(f"--width: only for --model conv4, not {self.model}")
         if self.algorithm != "mtl" and self.train_queries < 1:
             raise FsmtlError(f"--algorithm {self.algorithm}: episodic training needs --train-queries >= 1")
         if not is_device_name(self.device):
@@ -184,12 +201,16 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), _flag(name), lo, INT64_MAX)
         check_int(self.seed, "--seed", 0, SEED_MAX)
+        if self.width is not None:
+            check_int(self.width, "--width", 1, 4096)
         check_real(self.drop_rate, "--drop-rate", 0.0, 1.0, hi_open=True)
         check_real(self.momentum, "--momentum", 0.0, 1.0, hi_open=True)
         check_real(self.plateau_factor, "--plateau-factor", 0.0, 1.0, lo_open=True, hi_open=True)
         for name in ("lr", "step_gamma", "max_minutes"):
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0, lo_open=True)
+        check_real(self.warmup_frac, "--warmup-frac", 0.0, 1.0, hi_open=True)
+        check_real(self.lr_floor, "--lr-floor", 0.0, 1.0)
         for name in ("grad_clip", "weight_decay"):
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0)

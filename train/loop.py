@@ -109,13 +109,16 @@ def train_epoch(
     tools: StepTools, loader: Iterator[Any], start_step: int, n_steps: int, log_every: int,
     should_stop: Callable[[], bool], on_log: Callable[[int, float], None],
     agree: Callable[[list[bool]], list[bool]] = _alone,
+    before_step: Callable[[int], None] | None = None,
 ) -> EpochStats:
     """Run up to ``n_steps`` steps. The host reads device values only every ``log_every`` steps
     (running loss, the first non-finite step) and then also asks ``should_stop()``.
 
     ``agree(flags) -> flags`` ORs boolean flags over the ranks of a distributed run (one
     all-reduce); every rank calls it at the same steps, so a NaN or a stop request seen by one rank
-    ends the epoch on all of them at the same step (none is left waiting in a collective)."""
+    ends the epoch on all of them at the same step (none is left waiting in a collective).
+    ``before_step(step)``, when given, runs on the host before each step (the budget schedule sets
+    the learning rate there)."""
     d = tools.device
     sums = torch.zeros(2, dtype=torch.float32, device=d)
     first_bad = torch.full((), -1, dtype=torch.int64, device=d)
@@ -124,6 +127,8 @@ def train_epoch(
         t0 = time.perf_counter()
         batch = next(loader)
         data_s += time.perf_counter() - t0
+        if before_step is not None:
+            before_step(start_step + i)
         loss, acc = train_step(tools, batch, start_step + i)
         sums += torch.stack([loss.float(), acc.float()])
         bad_now = (~torch.isfinite(loss)) & (first_bad < 0)

@@ -65,7 +65,8 @@ def build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, device: to
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     """Epoch-level scheduler: ``plateau`` (on validation accuracy, mode max), ``step``, ``cosine``
-    (over ``cfg.cosine_length()`` epochs), or ``none``. Step it with
+    (over ``cfg.cosine_length()`` epochs), or ``none`` (also for ``budget``, whose lr the run sets
+    every step from :func:`train.budget.budget_factor`). Step it with
     :func:`scheduler_step` once an epoch."""
     s = cfg.scheduler
     if s == "plateau":
@@ -76,7 +77,7 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
         return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.step_gamma)
     if s == "cosine":  # closed form: a resume with a longer horizon stretches it (sync_scheduler_lr)
         return torch.optim.lr_scheduler.LambdaLR(opt, cosine_factor(cfg.cosine_length()))
-    if s == "none":
+    if s in ("none", "budget"):  # budget: the lr is set every step (train.budget), not once an epoch
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     raise FsmtlError(f"--scheduler: unknown scheduler {s!r}")
 
@@ -128,6 +129,12 @@ def sync_scheduler_lr(scheduler) -> None:
         for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * fn(scheduler.last_epoch)
         scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]
+
+
+def set_lr_factor(scheduler, factor: float) -> None:
+    """Set every param group's lr to its base lr (``scheduler.base_lrs``) times ``factor``."""
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor
 
 
 def scheduler_step(scheduler, val_acc: float | None) -> None:

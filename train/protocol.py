@@ -20,7 +20,7 @@ from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
 from fsmtl.core.checks import is_int
 from fsmtl.core.device import PYTHON_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
-from fsmtl.pipelines.episodes import sample_episode_indices
+from fsmtl.pipelines.episodes import class_groups, sample_episode_indices
 from fsmtl.pipelines.transforms import normalize_batch
 
 EMBED_CHUNK = 512  # images per forward pass: bounds activation memory whatever batch_tasks is
@@ -35,14 +35,22 @@ def summarize(per_task: Tensor) -> dict[str, Any]:
     return {"acc": float(acc.mean()), "ci95": ci, "n_tasks": n, "per_task": acc.tolist()}
 
 
-def episode_rows(split: Any, ways: int, shots: int, queries: int, n_tasks: int, seed: int) -> Tensor:
-    """Row indices int64 [n_tasks, ways, shots + queries] of the fixed episodes (CPU generator)."""
+def episode_rows(
+    split: Any, ways: int, shots: int, queries: int, n_tasks: int, seed: int, within_group: bool = False
+) -> Tensor:
+    """Row indices int64 [n_tasks, ways, shots + queries] of the fixed episodes (CPU generator).
+
+    ``within_group``: every task's classes from one group of the split (``split.categories``: an
+    Omniglot alphabet, a tiered-ImageNet category), drawn uniformly among the groups that have
+    ``ways`` classes.
+    """
     offsets = torch.from_numpy(np.asarray(split.class_offsets, dtype=np.int64))
     g = torch.Generator().manual_seed(int(seed))
     try:
-        rows, _ = sample_episode_indices(offsets, n_tasks, ways, shots + queries, g)
+        groups = class_groups(getattr(split, "categories", None), f"split {getattr(split, 'name', '?')}") if within_group else None
+        rows, _ = sample_episode_indices(offsets, n_tasks, ways, shots + queries, g, groups)
     except ValueError as e:
-        raise FsmtlError(f"split {getattr(split, 'name', '?')}: {e}") from e
+        raise FsmtlError(f"split {getattr(split, 'name', '?')}: {e}" if not str(e).startswith("split ") else str(e)) from e
     return rows
 
 
@@ -136,6 +144,7 @@ def evaluate_backbone(
     batch_tasks: int = 100,
     head_options: dict[str, dict[str, Any]] | None = None,
     finetune: FinetuneConfig | None = None,
+    within_group: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Score a frozen backbone on ``n_tasks`` fixed episodes with each head.
 
@@ -153,6 +162,7 @@ def evaluate_backbone(
         head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``; every key must be one of
             ``heads`` (not "finetune": its settings are ``finetune``).
         finetune: the settings of the "finetune" head (default ``FinetuneConfig()``).
+        within_group: every task's classes from one group of the split (:func:`episode_rows`).
 
     Returns:
         ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
@@ -167,7 +177,7 @@ def evaluate_backbone(
                                        batch_tasks, finetune)  # fmt: skip
     heads = _check_heads(heads)
     _check_head_options(heads, head_options)
-    rows = episode_rows(split, ways, shots, queries, n_tasks, seed)
+    rows = episode_rows(split, ways, shots, queries, n_tasks, seed, within_group)
     feature_heads = [h for h in heads if h != "finetune"]
     per_task: dict[str, list[Tensor]] = {h: [] for h in heads}
     seconds = dict.fromkeys(heads, 0.0)

@@ -25,9 +25,10 @@ from fsmtl.train.distributed import (
 )
 from fsmtl.train.loop import StepTools, TrainNet, combine_stats, train_epoch
 from fsmtl.train.mtl import init_heads
+from fsmtl.train.budget import Budget, budget_factor
 from fsmtl.train.optim import (
-    build_optimizer, build_scheduler, resumed_cosine_length, scheduler_step, set_cosine_length, sync_scheduler_lr,
-    upgrade_scheduler_state,
+    build_optimizer, build_scheduler, resumed_cosine_length, scheduler_step, set_cosine_length, set_lr_factor,
+    sync_scheduler_lr, upgrade_scheduler_state,
 )
 from fsmtl.train.runlog import RunLog, peak_memory_mb
 from fsmtl.train.signals import StopRequest
@@ -49,6 +50,7 @@ class Progress:
     epoch_step: int = 0  # steps done in the unfinished epoch (a run stopped mid-epoch); 0 at boundaries
     partial: dict[str, Any] | None = None  # that unfinished epoch's statistics (``asdict(EpochStats)``)
     wall_s: float = 0.0  # training wall time of earlier invocations (resumes add up)
+    budget_frac: float = 0.0  # the budget scheduler's fraction of the budget spent (train.budget)
 
 
 @dataclass
@@ -138,7 +140,7 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Train
     validate = None
     if data.val is not None and dist.is_main:
         vs = ValSettings(cfg.test_ways, cfg.test_shots, cfg.test_queries, cfg.val_epoch_length,
-                         cfg.val_batch_tasks, cfg.seed)
+                         cfg.val_batch_tasks, cfg.seed, cfg.val_within_group)
         validate = make_validator(data.val, data.mean, data.std, vs, device, amp_dtype)
     log = RunLog(Path(cfg.out), enabled=dist.is_main)
     scheduler = build_scheduler(optimizer, cfg)
@@ -160,7 +162,7 @@ def _state(run: TrainingRun, wall_s: float) -> dict[str, Any]:
         "best_val_acc": p.best_val_acc, "epochs_since_best": p.epochs_since_best,
         "epoch_step": p.epoch_step, "partial": p.partial, "wall_s": wall_s,
         "config": run.cfg.to_dict(), "data_meta": run.data.meta, "epoch_unit": "tasks",
-        "cosine_length": run.cosine_length,
+        "cosine_length": run.cosine_length, "budget_frac": p.budget_frac,
     }  # fmt: skip
 
 
@@ -198,7 +200,8 @@ def _resume(run: TrainingRun) -> None:
         run.loader.load_state_dict(mine["loader"])
         ck.restore_rng(mine, run.device)
     run.progress = Progress(int(c["epoch"]), int(c["step"]), float(c["best_val_acc"]), int(c["epochs_since_best"]),
-                            int(c.get("epoch_step", 0)), c.get("partial"), float(c.get("wall_s", 0.0)))  # fmt: skip
+                            int(c.get("epoch_step", 0)), c.get("partial"), float(c.get("wall_s", 0.0)),
+                            float(c.get("budget_frac") or 0.0))  # fmt: skip
     if run.progress.epoch_step >= run.steps_per_epoch:
         raise FsmtlError(
             f"{path}: stopped {run.progress.epoch_step} steps into an epoch, but epochs of --epoch-length "
@@ -306,6 +309,33 @@ def _budget_spent(cfg: TrainConfig, p: Progress, validates: bool) -> str | None:
     return None
 
 
+def _final_validation(run: TrainingRun, stats: Any, t_run: float) -> None:
+    """A budget (--max-minutes, --max-steps) stopped the run mid-epoch: validate the final weights,
+    log them (``"final": true``, the unfinished epoch's statistics) and keep them as best.pt when
+    they are the best so far. Neither early stopping's patience nor the epoch-level scheduler moves,
+    and validation draws on no training random stream, so --resume still finishes the epoch as an
+    uninterrupted run would (its own validation then compares with this one's accuracy)."""
+    p = run.progress
+    if run.validate is None and not run.dist.enabled:
+        return
+    t_val = time.perf_counter()
+    val = _validate(run)
+    if val is None:
+        return
+    val_s = time.perf_counter() - t_val
+    improved = val["acc"] > p.best_val_acc
+    if improved:
+        p.best_val_acc = float(val["acc"])
+    lr = float(run.tools.optimizer.param_groups[0]["lr"])
+    record = {**_epoch_record(run, stats, val, t_run, lr), "val_s": val_s, "final": True, "epoch_step": p.epoch_step}
+    run.log.epoch(record)
+    run.log.message(_epoch_line(record).replace(f"epoch {p.epoch} ", f"epoch {p.epoch + 1} (stopped at {p.epoch_step} of {run.steps_per_epoch} steps) ", 1))
+    if improved:
+        state = _state(run, record["wall_s"])  # collective in DDP
+        if run.dist.is_main:
+            ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "best.pt", state)
+
+
 def _save_partial(run: TrainingRun, t_run: float) -> None:
     """Checkpoint a run stopped mid-epoch: last.pt only, no validation, no scheduler step, no metrics
     line, so that resuming finishes the epoch exactly as an uninterrupted run would have."""
@@ -317,11 +347,30 @@ def _save_partial(run: TrainingRun, t_run: float) -> None:
                     "last.pt holds the unfinished epoch and --resume finishes it")  # fmt: skip
 
 
+def _budget_schedule(run: TrainingRun, deadline: float | None) -> Callable[[int], None] | None:
+    """``before_step(step)`` of the budget scheduler: the lr from the fraction of the budget spent
+    (None for the epoch-level schedulers). The fraction is kept in ``run.progress.budget_frac``."""
+    cfg, p = run.cfg, run.progress
+    if cfg.scheduler != "budget":
+        return None
+    seconds = None if cfg.max_minutes is None else 60.0 * cfg.max_minutes
+    budget = Budget(cfg.max_steps, cfg.max_epochs, seconds, run.steps_per_epoch)
+    start = p.budget_frac
+
+    def before_step(step: int) -> None:
+        elapsed = 0.0 if deadline is None or seconds is None else seconds - (deadline - time.monotonic())
+        p.budget_frac = budget.fraction(step + 1, elapsed, start)  # spent once this step is done
+        set_lr_factor(run.scheduler, budget_factor(p.budget_frac, cfg.warmup_frac, cfg.lr_floor))
+
+    return before_step
+
+
 def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> str:
     cfg, p, t_run = run.cfg, run.progress, time.monotonic()
     spent = _budget_spent(cfg, p, run.data.val is not None or run.dist.enabled)
     if spent:
         return spent
+    before_step = _budget_schedule(run, deadline)
     while True:
         remaining = run.steps_per_epoch - p.epoch_step
         n = remaining if cfg.max_steps is None else min(remaining, cfg.max_steps - p.step)
@@ -342,7 +391,7 @@ def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> 
         def agree(flags: list[bool]) -> list[bool]:
             return any_rank_flags(flags, run.dist, run.device)
 
-        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log, agree)
+        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log, agree, before_step)
         bar.close()
         if stats.nonfinite_step is not None:
             where = f"step {stats.nonfinite_step}" if stats.nonfinite_step >= 0 else f"another rank, by step {p.step + stats.steps}"
@@ -358,6 +407,8 @@ def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> 
             run.log.message(_epoch_line(rec))
         else:  # cut short by --max-steps, --max-minutes or a signal
             p.epoch_step, p.partial = p.epoch_step + stats.steps, asdict(whole)
+            if not any_rank(stop.requested, run.dist, run.device):  # a budget ended it: validate the final weights
+                _final_validation(run, whole, t_run)
             _save_partial(run, t_run)
         reason = _stop_reason(run, deadline, stop)
         if reason is not None:

@@ -56,6 +56,18 @@ def _check_val(val: SplitData, cfg: TrainConfig, name: str) -> None:
         raise FsmtlError(
             f"--test-shots + --test-queries = {per}, but the smallest {name} class (validation) has {smallest} images"
         )
+    if cfg.val_within_group:
+        _check_groups(val, cfg.test_ways, f"--val-within-group --test-ways {cfg.test_ways}", name)
+
+
+def _check_groups(split: SplitData, ways: int, flags: str, name: str) -> None:
+    """Refuse grouped tasks the split cannot make (no groups recorded, or no group of ``ways`` classes)."""
+    from fsmtl.pipelines.episodes import class_groups
+
+    try:
+        class_groups(split.categories, f"the {name} split").eligible(ways)
+    except ValueError as e:
+        raise FsmtlError(f"{flags}: {e}") from None
 
 
 def load_data(cfg: TrainConfig) -> Data:
@@ -85,6 +97,8 @@ def load_data(cfg: TrainConfig) -> Data:
             why = " (--trainval validates on the test split, as the seed did)" if cfg.val_split == "auto" else ""
             raise FsmtlError(f"--val-split {cfg.val_split}: {cfg.data} has no '{name}' split{why}; "
                              "pass --val-split none to train without validation")  # fmt: skip
+    if cfg.train_within_group:
+        _check_groups(train, cfg.train_ways, f"--train-within-group --train-ways {cfg.train_ways}", "train")
     val = shards.split(name, verify=cfg.verify_data) if name is not None else None
     if val is not None:
         _check_val(val, cfg, name)
@@ -104,8 +118,12 @@ def trained_on_digest(meta: dict[str, Any], splits: list[str]) -> str | None:
 
 
 def model_kwargs_for(cfg: TrainConfig) -> dict[str, Any]:
-    """Options for ``build_model``: the drop rate, where the model has one."""
-    return {"drop_rate": cfg.drop_rate} if "drop_rate" in model_kwarg_names(cfg.model) else {}
+    """Options for ``build_model``: the drop rate, where the model has one, and conv4's width when set."""
+    names = model_kwarg_names(cfg.model)
+    out: dict[str, Any] = {"drop_rate": cfg.drop_rate} if "drop_rate" in names else {}
+    if cfg.width is not None and "width" in names:
+        out["width"] = cfg.width
+    return out
 
 
 def build_backbone(cfg: TrainConfig, data: Data, device: torch.device) -> tuple[torch.nn.Module, int]:
@@ -126,7 +144,7 @@ def build_loader(cfg: TrainConfig, data: Data, device: torch.device, amp_dtype: 
     from fsmtl.pipelines.loader import build_task_loader
     pcfg = PipelineConfig(
         backend=cfg.pipeline, ways=cfg.train_ways, shots=cfg.train_shots, queries=cfg.train_queries,
-        tasks_per_batch=cfg.meta_batch_size, augment=cfg.augment, jitter=cfg.jitter,
+        tasks_per_batch=cfg.meta_batch_size, within_group=cfg.train_within_group, augment=cfg.augment, jitter=cfg.jitter, flip=cfg.flip,
         out_dtype=amp_dtype or torch.float32, channels_last=cfg.channels_last,
         seed=cfg.seed + 1_000_003 * rank, workers=cfg.workers, device=device, progress=cfg.progress,
     )  # fmt: skip

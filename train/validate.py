@@ -21,6 +21,7 @@ class ValSettings:
     n_tasks: int
     batch_tasks: int
     seed: int
+    within_group: bool = False
 
 
 def make_validator(split: Any, mean: Sequence[float], std: Sequence[float], s: ValSettings,
@@ -35,7 +36,7 @@ def make_validator(split: Any, mean: Sequence[float], std: Sequence[float], s: V
         out = evaluate_backbone(
             model, split, mean, std, ways=s.ways, shots=s.shots, queries=s.queries, n_tasks=s.n_tasks,
             heads=["logreg"], seed=s.seed + VAL_SEED_OFFSET, device=device,
-            dtype=amp_dtype or torch.float32, batch_tasks=s.batch_tasks,
+            dtype=amp_dtype or torch.float32, batch_tasks=s.batch_tasks, within_group=s.within_group,
         )  # fmt: skip
         res = out["logreg"]  # eval reports percent; the trainer logs fractions
         return {"acc": float(res["acc"]) / 100.0, "ci95": float(res["ci95"]) / 100.0, "head": "logreg"}
