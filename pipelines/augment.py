@@ -20,9 +20,12 @@ Semantics follow torchvision's functional ops on float images in [0, 1]:
 
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from fsmtl.pipelines.checks import (
@@ -112,6 +115,42 @@ def draw_lee_params(
     factors = (1.0 - strength) + 2.0 * strength * u
     order = torch.rand(n, 3, generator=generator).argsort(dim=1)  # uniform over the 6 orders
     return LeeParams(top, left, flips, factors, order, pad)
+
+
+def draw_affine(n: int, generator: torch.Generator, degrees: float, scale: float, shear: float) -> Tensor:
+    """Draw ``n`` random affine warps (rotation, isotropic scale, shear about the image centre), as
+    ``torch.nn.functional.affine_grid`` matrices float32 [n, 2, 3] (output -> input coordinates).
+
+    Args:
+        degrees: rotations uniform in [-degrees, degrees].
+        scale: magnifications uniform in [1 - scale, 1 + scale] (0 <= scale < 1).
+        shear: horizontal shear angles uniform in [-shear, shear] degrees (< 90).
+
+    Three uniform draws per image (rotation, scale, shear) in that order, always, so that a setting
+    of 0 keeps the stream of the others.
+    """
+    check_int(n, "draw_affine n", 0)
+    u = torch.rand(n, 3, generator=generator) * 2.0 - 1.0
+    angle = u[:, 0] * math.radians(degrees)
+    mag = 1.0 + u[:, 1] * scale
+    sh = torch.tan(u[:, 2] * math.radians(shear))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # inverse of (rotate . shear . scale): sample the input where the warped output pixel came from
+    a = torch.stack([torch.stack([cos, -sin + cos * sh], 1), torch.stack([sin, cos + sin * sh], 1)], 1)  # [n,2,2]
+    inv = torch.linalg.inv(a * mag[:, None, None])
+    return torch.cat([inv, torch.zeros(n, 2, 1)], dim=2).float()
+
+
+def warp_batch(x: Tensor, theta: Tensor) -> Tensor:
+    """Warp a normalised batch: float [B, C, H, W] (any memory format) by ``theta`` [B, 2, 3]
+    (:func:`draw_affine`), bilinear, edges extended (the border is background in Omniglot-like
+    data and keeps the normalised background value); same dtype and memory format out."""
+    th = theta.to(x.device, torch.float32, non_blocking=True)
+    grid = F.affine_grid(th, list(x.shape), align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out.to(x.dtype)
 
 
 def crop_flip_gather(data: Tensor, rows: Tensor, params: LeeParams) -> Tensor:

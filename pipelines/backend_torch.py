@@ -23,7 +23,7 @@ from torch import Tensor
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.optional import optional_problem
-from fsmtl.pipelines.augment import LeeParams, augment_rows, draw_lee_params
+from fsmtl.pipelines.augment import LeeParams, augment_rows, draw_lee_params, warp_batch
 from fsmtl.pipelines.checks import check_pad
 from fsmtl.pipelines.config import PipelineConfig, check_request
 from fsmtl.pipelines.planning import plan_batch, task_groups
@@ -72,7 +72,8 @@ def cat_plans(plans: list[BatchPlan]) -> BatchPlan:
         cols = [None if ps[0][i] is None else torch.cat([q[i] for q in ps]) for i in range(5)]  # type: ignore[index]
         params = LeeParams(*cols, ps[0].pad)  # type: ignore[arg-type]
     fields = [torch.cat([getattr(p, f) for p in plans]) for f in ("rows", "task", "label", "global_class")]
-    return BatchPlan(*fields, params)
+    warp = None if plans[0].warp is None else torch.cat([p.warp for p in plans])  # type: ignore[misc]
+    return BatchPlan(*fields, params, warp)
 
 
 def _upload(t: Tensor, device: torch.device) -> Tensor:
@@ -237,6 +238,8 @@ class TorchBackend:
             data = self.data if self.data is not None else torch.from_numpy(self.np_data[plan.rows.numpy()])
             rows = plan.rows if self.data is not None else torch.arange(plan.rows.numel())
             x = augment_rows(data, rows, plan.params, self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last, check=False)
+        if plan.warp is not None:
+            x = warp_batch(x, plan.warp)
         return TaskBatch(x, plan.task, plan.label, plan.global_class)
 
     def make_device(self, plan: BatchPlan) -> TaskBatch:
@@ -279,6 +282,8 @@ class TorchBackend:
             x = augment_rows(
                 data, rows_d, plan.params.to(dev), self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last, check=False
             )  # fmt: skip
+        if plan.warp is not None:
+            x = warp_batch(x, _upload(plan.warp, dev))
         b = self.cfg.batch_images
         return [TaskBatch(*(t[i * b : (i + 1) * b] for t in (x, task, label, global_class))) for i in range(len(plans))]
 

@@ -36,6 +36,7 @@ class BatchPlan(NamedTuple):
     label: Tensor  # int64 [B]
     global_class: Tensor  # int64 [B]
     params: LeeParams | None  # None when cfg.augment == "none"
+    warp: Tensor | None = None  # float32 [B, 2, 3] affine warps (augment.draw_affine), or None
 
 
 class Backend(Protocol):

@@ -66,6 +66,9 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "max_minutes": ("schedule", "stop once this much wall time has passed in this invocation (the unfinished epoch is checkpointed; --resume finishes it)"),
     "augment": ("data", "training augmentation: {choices} (lee = MetaOptNet's crop, colour jitter, flip)"),
     "jitter": ("data", "colour jitter inside lee (the omniglot preset turns it off; --no-jitter for other greyscale data)"),
+    "affine_degrees": ("data", "random rotations of up to +- this many degrees after lee (torch pipeline; 0 = off)"),
+    "affine_scale": ("data", "random magnification in [1 - s, 1 + s] after lee (torch pipeline; 0 = off)"),
+    "affine_shear": ("data", "random horizontal shear of up to +- this many degrees after lee (torch pipeline; 0 = off)"),
     "flip": ("data", "horizontal flips inside lee (the omniglot preset turns them off: a mirrored character is another character)"),
     "pipeline": ("data", "batch back end: {choices} (reference = the seed's per-image PIL way, for comparison)"),
     "verify_data": ("data", "compare the shards with meta.json's sha256 when they are opened (cached by size and mtime: only the first run after a change hashes)"),
@@ -139,6 +142,9 @@ class TrainConfig:
     augment: str = "lee"
     jitter: bool = True  # colour jitter inside "lee" (off for Omniglot)
     flip: bool = True  # horizontal flips inside "lee"
+    affine_degrees: float = 0.0  # random affine warps after lee (0: off)
+    affine_scale: float = 0.0
+    affine_shear: float = 0.0
     precision: str = "auto"  # auto: bf16 where supported (CUDA with bf16, CPU), else fp32
     channels_last: bool = True
     compile: bool = False
@@ -210,6 +216,8 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0, lo_open=True)
         check_real(self.warmup_frac, "--warmup-frac", 0.0, 1.0, hi_open=True)
+        for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0)):
+            check_real(getattr(self, name), _flag(name), 0.0, hi, hi_open=True)
         check_real(self.lr_floor, "--lr-floor", 0.0, 1.0)
         for name in ("grad_clip", "weight_decay"):
             if getattr(self, name) is not None:
