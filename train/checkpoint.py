@@ -91,6 +91,7 @@ def previous_run_files(run: str | Path) -> list[Path]:
     run = Path(run)
     found = [checkpoint_dir(run) / f"{name}.pt" for name in ("best", "last")] + [run / "metrics.jsonl"]
     found += sorted((run / "reports").glob("eval_*.json")) if (run / "reports").is_dir() else []
+    found += sorted((run / "snapshots").glob("t*.pt")) if (run / "snapshots").is_dir() else []
     return [p for p in found if p.is_file()]
 
 

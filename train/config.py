@@ -63,6 +63,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "val_batch_tasks": ("schedule", "validation tasks embedded per forward pass"),
     "max_epochs": ("schedule", "stop after this many epochs (none = until early stopping)"),
     "max_steps": ("schedule", "stop after this many optimizer steps"),
+    "snapshot_minutes": ("schedule", "save the weights every this many minutes of training time (time spent saving excluded) as RUN/snapshots/t<seconds>.pt, a checkpoint fsmtl eval --run takes: time-to-accuracy curves without evaluating inside the timed run (one process only)"),
     "max_minutes": ("schedule", "stop once this much wall time has passed in this invocation (the unfinished epoch is checkpointed; --resume finishes it)"),
     "augment": ("data", "training augmentation: {choices} (lee = MetaOptNet's crop, colour jitter, flip)"),
     "jitter": ("data", "colour jitter inside lee (the omniglot preset turns it off; --no-jitter for other greyscale data)"),
@@ -155,6 +156,7 @@ class TrainConfig:
     max_epochs: int | None = None
     max_steps: int | None = None
     max_minutes: float | None = None
+    snapshot_minutes: float | None = None  # RUN/snapshots/t<seconds>.pt every this many training minutes
     wandb: str = "offline"
     log_every: int = 50  # steps between host syncs for the running loss / progress bar
     resume: str | None = None  # run directory to continue exactly
@@ -212,7 +214,7 @@ class TrainConfig:
         check_real(self.drop_rate, "--drop-rate", 0.0, 1.0, hi_open=True)
         check_real(self.momentum, "--momentum", 0.0, 1.0, hi_open=True)
         check_real(self.plateau_factor, "--plateau-factor", 0.0, 1.0, lo_open=True, hi_open=True)
-        for name in ("lr", "step_gamma", "max_minutes"):
+        for name in ("lr", "step_gamma", "max_minutes", "snapshot_minutes"):
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0, lo_open=True)
         check_real(self.warmup_frac, "--warmup-frac", 0.0, 1.0, hi_open=True)

@@ -365,12 +365,54 @@ def _budget_schedule(run: TrainingRun, deadline: float | None) -> Callable[[int]
     return before_step
 
 
+def _snapshots(run: TrainingRun, t_run: float) -> Callable[[int], None] | None:
+    """``before_step(step)`` saving RUN/snapshots/t<seconds>.pt every ``--snapshot-minutes`` of
+    training time: this invocation's wall time since ``t_run`` plus earlier invocations', minus the
+    time spent writing snapshots (and the validations, which stop nothing here: they count, so time-
+    to-accuracy runs train with --val-split none). The file is a full checkpoint (fsmtl eval takes it)
+    whose ``wall_s`` is that training time."""
+    cfg, p = run.cfg, run.progress
+    if cfg.snapshot_minutes is None:
+        return None
+    if run.dist.enabled:
+        raise FsmtlError("--snapshot-minutes: one process only (ranks would decide by their own clocks)")
+    every, paused = 60.0 * cfg.snapshot_minutes, [0.0]
+    folder = Path(cfg.out) / "snapshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    next_at = [(int(p.wall_s // every) + 1) * every]
+
+    def before_step(step: int) -> None:
+        t0 = time.monotonic()
+        trained = p.wall_s + t0 - t_run - paused[0]
+        if trained >= next_at[0]:
+            ck.save_checkpoint(folder / f"t{int(round(trained)):06d}.pt", _state(run, trained))
+            next_at[0] = (int(trained // every) + 1) * every
+            paused[0] += time.monotonic() - t0
+
+    return before_step
+
+
+def _chain(*hooks: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """One ``before_step`` calling each given hook in order (None when none is given)."""
+    live = [h for h in hooks if h is not None]
+    if not live:
+        return None
+    if len(live) == 1:
+        return live[0]
+
+    def before_step(step: int) -> None:
+        for h in live:
+            h(step)
+
+    return before_step
+
+
 def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> str:
     cfg, p, t_run = run.cfg, run.progress, time.monotonic()
     spent = _budget_spent(cfg, p, run.data.val is not None or run.dist.enabled)
     if spent:
         return spent
-    before_step = _budget_schedule(run, deadline)
+    before_step = _chain(_budget_schedule(run, deadline), _snapshots(run, t_run))
     while True:
         remaining = run.steps_per_epoch - p.epoch_step
         n = remaining if cfg.max_steps is None else min(remaining, cfg.max_steps - p.step)
