@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
         "which is otherwise the test split)",
     )
     c.add_argument(
+        "--group-folders",
+        action="store_true",
+        help="imagefolder: the tree is <src>/<group>/<class>/<image>; each class's group is recorded, for tasks "
+        "within one group (train --train-within-group/--val-within-group, eval --within-group)",
+    )
+    c.add_argument(
         "--split-file",
         type=Path,
         default=d.split_file,
@@ -154,6 +160,7 @@ def convert_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         val_alphabets=args.val_alphabets,
         test_alphabets=args.test_alphabets,
         split_file=args.split_file,
+        group_folders=args.group_folders,
         # None (not given) becomes the dataclass default, which the config reads as "not given"
         ratios=args.ratios if args.ratios is not None else defaults.ratios,  # type: ignore[arg-type]
         classes=args.classes,  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ MAX_SIZE = 1024  # --size range: MIN_IMAGE_SIZE (the synthetic generator's small
 # benchmark is an error; run.py records these in meta.json.
 BENCHMARK_OPTIONS: dict[str, tuple[str, ...]] = {
     "omniglot": ("rotations", "val_alphabets", "test_alphabets"),
-    "imagefolder": ("channels", "seed", "split_file", "ratios"),
+    "imagefolder": ("channels", "seed", "split_file", "ratios", "group_folders"),
     "synthetic": ("channels", "seed", "classes", "per_class", "difficulty"),
 }
 
@@ -94,6 +94,8 @@ class PreprocessConfig:
         rotations: Omniglot: add 90/180/270-degree rotations of train classes as new classes
             (None: yes).
         val_alphabets: Omniglot: hold out this many background alphabets as the val split (None: 1).
+        group_folders: imagefolder: the tree is <src>/<group>/<class>/<image>; each class's group
+            is recorded (classes.json categories) for tasks within one group.
         test_alphabets: Omniglot: hold out this many background alphabets as the test split (None:
             2 when no images_evaluation set is given, else 0: the evaluation set is the test split).
         split_file: imagefolder: a file assigning each class folder to a split.
@@ -123,6 +125,7 @@ class PreprocessConfig:
     val_alphabets: int | None = None  # None: 1
     test_alphabets: int | None = None  # None: 2 without an evaluation set, else 0
     split_file: Path | None = None
+    group_folders: bool = False  # imagefolder: <src>/<group>/<class>/<image>, groups recorded
     ratios: tuple[float, float, float] = (0.64, 0.16, 0.20)
     classes: tuple[int, int, int] = (64, 16, 20)
     per_class: int = 600

@@ -130,11 +130,43 @@ def _scan(src: Path) -> dict[str, list[Path]]:
     return out
 
 
+def _scan_groups(src: Path) -> tuple[dict[str, list[Path]], dict[str, str]]:
+    """``--group-folders``: ``<src>/<group>/<class>/<image>``. Returns ({"<group>/<class>": sorted
+    image paths}, {"<group>/<class>": group}); each group folder is scanned as :func:`_scan` scans
+    ``src`` (its hidden entries skipped, its loose images and empty class folders warned about)."""
+    if not src.is_dir():
+        raise FsmtlError(f"{src}: expected a folder of group folders holding class folders (--group-folders)")
+    groups = sorted((p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: unicodedata.normalize("NFC", p.name))  # fmt: skip
+    tree: dict[str, list[Path]] = {}
+    group_of: dict[str, str] = {}
+    for g in groups:
+        name = unicodedata.normalize("NFC", g.name)
+        if not any(p.is_dir() and not p.name.startswith(".") for p in g.iterdir()):
+            _warn(f"{g}: no class folders inside: not a group, skipped (--group-folders reads <src>/<group>/<class>/<image>)")
+            continue
+        for cls, files in _scan(g).items():
+            tree[f"{name}/{cls}"] = files
+            group_of[f"{name}/{cls}"] = name
+    if not tree:
+        raise FsmtlError(f"{src}: expected <group>/<class>/<image> folders (--group-folders), found no class folder of images")
+    return tree, group_of
+
+
 def convert_imagefolder(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
-    """Write the splits of a class-per-directory tree; return the source folder."""
+    """Write the splits of a class-per-directory tree; return the source folder.
+
+    With ``cfg.group_folders`` the tree is ``<src>/<group>/<class>/<image>``: classes are named
+    ``<group>/<class>`` (so in a --split-file too) and each class's group is recorded (classes.json
+    categories), for tasks within one group (fsmtl train --train-within-group / --val-within-group).
+    """
     assert cfg.src is not None
     src = Path(cfg.src)
-    tree = _scan(src)
+    group_of: dict[str, str] | None = None
+    if cfg.group_folders:
+        tree, group_of = _scan_groups(src)
+    else:
+        tree = _scan(src)
     if cfg.split_file is not None:
         assignment = read_split_file(Path(cfg.split_file))
         check_class_set(str(src), list(tree), list(assignment), f"split file {cfg.split_file}")
@@ -161,5 +193,5 @@ def convert_imagefolder(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
         )
         out.flush()
         del out
-        w.finish_split(split, labels, classes)
+        w.finish_split(split, labels, classes, None if group_of is None else [group_of[c] for c in classes])
     return [src]

@@ -232,3 +232,30 @@ def test_images_beside_class_folders_are_warned_about_and_not_read(tree, tmp_pat
     assert "1 image file(s) directly in" in capsys.readouterr().err
     shards = open_shards(tmp_path / "o")
     assert sum(shards.meta["splits"][s]["n_images"] for s in shards.splits) == 30
+
+
+def test_group_folders_record_each_class_group_and_tasks_can_stay_within_one(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    root = tmp_path / "grouped"
+    for g, n in (("animals", 4), ("tools", 3)):
+        for c in range(n):
+            d = root / g / f"c{c}"
+            d.mkdir(parents=True)
+            for k in range(3):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(d / f"{k}.png")
+    (root / "empty_group").mkdir()
+    lines = [f"animals/c{c},train" for c in range(4)] + [f"tools/c{c},test" for c in range(3)]
+    (tmp_path / "split.txt").write_text("\n".join(lines) + "\n")
+    argv = ["convert", "imagefolder", "--src", str(root), "--out", str(tmp_path / "o"), "--size", "16",
+            "--group-folders", "--split-file", str(tmp_path / "split.txt"), "--no-progress"]  # fmt: skip
+    assert cli(argv) == 0
+    assert "empty_group: no class folders inside: not a group, skipped" in capsys.readouterr().err
+    shards = open_shards(tmp_path / "o")
+    train, test = shards.split("train"), shards.split("test")
+    assert train.classes == [f"animals/c{c}" for c in range(4)] and train.categories == ["animals"] * 4
+    assert test.categories == ["tools"] * 3
+    # without the flag the same tree is refused as what it is: group folders are not class folders
+    assert cli(["convert", "imagefolder", "--src", str(root), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    assert "expected class sub-folders holding images, found none" in capsys.readouterr().err
+    assert cli(["convert", "synthetic", "--out", str(tmp_path / "y"), "--group-folders"]) == 2
+    assert "--group-folders: only for imagefolder" in capsys.readouterr().err
