@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--within-group", dest="within_group", action=argparse.BooleanOptionalAction, default=None,
                    help="every task's classes from one group of the split (an Omniglot alphabet: the within-alphabet "
                         "protocol; a tiered-ImageNet category); default: as the run validated (--val-within-group)")
+    p.add_argument("--support-views", dest="support_views", type=int,
+                   help="test-time augmentation: also fit the feature heads on this many augmented copies of each "
+                        "support image (the run's crop padding and affine warps; default: the run's --test-support-views)")
     p.add_argument("--batch-tasks", dest="batch_tasks", type=int, help=f"tasks embedded and solved per batch (default {d.batch_tasks})")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")

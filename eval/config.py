@@ -31,6 +31,7 @@ class EvalConfig:
     finetune_lr: float = 1e-3
     seed: int = 0  # the episode seed: the same tasks for every head and checkpoint
     within_group: bool | None = None  # each task's classes from one group; None: the run's --val-within-group
+    support_views: int | None = None  # augmented support copies the feature heads also fit on; None: the run's
     batch_tasks: int = 100
     device: str = "auto"
     precision: str | None = None  # None: the run's training precision
@@ -52,6 +53,8 @@ class EvalConfig:
         for shots in self.shots:
             check_int(shots, "--shots", 1, INT64_MAX)
         check_int(self.seed, "--seed", 0, SEED_MAX)
+        if self.support_views is not None:
+            check_int(self.support_views, "--support-views", 0, 256)
         if not is_device_name(self.device):
             raise FsmtlError(f"--device: expected {DEVICE_NAMES}, got {self.device!r}")
         self._check_fits()
@@ -76,12 +79,13 @@ class EvalConfig:
 
     def for_run(self, run_config: dict) -> "EvalConfig":
         """Fill the task shape left unset from the run's training config (its ``test_ways``,
-        ``test_queries`` and ``val_within_group``; the seed's 5, 30 and whole-split tasks when the run
-        does not say)."""
+        ``test_queries``, ``val_within_group`` and ``test_support_views``; the seed's 5, 30, whole-split
+        tasks and no support views when the run does not say)."""
         ways = self.ways if self.ways is not None else int(run_config.get("test_ways") or 5)
         queries = self.queries if self.queries is not None else int(run_config.get("test_queries") or 30)
         grouped = self.within_group if self.within_group is not None else bool(run_config.get("val_within_group"))
-        return replace(self, ways=ways, queries=queries, within_group=grouped)
+        views = self.support_views if self.support_views is not None else int(run_config.get("test_support_views") or 0)
+        return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""

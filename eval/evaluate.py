@@ -13,7 +13,8 @@ import torch
 
 from fsmtl.eval.config import EvalConfig
 from fsmtl.models.heads.finetune import FinetuneConfig
-from fsmtl.train.protocol import evaluate_backbone
+from fsmtl.pipelines.augment import default_padding
+from fsmtl.train.protocol import SupportViews, evaluate_backbone
 from fsmtl.core.device import CLI_ARGS
 from fsmtl.eval.run import Run, open_run
 from fsmtl.core.errors import FsmtlError
@@ -94,6 +95,16 @@ def optimism_notes(run_config: dict[str, Any], split: str, checkpoint_file: str)
     return notes
 
 
+def support_views_for(run_config: dict[str, Any], image_shape: tuple[int, ...], views: int) -> SupportViews | None:
+    """The test-time support augmentation of a run: its Lee19 crop padding (when it trained with
+    lee) and its affine warps, ``views`` copies (None for 0)."""
+    if views <= 0:
+        return None
+    pad = default_padding(int(image_shape[0])) if run_config.get("augment", "lee") == "lee" else 0
+    return SupportViews(views, pad, float(run_config.get("affine_degrees") or 0.0),
+                        float(run_config.get("affine_scale") or 0.0), float(run_config.get("affine_shear") or 0.0))
+
+
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:
     """Load the run, draw the fixed episodes, score every head for every shot count.
 
@@ -113,7 +124,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             run.model, split, run.mean, run.std, ways=cfg.ways, shots=shots, queries=cfg.queries,
             n_tasks=cfg.tasks, heads=list(cfg.heads), seed=cfg.seed, device=run.device, dtype=amp,
             batch_tasks=cfg.batch_tasks, head_options=cfg.head_options(), finetune=ft,
-            within_group=bool(cfg.within_group),
+            within_group=bool(cfg.within_group), support_views=support_views_for(run.config, run.image_shape, cfg.support_views or 0),
         )  # fmt: skip
         results[str(shots)] = res
     notes = optimism_notes(run.config, cfg.split, Path(run.path).name)

@@ -43,6 +43,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "val_within_group": ("tasks", "every validation task's classes from one group (Omniglot's within-alphabet protocol); fsmtl eval follows it unless told otherwise"),
     "test_ways": ("tasks", "classes per validation task"),
     "test_shots": ("tasks", "support images per class of a validation task"),
+    "test_support_views": ("tasks", "fsmtl eval's default test-time augmentation: the feature heads also fit on this many augmented copies of each support image (the run's crop padding and affine warps); validation fits on the support images alone, for speed"),
     "test_queries": ("tasks", "query images per class of a validation task (the seed's code: 30; its paper: 50)"),
     "optimizer": ("optimization", "{choices} (sgdp, sgdw, adabound, adamp need torch-optimizer)"),
     "lr": ("optimization", "learning rate (adamax runs at twice this, as the seed)"),
@@ -120,6 +121,7 @@ class TrainConfig:
     test_ways: int = 5
     test_shots: int = 5
     test_queries: int = 30  # the seed's code (the paper's tables use 50)
+    test_support_views: int = 0  # fsmtl eval's default augmented support copies (validation: none)
     norm_train_features: bool = False
     trainval: bool = False  # train on train + val classes
     val_split: str = "auto"  # auto: "val", or "test" with --trainval (the seed's); "none": no validation
@@ -209,6 +211,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_int(getattr(self, name), _flag(name), lo, INT64_MAX)
         check_int(self.seed, "--seed", 0, SEED_MAX)
+        check_int(self.test_support_views, "--test-support-views", 0, 256)
         if self.width is not None:
             check_int(self.width, "--width", 1, 4096)
         check_real(self.drop_rate, "--drop-rate", 0.0, 1.0, hi_open=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,8 +21,25 @@ from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
 from fsmtl.core.checks import is_int
 from fsmtl.core.device import PYTHON_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
+from fsmtl.pipelines.augment import augment_rows, draw_affine, draw_lee_params, warp_batch
 from fsmtl.pipelines.episodes import class_groups, sample_episode_indices
 from fsmtl.pipelines.transforms import normalize_batch
+
+@dataclass(frozen=True)
+class SupportViews:
+    """Test-time augmentation of the support set: each support image is also embedded in ``views``
+    augmented copies (a random crop with ``pad`` pixels of zero padding, and a random affine warp
+    within ``degrees``/``scale``/``shear`` as in training), and the feature heads are fitted on
+    the originals and the copies together; queries are embedded as they are. The copies are drawn
+    from their own generator seeded by the episode seed, so every head and checkpoint sees the
+    same ones."""
+
+    views: int = 0
+    pad: int = 0
+    degrees: float = 0.0
+    scale: float = 0.0
+    shear: float = 0.0
+
 
 EMBED_CHUNK = 512  # images per forward pass: bounds activation memory whatever batch_tasks is
 AMP_DTYPES = (None, torch.float32, torch.float16, torch.bfloat16)  # float32 and None: no autocast
@@ -67,6 +85,27 @@ def embed_images(
     return torch.cat(out)
 
 
+@torch.no_grad()
+def embed_support_views(
+    model: nn.Module, support: Tensor, mean: Sequence[float], std: Sequence[float], amp_dtype: torch.dtype | None,
+    sv: SupportViews, generator: torch.Generator,
+) -> Tensor:
+    """Features float32 [views, N, D] of ``sv.views`` augmented copies of uint8 support images
+    [N, H, W, C] (on the model's device); the draws come from ``generator`` (CPU)."""
+    n = support.shape[0]
+    rows = torch.arange(n, device=support.device).repeat(sv.views)
+    params = draw_lee_params(n * sv.views, generator, sv.pad, jitter=False, flip=False).to(support.device)
+    warp = draw_affine(n * sv.views, generator, sv.degrees, sv.scale, sv.shear)
+    out = []
+    for lo in range(0, n * sv.views, EMBED_CHUNK):
+        sl = slice(lo, lo + EMBED_CHUNK)
+        part = type(params)(params.top[sl], params.left[sl], params.flip[sl], None, None, params.pad)
+        x = warp_batch(augment_rows(support, rows[sl], part, mean, std, check=False), warp[sl])
+        with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            out.append(model(x).float())
+    return torch.cat(out).reshape(sv.views, n, -1)
+
+
 def gather_images(split: Any, rows: Tensor, device: torch.device) -> Tensor:
     """uint8 [*rows.shape, H, W, C] on ``device`` (one copy from the memory-mapped split)."""
     flat = rows.reshape(-1).numpy()
@@ -75,12 +114,15 @@ def gather_images(split: Any, rows: Tensor, device: torch.device) -> Tensor:
 
 
 def evaluate_features(
-    features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None
+    features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None,
+    support_views: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """Per-task accuracy float [T] in [0, 1] of each feature head.
 
     Args:
         features: float [T, ways, shots + queries, D]; the first ``shots`` of each way are support.
+        support_views: optional float [V, T, ways, shots, D]: features of augmented copies of the
+            support images, fitted on with them (:class:`SupportViews`).
         heads: feature-head names (see ``eval.heads.feature_heads``).
         head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``; a key must be one of ``heads``.
 
@@ -99,10 +141,14 @@ def evaluate_features(
     _check_head_options(heads, head_options)
     t, ways, per, d = features.shape
     queries = per - shots
-    support = features[:, :, :shots].reshape(t, ways * shots, d)
+    sup = features[:, :, :shots]
+    if support_views is not None:  # [views, T, ways, shots, D] -> more support images a way
+        sup = torch.cat([sup, support_views.permute(1, 2, 0, 3, 4).reshape(t, ways, -1, d)], dim=2)
+    n_sup = sup.shape[2]
+    support = sup.reshape(t, ways * n_sup, d)
     query = features[:, :, shots:].reshape(t, ways * queries, d)
     dev = features.device
-    labels = torch.arange(ways, device=dev).repeat_interleave(shots).expand(t, -1)
+    labels = torch.arange(ways, device=dev).repeat_interleave(n_sup).expand(t, -1)
     target = torch.arange(ways, device=dev).repeat_interleave(queries)
     opts = head_options or {}
     return {
@@ -145,6 +191,7 @@ def evaluate_backbone(
     head_options: dict[str, dict[str, Any]] | None = None,
     finetune: FinetuneConfig | None = None,
     within_group: bool = False,
+    support_views: SupportViews | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Score a frozen backbone on ``n_tasks`` fixed episodes with each head.
 
@@ -163,6 +210,8 @@ def evaluate_backbone(
             ``heads`` (not "finetune": its settings are ``finetune``).
         finetune: the settings of the "finetune" head (default ``FinetuneConfig()``).
         within_group: every task's classes from one group of the split (:func:`episode_rows`).
+        support_views: test-time augmentation of the support set for the feature heads (None or
+            ``views`` 0: none).
 
     Returns:
         ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
@@ -178,6 +227,8 @@ def evaluate_backbone(
     heads = _check_heads(heads)
     _check_head_options(heads, head_options)
     rows = episode_rows(split, ways, shots, queries, n_tasks, seed, within_group)
+    sv = support_views if support_views is not None and support_views.views > 0 else None
+    view_gen = torch.Generator().manual_seed(int(seed) + 104729)  # its own stream: the episodes stay the same
     feature_heads = [h for h in heads if h != "finetune"]
     per_task: dict[str, list[Tensor]] = {h: [] for h in heads}
     seconds = dict.fromkeys(heads, 0.0)
@@ -191,12 +242,17 @@ def evaluate_backbone(
             images = gather_images(split, uniq, device)
             if feature_heads:
                 feats = embed_images(model, images, mean, std, amp)[inverse.to(device)]
+                views = None
+                if sv is not None:  # the support images of the chunk's tasks, in task/way/shot order
+                    sup = images[inverse[:, :, :shots].reshape(-1).to(device)]
+                    views = embed_support_views(model, sup, mean, std, amp, sv, view_gen)
+                    views = views.reshape(sv.views, *chunk.shape[:2], shots, -1)
                 _sync(device)
                 embed_s += time.perf_counter() - t0
                 for h in feature_heads:  # one head at a time, so that each is timed on its own
                     t0 = time.perf_counter()
                     opts = {h: head_options[h]} if head_options and h in head_options else None
-                    per_task[h].append(evaluate_features(feats, shots, [h], opts)[h].cpu())
+                    per_task[h].append(evaluate_features(feats, shots, [h], opts, views)[h].cpu())
                     seconds[h] += time.perf_counter() - t0
             if "finetune" in heads:
                 t0 = time.perf_counter()
