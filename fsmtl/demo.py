@@ -111,13 +111,13 @@ def _pct(v: float | None) -> float | None:
 
 
 def _write_report(run: Path, train_dir: Path, ev: dict[str, Any], bench: dict[str, Any] | None, seconds: dict[str, float]) -> Path:
-    # a budget that ends the first epoch early leaves no metrics line: say so, and report the rest
+    # a budget that ends the first epoch early leaves only the final validation's line: say so
     rows = load_metrics(train_dir) if (train_dir / "metrics.jsonl").is_file() else []
-    if rows:
+    if any(not r.get("final") for r in rows):
         plot_curves(rows, run / "curves.png", title="fsmtl demo: synthetic data")
         trained = f"{rows[-1].get('epoch')} epochs, {rows[-1].get('step')} steps"
     else:
-        trained = "stopped by its time budget inside the first epoch: no epoch completed, last.pt evaluated"
+        trained = "stopped by its time budget inside the first epoch: no epoch completed, its final weights evaluated"
     lines = ["# fsmtl demo report", "",
              f"Synthetic few-shot data, trained by multi-task learning ({trained}), evaluated on "
              f"{ev['config']['tasks']} fixed test tasks per shot count ({ev['config']['ways']}-way, "

@@ -258,15 +258,15 @@ def test_a_val_split_the_data_lacks_is_refused_before_training(tiny_shards: Path
 def test_max_steps_stops_mid_epoch_and_a_resume_finishes_that_epoch(tiny_shards: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "r"
     summary = train(tiny_cfg(tiny_shards, run, max_epochs=None, max_steps=6))
-    assert (summary["step"], summary["epoch"]) == (6, 1)  # epoch 2 is unfinished: no validation, no metrics line
-    assert [r["step"] for r in read_metrics(run)] == [4]
+    assert (summary["step"], summary["epoch"]) == (6, 1)  # epoch 2 is unfinished: its final weights are validated
+    assert [(r["step"], r.get("final", False)) for r in read_metrics(run)] == [(4, False), (6, True)]
     assert "--max-steps N (N > 6" in capsys.readouterr().err
     assert run_stage_main(main, ["--resume", str(run), "--no-progress"]) == 0  # the budget is still 6
     assert "--max-steps 6 already reached at step 6" in capsys.readouterr().err
     assert run_stage_main(main, ["--resume", str(run), "--max-steps", "none", "--max-epochs", "2", "--no-progress"]) == 0
     rows = read_metrics(run)
-    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8)]
-    assert rows[1]["wall_s"] > rows[0]["wall_s"]  # wall time adds up over the resumes
+    assert [(r["epoch"], r["step"], r.get("final", False)) for r in rows] == [(1, 4, False), (1, 6, True), (2, 8, False)]
+    assert rows[2]["wall_s"] > rows[0]["wall_s"]  # wall time adds up over the resumes
 
 
 def test_protonet_trains_through_the_same_loop(tiny_shards: Path, tmp_path: Path) -> None:
