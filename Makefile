@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make demo   -- create .venv, install fsmtl, run the main job on the embedded synthetic data
+#   make demo   -- create .venv, install fsmtl, run the main job on the embedded Omniglot images
 #   make test   -- create .venv, install fsmtl + test extras (+ DALI/FFCV where they build), run the tests
 PYTHON ?= python3
 VENV   ?= .venv

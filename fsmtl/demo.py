@@ -1,18 +1,26 @@
-"""``fsmtl demo``: the main job on the embedded synthetic data, end to end, with a report.
+"""``fsmtl demo``: the main job on embedded real images (Omniglot), end to end, with a report.
 
 Steps (each through the same code as its own command):
 
-1. ``fsmtl convert synthetic`` into ``RUN/data`` (reused when it is already there and verifies);
-2. ``fsmtl train --preset demo`` into ``RUN/train`` (on a GPU: ResNet-12 and a longer budget);
-3. ``fsmtl eval`` of the best checkpoint (last.pt if no epoch was validated), 1-shot and 5-shot, with the logreg head and the other
-   feature heads for comparison;
+1. ``fsmtl convert omniglot`` of the two embedded background_small zips (checked against their
+   SHA256SUMS) into ``RUN/data`` with the converter's defaults: 5 alphabets (with rotations as new
+   classes) to train on, Korean held out for validation, Latin and Sanskrit for test (reused when
+   it is already there and verifies);
+2. ``fsmtl train --preset omniglot`` into ``RUN/train`` for a short budget;
+3. ``fsmtl eval`` of the best checkpoint on the unseen test alphabets: 20-way 1-shot and 5-way
+   5-shot, every task's characters from one alphabet (Lake et al.'s within-alphabet protocol), with
+   the logreg head and the other feature heads for comparison;
 4. ``fsmtl bench pipeline`` on the same shards, for every installed back end;
 5. ``RUN/report.md`` with the numbers and PNG plots, and a one-screen summary.
+
+``--source synthetic`` runs the same steps on the synthetic generator's data (``--classes``,
+``--per-class``; 5-way 1- and 5-shot), as the tests do.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import subprocess
@@ -28,17 +36,24 @@ from fsmtl.core.errors import FsmtlError
 from fsmtl.core.plots import plot_bars
 from fsmtl.report import load_metrics, plot_curves
 
+EMBEDDED_OMNIGLOT = Path(__file__).resolve().parent / "data" / "omniglot"
+SOURCES = ("omniglot", "synthetic")
+OMNIGLOT_MINUTES = 2.5  # the demo's CPU training budget on Omniglot (the preset's is 10)
+# (ways, shots) of the test tasks, per source
+TEST_TASKS: dict[str, tuple[tuple[int, int], ...]] = {"omniglot": ((20, 1), (5, 5)), "synthetic": ((5, 1), (5, 5))}
+
 
 @dataclass(frozen=True)
 class DemoConfig:
     """What the demo runs; the defaults take about 4 minutes on a 2-core CPU (installation aside)."""
 
     out: str = "runs/demo"
-    image_size: int = 32
-    classes: str = "64,16,20"
-    per_class: int = 120
-    minutes: float | None = None  # training budget; None: the preset's (CPU) or 15 (GPU)
-    tasks: int = 500  # test tasks per shot count
+    source: str = "omniglot"  # the embedded Omniglot zips, or "synthetic"
+    image_size: int | None = None  # None: the converter's default (omniglot 28 ... synthetic 32)
+    classes: str | None = None  # synthetic only: classes per split (None: 64,16,20)
+    per_class: int | None = None  # synthetic only: images per class (None: 120)
+    minutes: float | None = None  # training budget; None: 2.5 (Omniglot), the demo preset's (synthetic), 15 (GPU)
+    tasks: int = 500  # test tasks per task shape
     heads: tuple[str, ...] = ("logreg", "proto", "ridge", "svm")
     device: str = "auto"
     bench: bool = True
@@ -50,15 +65,28 @@ class DemoConfig:
         from fsmtl.eval.config import EvalConfig
         from fsmtl.preprocess.config import PreprocessConfig
 
-        try:
-            classes = tuple(int(c) for c in self.classes.split(","))
-        except ValueError:
-            raise FsmtlError(f"--classes: expected three comma-separated integers, got {self.classes!r}") from None
-        PreprocessConfig("synthetic", Path(self.out) / "data", size=self.image_size, classes=classes,  # type: ignore[arg-type]
-                         per_class=self.per_class)  # fmt: skip
+        if self.source not in SOURCES:
+            raise FsmtlError(f"--source: expected one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.source == "synthetic":
+            PreprocessConfig("synthetic", Path(self.out) / "data", size=self.image_size or 32,
+                             classes=self.synthetic_classes, per_class=self.per_class or 120)  # fmt: skip
+        else:
+            for flag, value in (("--classes", self.classes), ("--per-class", self.per_class)):
+                if value is not None:
+                    raise FsmtlError(f"{flag}: only for --source synthetic (the Omniglot demo uses the embedded alphabets)")
+            PreprocessConfig("omniglot", Path(self.out) / "data", src=EMBEDDED_OMNIGLOT, size=self.image_size)
         EvalConfig(tasks=self.tasks, device=self.device, heads=self.heads)
         if self.minutes is not None:
             check_real(self.minutes, "--minutes", 0.0, lo_open=True)
+
+    @property
+    def synthetic_classes(self) -> tuple[int, int, int]:
+        """``--classes`` as (train, val, test) counts."""
+        try:
+            train, val, test = (int(c) for c in (self.classes or "64,16,20").split(","))
+        except ValueError:
+            raise FsmtlError(f"--classes: expected three comma-separated integers, got {self.classes!r}") from None
+        return train, val, test
 
 
 def _step(title: str) -> float:
@@ -72,6 +100,28 @@ def _call(main: Any, argv: list[str], what: str) -> None:
         raise FsmtlError(f"demo: {what} failed with exit code {rc}")
 
 
+def check_embedded_omniglot(folder: Path = EMBEDDED_OMNIGLOT) -> list[Path]:
+    """The embedded zips, each checked against ``folder/SHA256SUMS``; FsmtlError naming the file otherwise."""
+    sums = folder / "SHA256SUMS"
+    if not sums.is_file():
+        raise FsmtlError(f"{sums}: not found (the embedded Omniglot data is incomplete; reinstall fsmtl)")
+    zips = []
+    for line in sums.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(maxsplit=1)
+        path = folder / name.strip()
+        if not path.is_file():
+            raise FsmtlError(f"{path}: not found (listed in {sums}; reinstall fsmtl)")
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != digest:
+            raise FsmtlError(f"{path}: SHA256 {got[:16]}... is not the {digest[:16]}... of {sums} (a damaged copy; reinstall fsmtl)")
+        zips.append(path)
+    if not zips:
+        raise FsmtlError(f"{sums}: lists no files")
+    return zips
+
+
 def _data(cfg: DemoConfig, run: Path) -> Path:
     from fsmtl.preprocess.__main__ import main as preprocess_main
     from fsmtl.preprocess.shard_reader import open_shards
@@ -81,23 +131,34 @@ def _data(cfg: DemoConfig, run: Path) -> Path:
     if data.exists() and not cfg.force:
         try:
             meta = open_shards(data).meta
-            same = meta["image_shape"][0] == cfg.image_size and not verify_shards(data)
+            same = meta.get("benchmark") == cfg.source and not verify_shards(data)
+            if cfg.image_size is not None:
+                same = same and meta["image_shape"][0] == cfg.image_size
         except FsmtlError:
             same = False
         if same:
             print(f"reusing {data} (verified)")
             return data
         raise FsmtlError(f"{data}: exists but is not this demo's data (pass --force to rebuild)")
-    _call(preprocess_main, ["convert", "synthetic", "--out", str(data), "--size", str(cfg.image_size),
-                            "--classes", cfg.classes, "--per-class", str(cfg.per_class),
-                            *(["--force"] if cfg.force else [])], "convert")  # fmt: skip
+    size = [] if cfg.image_size is None else ["--size", str(cfg.image_size)]
+    force = ["--force"] if cfg.force else []
+    if cfg.source == "omniglot":
+        check_embedded_omniglot()
+        _call(preprocess_main, ["convert", "omniglot", "--src", str(EMBEDDED_OMNIGLOT), "--out", str(data), *size, *force], "convert")
+    else:
+        _call(preprocess_main, ["convert", "synthetic", "--out", str(data), *size, "--classes",
+                                ",".join(map(str, cfg.synthetic_classes)), "--per-class", str(cfg.per_class or 120),
+                                *force], "convert")  # fmt: skip
     return data
 
 
 def _train_args(cfg: DemoConfig, data: Path, out: Path, cuda: bool) -> list[str]:
     # the demo owns RUN/train: a second demo retrains it from scratch
-    args = ["--data", str(data), "--preset", "demo", "--out", str(out), "--device", cfg.device, "--overwrite"]
-    if cuda:  # bigger and longer on a GPU: the seed's backbone
+    preset = "omniglot" if cfg.source == "omniglot" else "demo"
+    args = ["--data", str(data), "--preset", preset, "--out", str(out), "--device", cfg.device, "--overwrite"]
+    if cfg.source == "omniglot":
+        args += ["--max-minutes", str(cfg.minutes or OMNIGLOT_MINUTES)]
+    elif cuda:  # bigger and longer on a GPU: the seed's backbone
         args += ["--model", "resnet12", "--epoch-length", "1200", "--max-epochs", "30"]  # 200 steps
         args += ["--max-minutes", str(cfg.minutes or 15.0)]
     elif cfg.minutes is not None:
@@ -110,37 +171,60 @@ def _pct(v: float | None) -> float | None:
     return None if v is None else (v * 100.0 if v <= 1.0 else v)
 
 
-def _write_report(run: Path, train_dir: Path, ev: dict[str, Any], bench: dict[str, Any] | None, seconds: dict[str, float]) -> Path:
+def _task_label(ev: dict[str, Any], shots: str) -> str:
+    """'20-way 1-shot' (plus ', within one alphabet' for grouped tasks) of one eval report's result."""
+    c = ev["config"]
+    group = "alphabet" if ev.get("demo_source") == "omniglot" else "group"
+    return f"{c['ways']}-way {shots}-shot" + (f", within one {group}" if c.get("within_group") else "")
+
+
+def _describe_data(cfg: DemoConfig) -> str:
+    if cfg.source == "omniglot":
+        return ("Omniglot (the embedded background_small1 + small2 zips, MIT licence): trained on 5 alphabets with "
+                "rotations as new classes, validated on Korean, tested on the unseen Latin and Sanskrit alphabets, "
+                "every task's characters from one alphabet")  # fmt: skip
+    return "Synthetic few-shot data"
+
+
+def _write_report(cfg: DemoConfig, run: Path, train_dir: Path, evals: list[dict[str, Any]], bench: dict[str, Any] | None,
+                  seconds: dict[str, float]) -> Path:  # fmt: skip
     # a budget that ends the first epoch early leaves only the final validation's line: say so
     rows = load_metrics(train_dir) if (train_dir / "metrics.jsonl").is_file() else []
     if any(not r.get("final") for r in rows):
-        plot_curves(rows, run / "curves.png", title="fsmtl demo: synthetic data")
+        plot_curves(rows, run / "curves.png", title=f"fsmtl demo: {cfg.source}")
         trained = f"{rows[-1].get('epoch')} epochs, {rows[-1].get('step')} steps"
     else:
         trained = "stopped by its time budget inside the first epoch: no epoch completed, its final weights evaluated"
+    ev0 = evals[0]["config"]
     lines = ["# fsmtl demo report", "",
-             f"Synthetic few-shot data, trained by multi-task learning ({trained}), evaluated on "
-             f"{ev['config']['tasks']} fixed test tasks per shot count ({ev['config']['ways']}-way, "
-             f"{ev['config']['queries']} queries).", "",
-             "## Test accuracy (%, 95% interval)", "", "| shots | head | accuracy | tasks |", "| --- | --- | --- | --- |"]  # fmt: skip
+             f"{_describe_data(cfg)}; trained by multi-task learning ({trained}), evaluated on "
+             f"{ev0['tasks']} fixed test tasks per task shape ({ev0['queries']} queries a class).", "",
+             "## Test accuracy (%, 95% interval)", "", "| task | head | accuracy | tasks |", "| --- | --- | --- | --- |"]  # fmt: skip
     pictures = []
-    for shots, heads in ev["results"].items():
-        for head, r in heads.items():
-            lines.append(f"| {shots} | {head} | {r['acc']:.2f} ± {r['ci95']:.2f} | {r['n_tasks']} |")
-        names = list(heads)
-        plot_bars(names, [heads[h]["acc"] for h in names], run / f"heads_{shots}shot.png",
-                  "accuracy (%)", f"{shots}-shot accuracy per head", [heads[h]["ci95"] for h in names])
-        pictures.append(f"![{shots}-shot accuracy per head](heads_{shots}shot.png)")
+    for ev in evals:
+        for shots, heads in ev["results"].items():
+            label = _task_label(ev, shots)
+            for head, r in heads.items():
+                lines.append(f"| {label} | {head} | {r['acc']:.2f} ± {r['ci95']:.2f} | {r['n_tasks']} |")
+            names = list(heads)
+            png = f"heads_{ev['config']['ways']}way_{shots}shot.png"
+            plot_bars(names, [heads[h]["acc"] for h in names], run / png, "accuracy (%)", f"{label}: accuracy per head",
+                      [heads[h]["ci95"] for h in names])  # fmt: skip
+            pictures.append(f"![{label} accuracy per head]({png})")
     lines += ["", *pictures, ""]
     lines += ["## Training", ""]
-    if rows:
+    if rows and (run / "curves.png").is_file():
         lines += ["![training curves](curves.png)", "",
-                  "| epoch | train loss | val acc (%) | images/s | data wait | wall (s) |", "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "| epoch | step | train loss | val acc (%) | images/s | data wait | wall (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     else:
-        lines += ["No epoch completed within the time budget (`--minutes`): no curves."]
+        lines += ["No epoch completed within the time budget (`--minutes`): no curves.", "",
+                  "| epoch | step | train loss | val acc (%) | images/s | data wait | wall (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for r in rows:
         va = _pct(r.get("val_acc"))
-        lines.append(f"| {r.get('epoch')} | {r.get('train_loss', float('nan')):.3f} | "
+        epoch = f"{r.get('epoch')}{' (final)' if r.get('final') else ''}"
+        lines.append(f"| {epoch} | {r.get('step')} | {r.get('train_loss', float('nan')):.3f} | "
                      f"{'' if va is None else f'{va:.1f}'} | {r.get('images_per_s', 0):,.0f} | "
                      f"{100 * r.get('data_wait_frac', 0):.1f}% | {r.get('wall_s', 0):.0f} |")  # fmt: skip
     if bench and bench.get("rows"):
@@ -167,7 +251,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     run.mkdir(parents=True, exist_ok=True)
     cuda = resolve_device(cfg.device, CLI_ARGS).type == "cuda"
     seconds: dict[str, float] = {}
-    t = _step("1/5 synthetic data")
+    t = _step(f"1/5 {cfg.source} data")
     data = _data(cfg, run)
     seconds["data"] = time.perf_counter() - t
     t = _step("2/5 training (multi-task learning)")
@@ -179,12 +263,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _call(train_main, _train_args(cfg, data, train_dir, cuda), "training")
     seconds["train"] = time.perf_counter() - t
     t = _step("3/5 evaluation on fixed test tasks")
-    ev_path = run / "eval.json"
-    # best.pt exists once an epoch was validated; a budget that ended the first epoch early leaves last.pt
+    # best.pt exists once a validation ran (the final one of a budget-stopped run too); else last.pt
     ckpt = "best" if (train_dir / "checkpoints" / "best.pt").is_file() else "last"
-    _call(eval_main, ["--run", str(train_dir), "--checkpoint", ckpt, "--shots", "1", "5", "--tasks", str(cfg.tasks),
-                      "--head", *cfg.heads, "--device", cfg.device, "--json", str(ev_path)], "evaluation")  # fmt: skip
-    ev = json.loads(ev_path.read_text())
+    evals = []
+    for ways, shots in TEST_TASKS[cfg.source]:
+        ev_path = run / f"eval_{ways}way_{shots}shot.json"
+        _call(eval_main, ["--run", str(train_dir), "--checkpoint", ckpt, "--ways", str(ways), "--shots", str(shots),
+                          "--tasks", str(cfg.tasks), "--head", *cfg.heads, "--device", cfg.device, "--json", str(ev_path)],
+              "evaluation")  # fmt: skip
+        evals.append({**json.loads(ev_path.read_text()), "demo_source": cfg.source})
     seconds["eval"] = time.perf_counter() - t
     bench = None
     if cfg.bench:
@@ -192,10 +279,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         bench = _bench(data, run)
         seconds["bench"] = time.perf_counter() - t
     _step("5/5 report")
-    report = _write_report(run, train_dir, ev, bench, seconds)
-    summary = {"report": str(report), "seconds": seconds,
-               "test_acc": {s: {h: r["acc"] for h, r in hs.items()} for s, hs in ev["results"].items()}}  # fmt: skip
-    return summary
+    report = _write_report(cfg, run, train_dir, evals, bench, seconds)
+    test_acc = {_task_label(ev, shots): {h: r["acc"] for h, r in hs.items()} for ev in evals for shots, hs in ev["results"].items()}
+    chance = {_task_label(ev, shots): 100.0 / ev["config"]["ways"] for ev in evals for shots in ev["results"]}
+    return {"report": str(report), "seconds": seconds, "test_acc": test_acc, "chance": chance}
 
 
 def _bench(data: Path, run: Path) -> dict[str, Any] | None:
@@ -219,11 +306,14 @@ def main(argv: list[str] | None = None) -> int:
     p = CliParser(prog="fsmtl demo", description=plain_doc(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DemoConfig()
     p.add_argument("--out", default=d.out, help=f"run directory (default {d.out})")
-    p.add_argument("--size", dest="image_size", type=int, default=d.image_size, help="synthetic image size")
-    p.add_argument("--classes", default=d.classes, help="synthetic classes per split train,val,test")
-    p.add_argument("--per-class", type=int, default=d.per_class, help="synthetic images per class")
-    p.add_argument("--minutes", type=float, default=d.minutes, help="training budget in minutes")
-    p.add_argument("--tasks", type=int, default=d.tasks, help="test tasks per shot count")
+    p.add_argument("--source", choices=SOURCES, default=d.source,
+                   help="the embedded Omniglot zips (default) or the synthetic generator")
+    p.add_argument("--size", dest="image_size", type=int, default=d.image_size, help="image size (default: the converter's)")
+    p.add_argument("--classes", default=d.classes, help="synthetic: classes per split train,val,test (default 64,16,20)")
+    p.add_argument("--per-class", type=int, default=d.per_class, help="synthetic: images per class (default 120)")
+    p.add_argument("--minutes", type=float, default=d.minutes,
+                   help=f"training budget in minutes (default: {OMNIGLOT_MINUTES:g} on Omniglot, the demo preset's on synthetic data)")
+    p.add_argument("--tasks", type=int, default=d.tasks, help="test tasks per task shape")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda[:N]")
     p.add_argument("--no-bench", dest="bench", action="store_false", help="skip the pipeline benchmark")
     p.add_argument("--force", action="store_true", help="rebuild data and retrain from scratch")
@@ -233,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_demo(cfg)
     print("\n" + "=" * 64)
     print(f"fsmtl demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
-    for shots, heads in summary["test_acc"].items():
+    for label, heads in summary["test_acc"].items():
         accs = ", ".join(f"{h} {a:.1f}%" for h, a in heads.items())
-        print(f"  {shots}-shot test accuracy: {accs}   (chance 20.0%)")
+        print(f"  {label} test accuracy: {accs}   (chance {summary['chance'][label]:.1f}%)")
     print(f"  report: {summary['report']}")
     print("=" * 64)
     return 0

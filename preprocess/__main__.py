@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--size",
         type=int,
         default=d.size,
-        help=f"output side length, {MIN_IMAGE_SIZE}..{MAX_SIZE} (default: 28 omniglot, 32 cifar, 84 others)",
+        help=f"output side length, {MIN_IMAGE_SIZE}..{MAX_SIZE} (default: 32 omniglot and cifar, 84 others)",
     )
     c.add_argument("--channels", type=int, default=d.channels, help=f"imagefolder/synthetic: 1 or 3 (default {d.channels})")
     c.add_argument(

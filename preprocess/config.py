@@ -36,7 +36,7 @@ SEED_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 SEED_NORMALIZATION["tiered-imagenet"] = SEED_NORMALIZATION["mini-imagenet"]
 SEED_NORMALIZATION["fc100"] = SEED_NORMALIZATION["cifar-fs"]
 # output side length when --size is not given
-DEFAULT_SIZE = {"omniglot": 28, "cifar-fs": 32, "fc100": 32}
+DEFAULT_SIZE = {"omniglot": 32, "cifar-fs": 32, "fc100": 32}
 FALLBACK_SIZE = 84
 MAX_WORKERS = 1024  # --workers: decoding threads; a thread a CPU is the default, 1024 is past any CPU count
 MAX_SIZE = 1024  # --size range: MIN_IMAGE_SIZE (the synthetic generator's smallest) .. MAX_SIZE
@@ -86,7 +86,7 @@ class PreprocessConfig:
         force: overwrite an existing ``out``.
         formats: output formats; "npy" (canonical, always written: added when left out) plus
             "ffcv" and/or "dali".
-        size: output side length, MIN_IMAGE_SIZE..MAX_SIZE (None: 28 for Omniglot, 32 for CIFAR,
+        size: output side length, MIN_IMAGE_SIZE..MAX_SIZE (None: 32 for Omniglot and CIFAR,
             84 otherwise). CIFAR data is never resized; tiered-ImageNet is resized only when given.
         channels: 1 or 3 (imagefolder, synthetic).
         workers: decoding threads (None: all CPUs).

@@ -58,7 +58,7 @@ def test_background_is_train_and_evaluation_is_test_with_bright_ink(omniglot_src
         cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "o"), *args]) == 0
     )
     shards = open_shards(tmp_path / "o")
-    assert shards.splits == ["train", "test"] and shards.image_shape == (28, 28, 1)
+    assert shards.splits == ["train", "test"] and shards.image_shape == (32, 32, 1)
     train, test = shards.split("train"), shards.split("test")
     assert train.classes[:2] == ["Alpha/character01", "Alpha/character02"] and train.n_classes == 6
     assert test.classes == ["Zeta_(script)/character01", "Zeta_(script)/character02"]
@@ -164,7 +164,7 @@ def test_the_real_omniglot_zips_convert(tmp_path):
     assert all(c.count("/") == 1 for c in train.classes)
     assert len({c.split("/")[0] for c in val.classes}) == 2
     assert val.categories == [c.split("/")[0] for c in val.classes]
-    assert train.images.shape[1:] == (28, 28, 1)
+    assert train.images.shape[1:] == (32, 32, 1)
     assert 0.02 < shards.mean[0] < 0.4  # sparse bright ink on a dark background
     assert cli(["verify", str(tmp_path / "o")]) == 0
 

@@ -99,3 +99,26 @@ def test_a_checkpoint_that_does_not_fit_names_the_file_and_the_bytes_and_keeps_t
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert path.read_bytes() == before and ck.load_checkpoint(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
+
+
+def test_a_metrics_line_that_does_not_fit_names_the_file_and_leaves_no_partial_line(tmp_path: Path, monkeypatch) -> None:
+    import json
+
+    from fsmtl.core.errors import FsmtlError
+    from fsmtl.train.runlog import RunLog, read_metrics
+
+    log = RunLog(tmp_path, enabled=True)
+    log.epoch({"epoch": 1, "step": 4, "train_loss": 1.0})
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    real_fsync = os.fsync
+
+    def full(fd):  # the line went into the page cache, the disk is full when it is flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(FsmtlError, match=rf"^{tmp_path / 'metrics.jsonl'}: cannot be appended to \(No space left on device; "
+                                         r"[\d,]+ bytes needed\); the lines before are unchanged$"):  # fmt: skip
+        log.epoch({"epoch": 2, "step": 8, "train_loss": 0.5})
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert (tmp_path / "metrics.jsonl").read_bytes() == before  # cut back: no half line
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1] and json.loads(before)["step"] == 4

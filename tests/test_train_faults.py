@@ -248,3 +248,107 @@ def test_a_run_start_removes_temporaries_of_killed_writes_and_keeps_every_other_
     assert not [p for p in left if (out / p).exists()]
     assert all(p.read_text() == "keep" for p in kept)
     assert (out / "checkpoints" / "last.pt").is_file()
+
+
+# --- SIGKILL inside a checkpoint write ------------------------------------------------------------
+
+# Saves last.pt (epoch 2, over the parent's epoch 1) and SIGKILLs itself at one point of the write:
+# after mkstemp, part-way through the bytes, before fsync, before the rename, after the rename; or
+# ("loop") saves epochs 2, 3, ... until the parent kills it at a random time.
+KILLER = """
+import io, os, signal, sys
+import torch
+from fsmtl.train import checkpoint as ck
+path, point = sys.argv[1], sys.argv[2]
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+def state(epoch):
+    return {"model_name": "conv4", "model_kwargs": {}, "config": {}, "epoch": epoch,
+            "data_meta": {"mean": [0.5], "std": [0.5], "image_shape": [8, 8, 1]},
+            "model": {"w": torch.full((1 << 20,), float(epoch))}, "rng": {"ranks": []}}
+if point == "mkstemp":
+    real = os.fdopen
+    os.fdopen = lambda *a, **k: die()
+elif point == "write":
+    real = os.fdopen
+    class Half:
+        def __init__(self, f): self.f = f
+        def __enter__(self): return self
+        def __exit__(self, *a): return False
+        def write(self, b):
+            self.f.write(bytes(b)[: len(b) // 2]); self.f.flush(); die()
+        def __getattr__(self, name): return getattr(self.f, name)
+    os.fdopen = lambda *a, **k: Half(real(*a, **k))
+elif point == "fsync":
+    os.fsync = die
+elif point == "replace":
+    os.replace = die
+elif point == "after":
+    real = os.replace
+    os.replace = lambda *a: (real(*a), die())
+if point == "loop":
+    print("ready", flush=True)
+    for epoch in range(2, 10**6):
+        ck.save_checkpoint(path, state(epoch))
+else:
+    ck.save_checkpoint(path, state(2))
+"""
+
+
+@pytest.mark.parametrize("point,epoch_after", [("mkstemp", 1), ("write", 1), ("fsync", 1), ("replace", 1), ("after", 2)])
+def test_a_checkpoint_write_killed_at_any_point_leaves_the_old_or_the_new_checkpoint_whole(
+    tmp_path: Path, point: str, epoch_after: int
+) -> None:
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    ck.save_checkpoint(last, {**_state(), "epoch": 1})
+    res = subprocess.run([sys.executable, "-c", KILLER, str(last), point], env=_env())
+    assert res.returncode == -signal.SIGKILL
+    assert ck.load_checkpoint(last)["epoch"] == epoch_after  # whole, checksum and all: never a mix
+    temps = list(last.parent.glob(".last.pt.*.tmp"))
+    assert len(temps) == (0 if point == "after" else 1)  # what a real kill leaves
+    assert ck.remove_run_temporaries(run) == temps and not list(last.parent.glob("*.tmp"))
+    assert ck.load_checkpoint(last)["epoch"] == epoch_after
+
+
+def test_checkpoint_writes_killed_at_random_times_always_leave_a_whole_checkpoint(tmp_path: Path) -> None:
+    import random
+    import time
+
+    rng = random.Random(16)
+    run = tmp_path / "run"
+    last = run / "checkpoints" / "last.pt"
+    last.parent.mkdir(parents=True)
+    ck.save_checkpoint(last, {**_state(), "epoch": 1})
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", KILLER, str(last), "loop"], stdout=subprocess.PIPE, text=True, env=_env())
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.5))  # somewhere in a stream of 4 MB saves: often inside one
+        _kill(proc)
+        assert ck.load_checkpoint(last)["epoch"] >= 1  # loads, its checksum verified
+        assert len(ck.remove_run_temporaries(run)) <= 1 and not list(last.parent.glob("*.tmp"))
+
+
+# --- a checkpoint from another run ----------------------------------------------------------------
+
+
+def test_resume_refuses_a_last_pt_copied_from_another_run_but_resumes_a_copied_run_folder(
+    tiny_shards: Path, tmp_path: Path
+) -> None:
+    import json
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(tiny_cfg(tiny_shards, a, max_epochs=1))
+    train(tiny_cfg(tiny_shards, b, max_epochs=1))
+    ids = [json.loads((r / "config.json").read_text())["run_id"] for r in (a, b)]
+    assert ids[0] != ids[1] and ck.load_checkpoint(a / "checkpoints" / "last.pt")["run_id"] == ids[0]
+    shutil.copy(a / "checkpoints" / "last.pt", b / "checkpoints" / "last.pt")
+    before = _snapshot(b)
+    with pytest.raises(FsmtlError, match=f"last.pt: belongs to run {ids[0]}, but .*config.json records run {ids[1]}"):
+        train(tiny_cfg(tiny_shards, b, resume=str(b), max_epochs=2))
+    assert _snapshot(b) == before  # b's history untouched
+    shutil.copytree(a, tmp_path / "branch")  # a whole run folder copied: a branch, resumable
+    train(tiny_cfg(tiny_shards, tmp_path / "branch", resume=str(tmp_path / "branch"), max_epochs=2))
+    assert ck.load_checkpoint(tmp_path / "branch" / "checkpoints" / "last.pt")["run_id"] == ids[0]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "branch")] == [1, 2]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import random
 import sys
 from pathlib import Path
@@ -182,6 +183,25 @@ def upgrade_stored_config(ckpt: dict[str, Any]) -> tuple[dict[str, Any], str | N
             f"--epoch-length {stored['epoch_length']} tasks now (the same epochs); DropBlock's ramp now "
             "counts tasks, as the seed did")  # fmt: skip
     return stored, note
+
+
+def check_checkpoint_belongs(ckpt: dict[str, Any], path: Path, run: Path) -> None:
+    """Raise FsmtlError if ``ckpt`` (``run``'s last.pt) was written by another run than the one
+    ``run/config.json`` records: a checkpoint copied in from elsewhere would rewrite this run's
+    history (its metrics are cut back to the checkpoint's epoch). A whole run folder copied to branch
+    a run keeps both, and resumes. Checkpoints and folders from before run ids are not checked."""
+    config = run / "config.json"
+    mine = ckpt.get("run_id")
+    if not mine or not config.is_file():
+        return
+    try:
+        folder = json.loads(config.read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        raise FsmtlError(f"{config}: unreadable or not a JSON object (expected the run's config, written by fsmtl train)") from None
+    if folder and folder != mine:
+        raise FsmtlError(f"{path}: belongs to run {mine}, but {config} records run {folder} (a checkpoint copied from "
+                         "another run would rewrite this run's history); resume the run it came from, or copy that "
+                         "whole run folder to branch it")  # fmt: skip
 
 
 def check_resume_matches(ckpt: dict[str, Any], path: Path, model_name: str, model_kwargs: dict[str, Any],

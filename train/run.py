@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +71,7 @@ class TrainingRun:
     steps_per_epoch: int  # cfg.steps_per_epoch(world size)
     cosine_length: int | None = None  # the cosine schedule's length in effect (None: another scheduler)
     lock: FileLock | None = None  # RUN/.fsmtl-lock, held by rank 0 while the run lives (ck.lock_run)
+    run_id: str = field(default_factory=lambda: secrets.token_hex(8))  # this run's identity (a resume keeps it)
 
 
 def _claim_out(cfg: TrainConfig, dist: DistInfo) -> FileLock | None:
@@ -162,7 +164,7 @@ def _state(run: TrainingRun, wall_s: float) -> dict[str, Any]:
         "best_val_acc": p.best_val_acc, "epochs_since_best": p.epochs_since_best,
         "epoch_step": p.epoch_step, "partial": p.partial, "wall_s": wall_s,
         "config": run.cfg.to_dict(), "data_meta": run.data.meta, "epoch_unit": "tasks",
-        "cosine_length": run.cosine_length, "budget_frac": p.budget_frac,
+        "cosine_length": run.cosine_length, "budget_frac": p.budget_frac, "run_id": run.run_id,
     }  # fmt: skip
 
 
@@ -171,6 +173,8 @@ def _resume(run: TrainingRun) -> None:
     path = ck.checkpoint_dir(run.cfg.resume) / "last.pt"
     c = ck.load_checkpoint(path)
     ck.check_resume_matches(c, path, run.cfg.model, model_kwargs_for(run.cfg), run.data.meta)
+    ck.check_checkpoint_belongs(c, path, Path(run.cfg.resume))
+    run.run_id = str(c.get("run_id") or run.run_id)
     try:
         run.net.backbone.load_state_dict(c["model"])
         with torch.no_grad():
@@ -509,7 +513,7 @@ def fit(run: TrainingRun) -> dict[str, Any]:
     """
     cfg = run.cfg
     try:
-        run.log.start(cfg.to_dict(), cfg.wandb, run.progress.epoch if cfg.resume else None)
+        run.log.start({**cfg.to_dict(), "run_id": run.run_id}, cfg.wandb, run.progress.epoch if cfg.resume else None)
         deadline = None if cfg.max_minutes is None else time.monotonic() + 60.0 * cfg.max_minutes
         run.log.message(
             f"fsmtl train: {cfg.algorithm} {cfg.model} on {cfg.data} ({run.data.meta['n_train_classes']} classes), "

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from fsmtl.core.errors import FsmtlError
-from fsmtl.core.fileio import atomic_write, atomic_write_json
+from fsmtl.core.fileio import append_line, atomic_write, atomic_write_json
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -125,8 +125,7 @@ class RunLog:
         """Append one epoch's record (and send it to wandb)."""
         if not self.enabled:
             return
-        with open(self.run / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.run / "metrics.jsonl", json.dumps(record))
         if self._wandb is not None:
             self._wandb.log(record, step=int(record["step"]))
 

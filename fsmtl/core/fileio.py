@@ -166,6 +166,31 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
         raise
 
 
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line (``line`` plus a newline, UTF-8) to ``path`` and fsync it: all of it or none.
+
+    Raises:
+        FsmtlError: the disk is full, over quota or failing: one line naming ``path``, the error and
+            the bytes needed; the file is cut back to its old length (no partial line is left).
+    """
+    data = (line + "\n").encode("utf-8")
+    with open(path, "ab") as f:
+        start = f.seek(0, os.SEEK_END)
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno not in _DEVICE_FAULTS:
+                raise
+            try:
+                f.truncate(start)
+            except OSError:
+                pass
+            raise FsmtlError(f"{path}: cannot be appended to ({e.strerror}; {len(data):,} bytes needed); "
+                             "the lines before are unchanged") from None
+
+
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Atomically write ``obj`` as indented UTF-8 JSON."""
     data = (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8")
