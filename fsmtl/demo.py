@@ -20,7 +20,6 @@ Steps (each through the same code as its own command):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 from fsmtl.core.cli import CliParser, plain_doc
 from fsmtl.core.device import CLI_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
+from fsmtl.core.fileio import sha256_file
 from fsmtl.core.plots import plot_bars
 from fsmtl.report import load_metrics, plot_curves
 
@@ -113,7 +113,7 @@ def check_embedded_omniglot(folder: Path = EMBEDDED_OMNIGLOT) -> list[Path]:
         path = folder / name.strip()
         if not path.is_file():
             raise FsmtlError(f"{path}: not found (listed in {sums}; reinstall fsmtl)")
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        got = sha256_file(path)
         if got != digest:
             raise FsmtlError(f"{path}: SHA256 {got[:16]}... is not the {digest[:16]}... of {sums} (a damaged copy; reinstall fsmtl)")
         zips.append(path)
