@@ -12,6 +12,7 @@ _BENCHES = {
     "eval": "fsmtl.benchmarks.bench_eval",
     "algorithms": "fsmtl.benchmarks.bench_algorithms",
     "traffic": "fsmtl.benchmarks.bench_traffic",
+    "race": "fsmtl.benchmarks.bench_race",
     "all": "fsmtl.benchmarks.bench_all",
 }
 _HELP = {
@@ -20,6 +21,7 @@ _HELP = {
     "train": "ResNet-12 training step: fp32 eager vs bf16 + channels_last (+ compile), data wait, peak memory",
     "eval": "2,000 test tasks: batched logistic regression vs scikit-learn per task",
     "algorithms": "MTL vs ProtoNet / MetaOptNet / ANIL / MAML: step cost and time to accuracy",
+    "race": "Omniglot test error vs training minutes: MTL against ProtoNet / MetaOptNet / MAML / ANIL / learn2learn alone",
     "traffic": "the CUDA pipeline path's ops per batch and memory traffic per image, counted on the CPU",
     "all": "every benchmark above but traffic, at CPU-sized defaults, one JSON",
 }

@@ -32,11 +32,10 @@ from typing import Any
 from fsmtl.core.cli import CliParser, plain_doc
 from fsmtl.core.device import CLI_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
-from fsmtl.core.fileio import sha256_file
+from fsmtl.core.embedded import EMBEDDED_OMNIGLOT, check_embedded_omniglot
 from fsmtl.core.plots import plot_bars
 from fsmtl.report import load_metrics, plot_curves
 
-EMBEDDED_OMNIGLOT = Path(__file__).resolve().parent / "data" / "omniglot"
 SOURCES = ("omniglot", "synthetic")
 OMNIGLOT_MINUTES = 2.5  # the demo's CPU training budget on Omniglot (the preset's is 10)
 # (ways, shots) of the test tasks, per source
@@ -100,43 +99,13 @@ def _call(main: Any, argv: list[str], what: str) -> None:
         raise FsmtlError(f"demo: {what} failed with exit code {rc}")
 
 
-def check_embedded_omniglot(folder: Path = EMBEDDED_OMNIGLOT) -> list[Path]:
-    """The embedded zips, each checked against ``folder/SHA256SUMS``; FsmtlError naming the file otherwise."""
-    sums = folder / "SHA256SUMS"
-    if not sums.is_file():
-        raise FsmtlError(f"{sums}: not found (the embedded Omniglot data is incomplete; reinstall fsmtl)")
-    zips = []
-    for line in sums.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        digest, name = line.split(maxsplit=1)
-        path = folder / name.strip()
-        if not path.is_file():
-            raise FsmtlError(f"{path}: not found (listed in {sums}; reinstall fsmtl)")
-        got = sha256_file(path)
-        if got != digest:
-            raise FsmtlError(f"{path}: SHA256 {got[:16]}... is not the {digest[:16]}... of {sums} (a damaged copy; reinstall fsmtl)")
-        zips.append(path)
-    if not zips:
-        raise FsmtlError(f"{sums}: lists no files")
-    return zips
-
-
 def _data(cfg: DemoConfig, run: Path) -> Path:
     from fsmtl.preprocess.__main__ import main as preprocess_main
-    from fsmtl.preprocess.shard_reader import open_shards
-    from fsmtl.preprocess.shard_verify import verify_shards
+    from fsmtl.preprocess.shard_verify import reusable_shards
 
     data = run / "data"
     if data.exists() and not cfg.force:
-        try:
-            meta = open_shards(data).meta
-            same = meta.get("benchmark") == cfg.source and not verify_shards(data)
-            if cfg.image_size is not None:
-                same = same and meta["image_shape"][0] == cfg.image_size
-        except FsmtlError:
-            same = False
-        if same:
+        if reusable_shards(data, cfg.source, cfg.image_size):
             print(f"reusing {data} (verified)")
             return data
         raise FsmtlError(f"{data}: exists but is not this demo's data (pass --force to rebuild)")

@@ -14,6 +14,7 @@ vectorises; a reversed interleaved loop it does not (measured 8x slower).
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numba
@@ -24,6 +25,21 @@ from torch import Tensor
 
 from fsmtl.pipelines.augment import GRAY_WEIGHTS, LeeParams
 from fsmtl.pipelines.checks import PipelineInputError, check_augment_args
+
+
+
+def _threading_layer_for_one_core() -> None:
+    """On one usable core, prefer numba's OpenMP (then workqueue) threading layer to TBB: with TBB
+    seeing one core, a parallel kernel launched from a non-main thread (the loader's) leaves the
+    process hanging at exit in ``unload_tbb`` (numba#10556, oneTBB#2056; seen here under
+    ``taskset -c 0``). With more cores, or NUMBA_THREADING_LAYER set, numba chooses as usual."""
+    from fsmtl.core.device import usable_cores
+
+    if "NUMBA_THREADING_LAYER" not in os.environ and usable_cores() <= 1:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+
+
+_threading_layer_for_one_core()
 
 _WR, _WG, _WB = (np.float32(v) for v in GRAY_WEIGHTS)
 _ZERO = np.float32(0.0)

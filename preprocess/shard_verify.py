@@ -44,3 +44,14 @@ def verify_shards(root: str | os.PathLike[str]) -> list[str]:
             except FsmtlError as e:
                 problems.append(str(e))
     return problems
+
+
+def reusable_shards(root: str | os.PathLike[str], benchmark: str, size: int | None = None) -> bool:
+    """Whether ``root`` already holds whole shards of ``benchmark`` (at side ``size`` when given)
+    whose files match their recorded checksums: a converted folder a later command may reuse."""
+    try:
+        meta = open_shards(root).meta
+        same = meta.get("benchmark") == benchmark and (size is None or int(meta["image_shape"][0]) == size)
+        return bool(same) and not verify_shards(root)
+    except (FsmtlError, KeyError, TypeError, ValueError):
+        return False

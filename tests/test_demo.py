@@ -65,7 +65,7 @@ def test_the_embedded_omniglot_zips_are_checked_against_their_sums(tmp_path):
     import pytest
 
     from fsmtl.core.errors import FsmtlError
-    from fsmtl.demo import EMBEDDED_OMNIGLOT, check_embedded_omniglot
+    from fsmtl.core.embedded import EMBEDDED_OMNIGLOT, check_embedded_omniglot
 
     assert [p.name for p in check_embedded_omniglot()] == ["images_background_small1.zip", "images_background_small2.zip"]
     assert (EMBEDDED_OMNIGLOT / "LICENSE").read_text().startswith("The MIT License")

@@ -108,14 +108,15 @@ def _alone(flags: list[bool]) -> list[bool]:
 def train_epoch(
     tools: StepTools, loader: Iterator[Any], start_step: int, n_steps: int, log_every: int,
     should_stop: Callable[[], bool], on_log: Callable[[int, float], None],
-    agree: Callable[[list[bool]], list[bool]] = _alone,
+    agree: Callable[[list[bool]], list[bool]] | None = None,
     before_step: Callable[[int], None] | None = None,
 ) -> EpochStats:
     """Run up to ``n_steps`` steps. The host reads device values only every ``log_every`` steps
-    (running loss, the first non-finite step) and then also asks ``should_stop()``.
+    (running loss, the first non-finite step) and then also asks ``should_stop()``; a single process
+    (``agree`` None) asks ``should_stop()`` after every step, a host-only check.
 
     ``agree(flags) -> flags`` ORs boolean flags over the ranks of a distributed run (one
-    all-reduce); every rank calls it at the same steps, so a NaN or a stop request seen by one rank
+    all-reduce; None: one process); every rank calls it at the same steps, so a NaN or a stop request seen by one rank
     ends the epoch on all of them at the same step (none is left waiting in a collective).
     ``before_step(step)``, when given, runs on the host before each step (the budget schedule sets
     the learning rate there)."""
@@ -123,6 +124,7 @@ def train_epoch(
     sums = torch.zeros(2, dtype=torch.float32, device=d)
     first_bad = torch.full((), -1, dtype=torch.int64, device=d)
     t_start, data_s, done = time.perf_counter(), 0.0, 0
+    alone, agree = agree is None, agree or _alone
     for i in range(n_steps):
         t0 = time.perf_counter()
         batch = next(loader)
@@ -134,7 +136,9 @@ def train_epoch(
         bad_now = (~torch.isfinite(loss)) & (first_bad < 0)
         first_bad = torch.where(bad_now, torch.full_like(first_bad, start_step + i), first_bad)
         done = i + 1
-        if done % log_every == 0 or done == n_steps:
+        # one process: should_stop() reads only the host clock and flags, so a time budget or a
+        # signal is heard after every step, not only at the next log boundary (ranks must agree)
+        if done % log_every == 0 or done == n_steps or (alone and should_stop()):
             bad, running = int(first_bad), sums[0].item() / done  # the one host sync
             any_bad, stop = agree([bad >= 0, done < n_steps and should_stop()])
             if any_bad:  # -1: another rank's loss went bad

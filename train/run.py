@@ -389,7 +389,8 @@ def _snapshots(run: TrainingRun, t_run: float) -> Callable[[int], None] | None:
         t0 = time.monotonic()
         trained = p.wall_s + t0 - t_run - paused[0]
         if trained >= next_at[0]:
-            ck.save_checkpoint(folder / f"t{int(round(trained)):06d}.pt", _state(run, trained))
+            state = {**_state(run, trained), "snapshot_step": step}  # p.step counts whole epochs' steps only
+            ck.save_checkpoint(folder / f"t{int(round(trained)):06d}.pt", state)
             next_at[0] = (int(trained // every) + 1) * every
             paused[0] += time.monotonic() - t0
 
@@ -437,7 +438,8 @@ def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> 
         def agree(flags: list[bool]) -> list[bool]:
             return any_rank_flags(flags, run.dist, run.device)
 
-        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log, agree, before_step)
+        stats = train_epoch(run.tools, run.loader, p.step, n, cfg.log_every, out_of_time, on_log,
+                            agree if run.dist.enabled else None, before_step)
         bar.close()
         if stats.nonfinite_step is not None:
             where = f"step {stats.nonfinite_step}" if stats.nonfinite_step >= 0 else f"another rank, by step {p.step + stats.steps}"

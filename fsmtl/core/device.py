@@ -99,6 +99,24 @@ def cpu_workers(workers: int | None) -> int:
     return int(workers) if workers is not None else (os.cpu_count() or 1)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on: its affinity mask, bounded by a cgroup v2 CPU quota
+    (``/sys/fs/cgroup/cpu.max``, rounded up) when one is set; at least 1."""
+    import math
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def is_device_name(text: object) -> bool:
     """``text`` is a device as the user may name one: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
     (syntax only: whether the machine has it is :func:`resolve_device`'s question)."""
