@@ -23,7 +23,7 @@ _HELP = {
     "algorithms": "MTL vs ProtoNet / MetaOptNet / ANIL / MAML: step cost and time to accuracy",
     "race": "Omniglot test error vs training minutes: MTL against ProtoNet / MetaOptNet / MAML / ANIL / learn2learn alone",
     "traffic": "the CUDA pipeline path's ops per batch and memory traffic per image, counted on the CPU",
-    "all": "every benchmark above but traffic, at CPU-sized defaults, one JSON",
+    "all": "every benchmark above but race (an hour) and traffic, at CPU-sized defaults, one JSON",
 }
 
 

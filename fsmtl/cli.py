@@ -20,7 +20,7 @@ _COMMANDS: dict[str, tuple[str, bool, str]] = {
     "verify": ("fsmtl.preprocess.__main__", True, "re-hash a shard directory and name any file that differs"),
     "train": ("fsmtl.train.__main__", False, "train a backbone by multi-task learning (or a meta-learning baseline)"),
     "eval": ("fsmtl.eval.__main__", False, "evaluate a trained run on fixed, seeded test tasks"),
-    "bench": ("fsmtl.benchmarks.__main__", False, "throughput and cost benchmarks (convert, pipeline, train, eval, algorithms, traffic, all)"),
+    "bench": ("fsmtl.benchmarks.__main__", False, "throughput, cost and accuracy-race benchmarks (convert, pipeline, train, eval, algorithms, race, traffic, all)"),
     "demo": ("fsmtl.demo", False, "the main job on the embedded synthetic data: convert, train, eval, report"),
     "plot": ("fsmtl.report", False, "draw the curves of runs from their metrics.jsonl, and compare runs"),
     "doctor": ("fsmtl.doctor", False, "what this machine gives fsmtl: devices, precision, optional back ends"),

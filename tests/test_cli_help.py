@@ -14,7 +14,7 @@ from fsmtl.cli import main as fsmtl_main
 from fsmtl.core.cli import plain_doc
 ROOT = Path(__file__).resolve().parents[1]
 MARKUP = re.compile(r"``|:(?:py:)?(?:func|class|mod|meth|attr|data|exc|obj|ref|doc):`")
-BENCHES = ["convert", "pipeline", "train", "eval", "algorithms", "traffic", "all"]
+BENCHES = ["convert", "pipeline", "train", "eval", "algorithms", "race", "traffic", "all"]
 COMMANDS = [
     ["convert"], ["verify"], ["train"], ["eval"], ["bench"], ["plot"],
     ["demo"], ["doctor"],
