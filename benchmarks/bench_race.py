@@ -106,10 +106,8 @@ def run_jobs(jobs: list[tuple[str, int]], a: argparse.Namespace, data: Path) -> 
                 run.mkdir(parents=True, exist_ok=True)
                 slot = free.pop(0)
                 cores = shares[slot]
-                env = {**os.environ, "OMP_NUM_THREADS": str(len(cores)), "MKL_NUM_THREADS": str(len(cores)),
-                       "NUMBA_NUM_THREADS": str(len(cores))}  # fmt: skip
-                if a.jobs == 1:
-                    env = dict(os.environ)
+                threads = {k: str(len(cores)) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")}
+                env = {**os.environ, **(threads if a.jobs > 1 else {})}
                 log = open(run / "train.log", "w", encoding="utf-8")  # noqa: SIM115 - closed when it ends
                 proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                                         preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if a.jobs > 1 else None)  # fmt: skip
@@ -157,10 +155,8 @@ def load_point(method: str, path: Path) -> tuple[Any, list[float], list[float], 
     from fsmtl.eval.run import load_run
 
     r = load_run(path, device="cpu", precision="fp32")
-    from fsmtl.train.checkpoint import load_checkpoint
-
-    ck = load_checkpoint(path)
-    return r.model, r.mean, r.std, float(ck.get("wall_s") or 0.0), int(ck.get("snapshot_step", ck.get("step")) or 0)
+    step = r.info["snapshot_step"] if r.info.get("snapshot_step") is not None else r.info.get("step")
+    return r.model, r.mean, r.std, float(r.info.get("wall_s") or 0.0), int(step or 0)
 
 
 def eval_key(a: argparse.Namespace) -> str:
@@ -308,10 +304,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         raise FsmtlError("bench race: expected 0 < --snapshot-minutes <= --minutes <= 1440")
     if a.lead < 0 or not (0 <= a.support_views <= 64):
         raise FsmtlError("bench race: expected --lead >= 0 and 0 <= --support-views <= 64")
-    from fsmtl.train.presets import PRESETS
+    from fsmtl.train.presets import preset_overrides
 
-    if a.preset not in PRESETS:
-        raise FsmtlError(f"--preset: expected one of {', '.join(PRESETS)}, got {a.preset!r}")
+    preset_overrides(a.preset)  # an unknown name: its one-line error, before anything runs
     return a
 
 

@@ -90,7 +90,7 @@ class Run:
     data_meta: dict[str, Any]
     device: torch.device
     amp_dtype: torch.dtype | None
-    info: dict[str, Any] = field(default_factory=dict)  # epoch, step, best_val_acc
+    info: dict[str, Any] = field(default_factory=dict)  # epoch, step, best_val_acc, wall_s, snapshot_step
 
     @property
     def mean(self) -> list[float]:
@@ -247,5 +247,5 @@ def open_run(
     model.to(dev).eval().requires_grad_(False)
     config = dict(ckpt["config"] or {})
     amp = embedding_dtype(precision or str(config.get("precision", "fp32")), dev)
-    info = {k: ckpt.get(k) for k in ("epoch", "step", "best_val_acc")}
+    info = {k: ckpt.get(k) for k in ("epoch", "step", "best_val_acc", "wall_s", "snapshot_step")}
     return Run(model, ckpt_path, config, dict(meta), dev, amp, info)
