@@ -38,7 +38,7 @@ def run_trial(data: str, name: str, flags: str, minutes: float, work: Path, task
         report = work / f"{name}_val{shots}.json"
         ev = subprocess.run([sys.executable, "-m", "fsmtl", "eval", "--run", str(out), "--split", "val",
                              "--ways", "20" if shots == 1 else "5", "--shots", str(shots), "--queries", "5",
-                             "--tasks", str(tasks), "--within-group", "--json", str(report)],
+                             "--tasks", str(tasks), "--within-group", "--support-views", "0", "--json", str(report)],
                             capture_output=True, text=True)  # fmt: skip
         if ev.returncode != 0:
             rec[f"eval{shots}_error"] = ev.stderr.strip().splitlines()[-1:]

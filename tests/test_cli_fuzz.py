@@ -54,7 +54,7 @@ TABLE: dict[str, dict[str, tuple[str, ...]]] = {
         "--weight-decay": REAL0, "--grad-clip": REAL0,
         "--momentum": (NEG, "1", NAN, INF, WORD), "--drop-rate": (NEG, "1", NAN, INF, WORD),
         "--plateau-factor": (NEG, ZERO, "1", NAN, INF, WORD),
-        "--width": (NEG, ZERO, HUGE, NAN, WORD), "--test-support-views": (NEG, HUGE, NAN, WORD),
+        "--width": (NEG, ZERO, HUGE, NAN, WORD), "--pools": (NEG, "5", NAN, WORD), "--test-support-views": (NEG, HUGE, NAN, WORD),
         "--snapshot-minutes": REAL, "--warmup-frac": (NEG, "1", NAN, INF, WORD),
         "--lr-floor": (NEG, "2", NAN, INF, WORD),
         **{f: (NEG, "1000", NAN, INF, WORD) for f in ("--affine-degrees", "--affine-scale", "--affine-shear")},

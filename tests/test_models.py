@@ -50,6 +50,23 @@ def test_conv4_takes_single_channel_omniglot_images() -> None:
     assert n_params(model) == 113088 - 2 * 9 * 64  # two fewer input channels in the first conv
 
 
+@pytest.mark.parametrize("size,pools,dim", [(32, 4, 256), (32, 3, 1024), (28, 3, 576), (28, 4, 64), (8, 3, 64), (5, 0, 1600)])
+def test_conv4_pools_set_the_feature_map_it_flattens(size: int, pools: int, dim: int) -> None:
+    model = build_model("conv4", in_channels=1, image_size=size, pools=pools)
+    assert feature_dim(model, 1, size) == dim
+    # the convolutions are the same: dropping pools adds no parameters
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        p.numel() for p in build_model("conv4", in_channels=1, image_size=32).parameters())
+
+
+@pytest.mark.parametrize("pools,size,match", [(5, 32, r"pools must be an integer in \[0, 4\].*got 5"),
+                                              (-1, 32, "pools must be an integer >= 0"),
+                                              (3, 7, r"image_size must be an integer >= 8 \(3 2x2 poolings")])
+def test_conv4_refuses_pools_it_cannot_apply(pools: int, size: int, match: str) -> None:
+    with pytest.raises(FsmtlError, match=match):
+        build_model("conv4", in_channels=1, image_size=size, pools=pools)
+
+
 def test_resnet12_uses_dropblock_size_5_at_84px_and_2_below() -> None:
     assert build_model("resnet12", image_size=84).blocks[2].dropblock.block_size == 5
     assert build_model("resnet12", image_size=32).blocks[3].dropblock.block_size == 2
@@ -170,8 +187,9 @@ def test_build_model_accepts_numpy_integer_sizes_and_channels() -> None:
 DOCUMENTED_REBUILD = 'build_model(ckpt["model_name"], in_channels=c, image_size=h, **ckpt["model_kwargs"])'
 
 
-@pytest.mark.parametrize("name", ["resnet12", "resnet18"])
-def test_the_documented_call_rebuilds_a_trained_checkpoints_backbone_exactly(name: str, tiny_shards, tmp_path) -> None:
+@pytest.mark.parametrize("name,options", [("resnet12", {}), ("resnet18", {}), ("conv4", {"width": 8, "pools": 3})])
+def test_the_documented_call_rebuilds_a_trained_checkpoints_backbone_exactly(name: str, options: dict, tiny_shards,
+                                                                            tmp_path) -> None:
     from pathlib import Path
 
     from fsmtl.train.config import TrainConfig
@@ -182,9 +200,10 @@ def test_the_documented_call_rebuilds_a_trained_checkpoints_backbone_exactly(nam
     out = tmp_path / name
     cfg = TrainConfig(data=str(tiny_shards), out=str(out), model=name, meta_batch_size=2, epoch_length=2,
                       val_epoch_length=2, train_shots=1, train_queries=1, test_queries=2, max_epochs=1,
-                      wandb="disabled", progress=False, log_every=1, precision="fp32")  # fmt: skip
+                      wandb="disabled", progress=False, log_every=1, precision="fp32", **options)  # fmt: skip
     train(cfg)
     ckpt = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    assert {k: ckpt["model_kwargs"][k] for k in options} == options
     h, w, c = ckpt["data_meta"]["image_shape"]
     assert (h, w, c) == (32, 32, 3)
     model = build_model(ckpt["model_name"], in_channels=c, image_size=h, **ckpt["model_kwargs"])

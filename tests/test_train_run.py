@@ -270,6 +270,16 @@ def test_max_steps_stops_mid_epoch_and_a_resume_finishes_that_epoch(tiny_shards:
     assert rows[2]["wall_s"] > rows[0]["wall_s"]  # wall time adds up over the resumes
 
 
+def test_without_validation_a_budget_stop_keeps_its_final_weights_as_best(tiny_shards: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    summary = train(tiny_cfg(tiny_shards, run, max_epochs=None, max_steps=6, val_split="none"))
+    assert (summary["step"], summary["epoch"]) == (6, 1)  # stopped 2 steps into epoch 2
+    best, last = (torch.load(run / "checkpoints" / f"{n}.pt", weights_only=True) for n in ("best", "last"))
+    # the annealed end of the budget, not the end of epoch 1 (step 4)
+    assert (best["step"], best["epoch_step"], best["epoch"]) == (6, 2, 1) == (last["step"], last["epoch_step"], last["epoch"])
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+
+
 def test_protonet_trains_through_the_same_loop(tiny_shards: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     summary = train(tiny_cfg(tiny_shards, run, algorithm="protonet", max_epochs=1))

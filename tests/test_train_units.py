@@ -167,6 +167,13 @@ def test_config_check_names_the_bad_setting(field: str, value: str) -> None:
         TrainConfig(**{field: value}).check()
 
 
+@pytest.mark.parametrize("field,value", [("width", 32), ("pools", 3)])
+def test_conv4_only_options_are_refused_for_other_backbones(field: str, value: int) -> None:
+    TrainConfig(model="conv4", **{field: value}).check()
+    with pytest.raises(FsmtlError, match=f"--{field}: only for --model conv4, not resnet12"):
+        TrainConfig(model="resnet12", **{field: value}).check()
+
+
 def test_every_preset_is_a_valid_config() -> None:
     for name in PRESETS:
         TrainConfig(**preset_overrides(name)).check()

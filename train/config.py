@@ -32,6 +32,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "model": ("method", "backbone: {choices}"),
     "drop_rate": ("method", "dropout / DropBlock rate of ResNet-12 (the seed: 0.1)"),
     "width": ("method", "conv4: channels of every block (none = 64, Prototypical Networks' width)"),
+    "pools": ("method", "conv4: 2x2 max-pools, after the first this-many blocks (none = 4, Prototypical Networks'; 3 keeps the last block's map: 4x the features at the same cost)"),
     "norm_train_features": ("method", "L2-normalise features before the task heads in training (the seed's published commands turn it on for every benchmark but FC100)"),
     "trainval": ("method", "train on train + val classes, as the seed's flag (which then validates on the test split: see --val-split)"),
     "val_split": ("method", "the split validation runs on (it picks best.pt and drives the plateau scheduler and early stopping): {choices}; auto = val, or with --trainval test, as the seed did; none = no validation"),
@@ -112,6 +113,7 @@ class TrainConfig:
     model: str = "resnet12"
     drop_rate: float = 0.1
     width: int | None = None  # conv4's channels; None: the model's default (64)
+    pools: int | None = None  # conv4's max-pools (after the first blocks); None: the model's default (4)
     train_ways: int = 5
     train_shots: int = 5
     train_queries: int = 5
@@ -189,8 +191,9 @@ class TrainConfig:
         if self.scheduler == "budget" and self.max_minutes is None and self.max_epochs is None and self.max_steps is None:
             raise FsmtlError("--scheduler budget: expected a budget to lay the schedule over (--max-minutes, "
                              "--max-epochs or --max-steps), got none")  # fmt: skip
-        if self.width is not None and self.model != "conv4":
-            raise FsmtlError(f"--width: only for --model conv4, not {self.model}")
+        for name in ("width", "pools"):
+            if getattr(self, name) is not None and self.model != "conv4":
+                raise FsmtlError(f"--{name}: only for --model conv4, not {self.model}")
         if self.algorithm != "mtl" and self.train_queries < 1:
             raise FsmtlError(f"--algorithm {self.algorithm}: episodic training needs --train-queries >= 1")
         if not is_device_name(self.device):
@@ -214,6 +217,8 @@ class TrainConfig:
         check_int(self.test_support_views, "--test-support-views", 0, 256)
         if self.width is not None:
             check_int(self.width, "--width", 1, 4096)
+        if self.pools is not None:
+            check_int(self.pools, "--pools", 0, 4)
         check_real(self.drop_rate, "--drop-rate", 0.0, 1.0, hi_open=True)
         check_real(self.momentum, "--momentum", 0.0, 1.0, hi_open=True)
         check_real(self.plateau_factor, "--plateau-factor", 0.0, 1.0, lo_open=True, hi_open=True)

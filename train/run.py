@@ -318,8 +318,14 @@ def _final_validation(run: TrainingRun, stats: Any, t_run: float) -> None:
     log them (``"final": true``, the unfinished epoch's statistics) and keep them as best.pt when
     they are the best so far. Neither early stopping's patience nor the epoch-level scheduler moves,
     and validation draws on no training random stream, so --resume still finishes the epoch as an
-    uninterrupted run would (its own validation then compares with this one's accuracy)."""
+    uninterrupted run would (its own validation then compares with this one's accuracy). Without
+    validation the final weights simply become best.pt, as every epoch's do."""
     p = run.progress
+    if run.data.val is None:  # no validation: best.pt is the latest weights, so the budget's annealed end
+        state = _state(run, p.wall_s + time.monotonic() - t_run)  # collective in DDP
+        if run.dist.is_main:
+            ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "best.pt", state)
+        return
     if run.validate is None and not run.dist.enabled:
         return
     t_val = time.perf_counter()
@@ -531,7 +537,7 @@ def fit(run: TrainingRun) -> dict[str, Any]:
         if run.data.val is None:
             why = "--val-split none" if split is None else f"{cfg.data} has no '{split}' split"
             run.log.message(f"fsmtl train: {why}: no validation, so no early stopping and no "
-                            "plateau steps; best.pt is simply the latest epoch")  # fmt: skip
+                            "plateau steps; best.pt is simply the latest weights (a budget's end included)")  # fmt: skip
         elif split == "test":
             run.log.message("fsmtl train: validating on the test split" + (" (--trainval, as the seed did)" if cfg.trainval else "")
                             + ": the test classes pick best.pt and drive the schedule, so its test accuracy is optimistic")  # fmt: skip

@@ -118,11 +118,13 @@ def trained_on_digest(meta: dict[str, Any], splits: list[str]) -> str | None:
 
 
 def model_kwargs_for(cfg: TrainConfig) -> dict[str, Any]:
-    """Options for ``build_model``: the drop rate, where the model has one, and conv4's width when set."""
+    """Options for ``build_model``: the drop rate, where the model has one, and conv4's width and
+    pools when set."""
     names = model_kwarg_names(cfg.model)
     out: dict[str, Any] = {"drop_rate": cfg.drop_rate} if "drop_rate" in names else {}
-    if cfg.width is not None and "width" in names:
-        out["width"] = cfg.width
+    for name in ("width", "pools"):
+        if getattr(cfg, name) is not None and name in names:
+            out[name] = getattr(cfg, name)
     return out
 
 
