@@ -319,13 +319,8 @@ def _final_validation(run: TrainingRun, stats: Any, t_run: float) -> None:
     they are the best so far. Neither early stopping's patience nor the epoch-level scheduler moves,
     and validation draws on no training random stream, so --resume still finishes the epoch as an
     uninterrupted run would (its own validation then compares with this one's accuracy). Without
-    validation the final weights simply become best.pt, as every epoch's do."""
+    validation :func:`_save_partial` keeps the final weights as best.pt."""
     p = run.progress
-    if run.data.val is None:  # no validation: best.pt is the latest weights, so the budget's annealed end
-        state = _state(run, p.wall_s + time.monotonic() - t_run)  # collective in DDP
-        if run.dist.is_main:
-            ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "best.pt", state)
-        return
     if run.validate is None and not run.dist.enabled:
         return
     t_val = time.perf_counter()
@@ -346,13 +341,17 @@ def _final_validation(run: TrainingRun, stats: Any, t_run: float) -> None:
             ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "best.pt", state)
 
 
-def _save_partial(run: TrainingRun, t_run: float) -> None:
-    """Checkpoint a run stopped mid-epoch: last.pt only, no validation, no scheduler step, no metrics
-    line, so that resuming finishes the epoch exactly as an uninterrupted run would have."""
+def _save_partial(run: TrainingRun, t_run: float, as_best: bool = False) -> None:
+    """Checkpoint a run stopped mid-epoch: last.pt (and best.pt too when ``as_best``), no validation,
+    no scheduler step, no metrics line, so that resuming finishes the epoch exactly as an
+    uninterrupted run would have."""
     p = run.progress
     state = _state(run, p.wall_s + time.monotonic() - t_run)  # collective in DDP
     if run.dist.is_main:
-        ck.save_checkpoint(ck.checkpoint_dir(run.cfg.out) / "last.pt", state)
+        d = ck.checkpoint_dir(run.cfg.out)
+        if as_best:
+            ck.save_checkpoint(d / "best.pt", state)
+        ck.save_checkpoint(d / "last.pt", state)
     run.log.message(f"epoch {p.epoch + 1}: stopped after {p.epoch_step} of {run.steps_per_epoch} steps (step {p.step}); "
                     "last.pt holds the unfinished epoch and --resume finishes it")  # fmt: skip
 
@@ -461,9 +460,11 @@ def _run_epochs(run: TrainingRun, deadline: float | None, stop: StopRequest) -> 
             run.log.message(_epoch_line(rec))
         else:  # cut short by --max-steps, --max-minutes or a signal
             p.epoch_step, p.partial = p.epoch_step + stats.steps, asdict(whole)
-            if not any_rank(stop.requested, run.dist, run.device):  # a budget ended it: validate the final weights
+            budget = not any_rank(stop.requested, run.dist, run.device)
+            if budget:  # a budget ended it: validate the final weights
                 _final_validation(run, whole, t_run)
-            _save_partial(run, t_run)
+            # without validation best.pt is the latest weights: a budget's annealed end included
+            _save_partial(run, t_run, as_best=budget and run.data.val is None)
         reason = _stop_reason(run, deadline, stop)
         if reason is not None:
             return reason
