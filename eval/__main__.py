@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, help="query images per class (default: the run's --test-queries, the seed's 30)")
     p.add_argument("--tasks", type=int, help=f"test tasks per shot count (default {d.tasks})")
     p.add_argument("--head", dest="heads", nargs="+", choices=HEAD_NAMES, help="heads (default: logreg)")
-    p.add_argument("--C", dest="C", type=float, help=f"logistic regression C (default {d.C:g}, the seed's)")
+    p.add_argument("--C", dest="C", type=float, help="logistic regression C (default: the run's --test-C, else 3, the seed's)")
     p.add_argument("--svm-C", dest="svm_C", type=float, help=f"svm head C (default {d.svm_C}, MetaOptNet's)")
     p.add_argument("--ridge-lam", dest="ridge_lam", type=float, help=f"ridge head L2 strength (default {d.ridge_lam})")
     p.add_argument("--finetune-steps", dest="finetune_steps", type=int, help=f"finetune head: Adam steps on the support set (default {d.finetune_steps}, the seed's tune-all)")

@@ -24,7 +24,7 @@ class EvalConfig:
     queries: int | None = None  # None: the run's test_queries (the seed's code: 30)
     tasks: int = 2000
     heads: tuple[str, ...] = ("logreg",)
-    C: float = 3.0  # logistic regression's inverse L2 strength (sklearn's C)
+    C: float | None = None  # logistic regression's inverse L2 strength (sklearn's C); None: the run's test_C (the seed's 3)
     svm_C: float = 0.1  # the SVM head's C (MetaOptNet's default)
     ridge_lam: float = 1.0
     finetune_steps: int = 10
@@ -62,7 +62,8 @@ class EvalConfig:
         if bad or not self.heads:
             raise FsmtlError(f"--head: expected some of {', '.join(HEAD_NAMES)}, got {list(self.heads)}")
         for name in ("C", "svm_C", "ridge_lam", "finetune_lr"):
-            check_real(getattr(self, name), f"--{name.replace('_', '-')}", 0.0, lo_open=True)
+            if getattr(self, name) is not None:
+                check_real(getattr(self, name), f"--{name.replace('_', '-')}", 0.0, lo_open=True)
 
     def _check_fits(self) -> None:
         """Refuse a task shape whose one batch of tasks cannot be allocated on the device: the
@@ -79,15 +80,16 @@ class EvalConfig:
 
     def for_run(self, run_config: dict) -> "EvalConfig":
         """Fill the task shape left unset from the run's training config (its ``test_ways``,
-        ``test_queries``, ``val_within_group`` and ``test_support_views``; the seed's 5, 30, whole-split
-        tasks and no support views when the run does not say)."""
+        ``test_queries``, ``val_within_group``, ``test_support_views`` and ``test_C``; the seed's 5, 30,
+        whole-split tasks, no support views and C=3 when the run does not say)."""
         ways = self.ways if self.ways is not None else int(run_config.get("test_ways") or 5)
         queries = self.queries if self.queries is not None else int(run_config.get("test_queries") or 30)
         grouped = self.within_group if self.within_group is not None else bool(run_config.get("val_within_group"))
         views = self.support_views if self.support_views is not None else int(run_config.get("test_support_views") or 0)
-        return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views)
+        c = self.C if self.C is not None else float(run_config.get("test_C") or 3.0)
+        return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views, C=c)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""
-        every = {"logreg": {"C": self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}
+        every = {"logreg": {"C": 3.0 if self.C is None else self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}
         return {h: o for h, o in every.items() if h in self.heads}

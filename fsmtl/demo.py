@@ -48,7 +48,7 @@ class DemoConfig:
 
     out: str = "runs/demo"
     source: str = "omniglot"  # the embedded Omniglot zips, or "synthetic"
-    image_size: int | None = None  # None: the converter's default (omniglot 28 ... synthetic 32)
+    image_size: int | None = None  # None: the converter's default (32 for omniglot, 84 for synthetic)
     classes: str | None = None  # synthetic only: classes per split (None: 64,16,20)
     per_class: int | None = None  # synthetic only: images per class (None: 120)
     minutes: float | None = None  # training budget; None: 2.5 (Omniglot), the demo preset's (synthetic), 15 (GPU)

@@ -50,7 +50,7 @@ TABLE: dict[str, dict[str, tuple[str, ...]]] = {
                                "--max-steps", "--step-size", "--cosine-epochs", "--early-stop-patience")},
         "--plateau-patience": (NEG, BEYOND, NAN, WORD),
         "--seed": SEED, "--workers": (NEG, BEYOND, NAN, WORD),
-        "--lr": REAL, "--max-minutes": REAL, "--step-gamma": REAL,
+        "--lr": REAL, "--max-minutes": REAL, "--step-gamma": REAL, "--test-C": REAL,
         "--weight-decay": REAL0, "--grad-clip": REAL0,
         "--momentum": (NEG, "1", NAN, INF, WORD), "--drop-rate": (NEG, "1", NAN, INF, WORD),
         "--plateau-factor": (NEG, ZERO, "1", NAN, INF, WORD),

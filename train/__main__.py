@@ -93,7 +93,7 @@ FIXED_ON_RESUME = ("optimizer", "lr", "weight_decay", "momentum", "scheduler", "
                    "plateau_patience", "step_size", "step_gamma", "seed", "meta_batch_size", "train_ways",
                    "train_shots", "train_queries", "algorithm", "norm_train_features", "cosine_epochs",
                    "val_split", "test_ways", "test_shots", "test_queries", "val_epoch_length",
-                   "epoch_length")  # fmt: skip
+                   "epoch_length", "test_C", "val_within_group")  # fmt: skip
 
 
 def train_config_from_args(argv: list[str]) -> TrainConfig:

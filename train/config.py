@@ -45,6 +45,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "test_ways": ("tasks", "classes per validation task"),
     "test_shots": ("tasks", "support images per class of a validation task"),
     "test_support_views": ("tasks", "fsmtl eval's default test-time augmentation: the feature heads also fit on this many augmented copies of each support image (the run's crop padding and affine warps); validation fits on the support images alone, for speed"),
+    "test_C": ("tasks", "C of the logistic regression head (inverse L2 strength, scikit-learn's) that validation fits and fsmtl eval's default; the seed's 3"),
     "test_queries": ("tasks", "query images per class of a validation task (the seed's code: 30; its paper: 50)"),
     "optimizer": ("optimization", "{choices} (sgdp, sgdw, adabound, adamp need torch-optimizer)"),
     "lr": ("optimization", "learning rate (adamax runs at twice this, as the seed)"),
@@ -124,6 +125,7 @@ class TrainConfig:
     test_shots: int = 5
     test_queries: int = 30  # the seed's code (the paper's tables use 50)
     test_support_views: int = 0  # fsmtl eval's default augmented support copies (validation: none)
+    test_C: float = 3.0  # the logreg head's C in validation and fsmtl eval's default (the seed's 3)
     norm_train_features: bool = False
     trainval: bool = False  # train on train + val classes
     val_split: str = "auto"  # auto: "val", or "test" with --trainval (the seed's); "none": no validation
@@ -229,6 +231,7 @@ class TrainConfig:
         for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0)):
             check_real(getattr(self, name), _flag(name), 0.0, hi, hi_open=True)
         check_real(self.lr_floor, "--lr-floor", 0.0, 1.0)
+        check_real(self.test_C, "--test-C", 0.0, lo_open=True)
         for name in ("grad_clip", "weight_decay"):
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0)

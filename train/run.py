@@ -142,7 +142,7 @@ def _build(cfg: TrainConfig, loader_factory: Callable[..., Any] | None) -> Train
     validate = None
     if data.val is not None and dist.is_main:
         vs = ValSettings(cfg.test_ways, cfg.test_shots, cfg.test_queries, cfg.val_epoch_length,
-                         cfg.val_batch_tasks, cfg.seed, cfg.val_within_group)
+                         cfg.val_batch_tasks, cfg.seed, cfg.val_within_group, cfg.test_C)
         validate = make_validator(data.val, data.mean, data.std, vs, device, amp_dtype)
     log = RunLog(Path(cfg.out), enabled=dist.is_main)
     scheduler = build_scheduler(optimizer, cfg)

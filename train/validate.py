@@ -22,6 +22,7 @@ class ValSettings:
     batch_tasks: int
     seed: int
     within_group: bool = False
+    C: float = 3.0  # the logreg head's inverse L2 strength
 
 
 def make_validator(split: Any, mean: Sequence[float], std: Sequence[float], s: ValSettings,
@@ -35,7 +36,7 @@ def make_validator(split: Any, mean: Sequence[float], std: Sequence[float], s: V
     def validate(model: nn.Module) -> dict:
         out = evaluate_backbone(
             model, split, mean, std, ways=s.ways, shots=s.shots, queries=s.queries, n_tasks=s.n_tasks,
-            heads=["logreg"], seed=s.seed + VAL_SEED_OFFSET, device=device,
+            heads=["logreg"], head_options={"logreg": {"C": s.C}}, seed=s.seed + VAL_SEED_OFFSET, device=device,
             dtype=amp_dtype or torch.float32, batch_tasks=s.batch_tasks, within_group=s.within_group,
         )  # fmt: skip
         res = out["logreg"]  # eval reports percent; the trainer logs fractions
