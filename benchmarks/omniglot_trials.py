@@ -1,7 +1,8 @@
 """Omniglot recipe trials: train each setting for a fixed number of minutes, score it on the
 held-out *validation* alphabets (20-way 1-shot, classes within one alphabet), write one JSON line a trial.
 
-Tuning reads only the val split; the test alphabets are scored once, by the final recipe
+Every trial is scored with the logreg head at C=3 and no support views, whatever the preset's test
+settings, so rows compare across rounds. Tuning reads only the val split; the test alphabets are scored once, by the final recipe
 (``fsmtl train --preset omniglot`` then ``fsmtl eval``), not here.
 
     python -m fsmtl.benchmarks.omniglot_trials --data D --minutes 4 --out trials.jsonl \
@@ -31,6 +32,7 @@ def run_trial(data: str, name: str, flags: str, minutes: float, work: Path, task
     rec: dict = {"trial": name, "flags": flags, "minutes": minutes, "seed": seed, "train_s": round(train_s, 1)}
     if tr.returncode != 0:
         return {**rec, "error": tr.stderr.strip().splitlines()[-1:]}
+    rec["seed"] = json.loads((out / "config.json").read_text())["seed"]  # the seed the run used (flags may set it)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rec["steps"] = rows[-1]["step"] if rows else 0
     rec["val_curve"] = [round(100 * r["val_acc"], 2) for r in rows if r.get("val_acc") is not None]
@@ -38,7 +40,7 @@ def run_trial(data: str, name: str, flags: str, minutes: float, work: Path, task
         report = work / f"{name}_val{shots}.json"
         ev = subprocess.run([sys.executable, "-m", "fsmtl", "eval", "--run", str(out), "--split", "val",
                              "--ways", "20" if shots == 1 else "5", "--shots", str(shots), "--queries", "5",
-                             "--tasks", str(tasks), "--within-group", "--support-views", "0", "--json", str(report)],
+                             "--tasks", str(tasks), "--within-group", "--support-views", "0", "--C", "3", "--json", str(report)],
                             capture_output=True, text=True)  # fmt: skip
         if ev.returncode != 0:
             rec[f"eval{shots}_error"] = ev.stderr.strip().splitlines()[-1:]
