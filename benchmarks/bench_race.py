@@ -4,7 +4,8 @@ The paper's headline is a race (MTL reached MetaOptNet's mini-ImageNet accuracy 
 where MetaOptNet took 85.6). This runs it on the Omniglot within-alphabet protocol: every method
 trains for ``--minutes`` on the same shards (default: the embedded Omniglot zips, converted with the
 converter's defaults into OUT/data), with the same preset (``--preset omniglot``: its tasks, its
-optimizer and its budget-following cosine schedule; only ``--algorithm`` differs), no validation
+optimizer and its budget-following cosine schedule; only ``--algorithm`` differs, and the learning
+rate where ``--lr METHOD=LR,...`` gives a method its own, chosen on val), no validation
 (``--val-split none``), saving a snapshot every ``--snapshot-minutes`` of training time
 (``--snapshot-minutes``: saving excluded from the clock) and its final weights at the budget's end.
 After training, every snapshot is scored on the same fixed test tasks (``--ways``-way
@@ -52,6 +53,27 @@ NEEDS_L2L = ("maml", "anil", "l2l")
 # ---------------------------------------------------------------- jobs
 
 
+def parse_method_lrs(text: str) -> dict[str, float]:
+    """``--lr mtl=2e-2,metaoptnet=1e-3``: a learning rate per fsmtl method (the others keep the
+    preset's). The l2l line keeps its example loop's own rates."""
+    from fsmtl.core.checks import check_real
+
+    lrs: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, eq, value = (x.strip() for x in part.partition("="))
+        if not eq or name not in FSMTL_METHODS:
+            raise FsmtlError(f"--lr: expected METHOD=LR with METHOD one of {', '.join(FSMTL_METHODS)} "
+                             f"(l2l keeps its own loop's rates), got {part!r}")  # fmt: skip
+        if name in lrs:
+            raise FsmtlError(f"--lr: {name} given twice")
+        try:
+            number: object = float(value)
+        except ValueError:
+            number = value
+        lrs[name] = check_real(number, f"--lr {name}", 0.0, lo_open=True)
+    return lrs
+
+
 def job_argv(method: str, seed: int, a: argparse.Namespace, data: Path, run: Path) -> list[str]:
     """The command of one training run (``python -m ...``)."""
     if method == "l2l":
@@ -60,7 +82,8 @@ def job_argv(method: str, seed: int, a: argparse.Namespace, data: Path, run: Pat
     return [sys.executable, "-m", "fsmtl", "train", "--data", str(data), "--preset", a.preset, "--algorithm", method,
             "--out", str(run), "--val-split", "none", "--max-minutes", str(a.minutes), "--max-epochs", "100000",
             "--snapshot-minutes", str(a.snapshot_minutes), "--seed", str(seed), "--device", "cpu",
-            "--wandb", "disabled", "--no-progress", "--overwrite"]  # fmt: skip
+            "--wandb", "disabled", "--no-progress", "--overwrite",
+            *(["--lr", repr(a.lrs[method])] if method in getattr(a, "lrs", {}) else [])]  # fmt: skip
 
 
 def final_file(method: str, run: Path) -> Path:
@@ -299,7 +322,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--queries", type=positive_int, default=5, help="test queries per class (default 5)")
     p.add_argument("--tasks", type=positive_int, default=400, help="fixed test tasks per point (default 400)")
     p.add_argument("--support-views", type=int, default=0, help="augmented support copies at test time, every method (default 0)")
+    p.add_argument("--lr", default="", help="learning rates per method, METHOD=LR,... (e.g. metaoptnet=1e-3; "
+                   "default: the preset's for every fsmtl method; choose them on val)")  # fmt: skip
     a = p.parse_args(argv)
+    a.lrs = parse_method_lrs(a.lr)
     if not (0 < a.minutes <= 24 * 60) or not (0 < a.snapshot_minutes <= a.minutes):
         raise FsmtlError("bench race: expected 0 < --snapshot-minutes <= --minutes <= 1440")
     if a.lead < 0 or not (0 <= a.support_views <= 64):

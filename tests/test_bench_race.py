@@ -124,3 +124,17 @@ def test_a_tiny_race_on_the_embedded_omniglot_writes_curves_summary_and_plot(tmp
     assert br.main(argv) == 0
     again = json.loads((out / "race.json").read_text())
     assert {r["method"]: r["final_err"] for r in again["rows"]} == before
+
+
+def test_per_method_learning_rates_reach_only_their_method_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    a = br.parse_args(["--lr", "metaoptnet=1e-3, protonet=0.005"])
+    assert a.lrs == {"metaoptnet": 1e-3, "protonet": 5e-3}
+    meta = br.job_argv("metaoptnet", 0, a, tmp_path / "d", tmp_path / "r")
+    assert meta[meta.index("--lr") + 1] == "0.001"
+    assert "--lr" not in br.job_argv("mtl", 0, a, tmp_path / "d", tmp_path / "r")
+    assert br.parse_args([]).lrs == {}
+    for bad, match in (("l2l=1e-3", "l2l keeps"), ("nope=1e-3", "METHOD=LR"), ("metaoptnet", "METHOD=LR"),
+                       ("mtl=1e-3,mtl=2e-3", "twice"), ("mtl=0", "--lr mtl"), ("mtl=nan", "--lr mtl"),
+                       ("mtl=inf", "--lr mtl"), ("mtl=fast", "--lr mtl")):  # fmt: skip
+        with pytest.raises(FsmtlError, match=match):
+            br.parse_args(["--lr", bad])
