@@ -83,7 +83,7 @@ def job_argv(method: str, seed: int, a: argparse.Namespace, data: Path, run: Pat
             "--out", str(run), "--val-split", "none", "--max-minutes", str(a.minutes), "--max-epochs", "100000",
             "--snapshot-minutes", str(a.snapshot_minutes), "--seed", str(seed), "--device", "cpu",
             "--wandb", "disabled", "--no-progress", "--overwrite",
-            *(["--lr", repr(a.lrs[method])] if method in getattr(a, "lrs", {}) else [])]  # fmt: skip
+            *(["--lr", repr(a.lrs[method])] if method in a.lrs else [])]  # fmt: skip
 
 
 def final_file(method: str, run: Path) -> Path:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from fsmtl.models.heads import HEAD_NAMES
 from fsmtl.core.checks import INT64_MAX, SEED_MAX, check_int, check_real
 from fsmtl.core.device import DEVICE_NAMES, check_fits, is_device_name
 from fsmtl.core.errors import FsmtlError
 from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE as MIN_SIDE  # the smallest side a shard holds
+from fsmtl.train.config import TrainConfig  # its defaults stand for what a run's config does not say
 
 
 
@@ -82,14 +84,17 @@ class EvalConfig:
         """Fill the task shape left unset from the run's training config (its ``test_ways``,
         ``test_queries``, ``val_within_group``, ``test_support_views`` and ``test_C``; the seed's 5, 30,
         whole-split tasks, no support views and C=3 when the run does not say)."""
-        ways = self.ways if self.ways is not None else int(run_config.get("test_ways") or 5)
-        queries = self.queries if self.queries is not None else int(run_config.get("test_queries") or 30)
-        grouped = self.within_group if self.within_group is not None else bool(run_config.get("val_within_group"))
-        views = self.support_views if self.support_views is not None else int(run_config.get("test_support_views") or 0)
-        c = self.C if self.C is not None else float(run_config.get("test_C") or 3.0)
+        def run_says(key: str) -> Any:
+            return run_config.get(key) or getattr(TrainConfig, key)
+
+        ways = self.ways if self.ways is not None else int(run_says("test_ways"))
+        queries = self.queries if self.queries is not None else int(run_says("test_queries"))
+        grouped = self.within_group if self.within_group is not None else bool(run_says("val_within_group"))
+        views = self.support_views if self.support_views is not None else int(run_says("test_support_views"))
+        c = self.C if self.C is not None else float(run_says("test_C"))
         return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views, C=c)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""
-        every = {"logreg": {"C": 3.0 if self.C is None else self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}
+        every = {"logreg": {"C": TrainConfig.test_C if self.C is None else self.C}, "svm": {"C": self.svm_C}, "ridge": {"lam": self.ridge_lam}}
         return {h: o for h, o in every.items() if h in self.heads}

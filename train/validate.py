@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from fsmtl.train.config import TrainConfig
 from fsmtl.train.protocol import evaluate_backbone
 
 VAL_SEED_OFFSET = 7919  # validation episodes never share a generator stream with training
@@ -22,7 +23,7 @@ class ValSettings:
     batch_tasks: int
     seed: int
     within_group: bool = False
-    C: float = 3.0  # the logreg head's inverse L2 strength
+    C: float = TrainConfig.test_C  # the logreg head's inverse L2 strength
 
 
 def make_validator(split: Any, mean: Sequence[float], std: Sequence[float], s: ValSettings,
