@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         help="omniglot: add 90/180/270-degree rotations of train classes as new classes (default: on)",
     )
     c.add_argument(
+        "--mirrors",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="omniglot: add the left-right mirror image of every train class as a new class (with --rotations, "
+        "its rotations too: eight classes a character; default: off)",
+    )
+    c.add_argument(
         "--val-alphabets",
         type=int,
         default=None,
@@ -157,6 +164,7 @@ def convert_config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         workers=args.workers,
         seed=args.seed,
         rotations=args.rotations,
+        mirrors=args.mirrors,
         val_alphabets=args.val_alphabets,
         test_alphabets=args.test_alphabets,
         split_file=args.split_file,

@@ -44,7 +44,7 @@ MAX_SIZE = 1024  # --size range: MIN_IMAGE_SIZE (the synthetic generator's small
 # formats/normalization, which every converter reads). Giving one a non-default value for any other
 # benchmark is an error; run.py records these in meta.json.
 BENCHMARK_OPTIONS: dict[str, tuple[str, ...]] = {
-    "omniglot": ("rotations", "val_alphabets", "test_alphabets"),
+    "omniglot": ("rotations", "mirrors", "val_alphabets", "test_alphabets"),
     "imagefolder": ("channels", "seed", "split_file", "ratios", "group_folders"),
     "synthetic": ("channels", "seed", "classes", "per_class", "difficulty"),
 }
@@ -93,6 +93,9 @@ class PreprocessConfig:
         seed: seed of imagefolder's ratio split and of the synthetic generator.
         rotations: Omniglot: add 90/180/270-degree rotations of train classes as new classes
             (None: yes).
+        mirrors: Omniglot: add the left-right mirror image of every train class as a new class
+            (with rotations, its rotations too: eight classes a character; None: the converter's
+            default, ``convert_omniglot.DEFAULT_MIRRORS``).
         val_alphabets: Omniglot: hold out this many background alphabets as the val split (None: 1).
         group_folders: imagefolder: the tree is <src>/<group>/<class>/<image>; each class's group
             is recorded (classes.json categories) for tasks within one group.
@@ -122,6 +125,7 @@ class PreprocessConfig:
     workers: int | None = None
     seed: int = 0
     rotations: bool | None = None  # None: omniglot's default, on
+    mirrors: bool | None = None  # None: omniglot's default
     val_alphabets: int | None = None  # None: 1
     test_alphabets: int | None = None  # None: 2 without an evaluation set, else 0
     split_file: Path | None = None

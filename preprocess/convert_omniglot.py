@@ -6,8 +6,9 @@ holding any of these (zips or folders; the ``_small1``/``_small2`` subsets too).
 holds out the last N, in sorted order, as val), evaluation alphabets the test split; either set
 may be absent; a drawing present in several sources (the ``_small1``/``_small2`` subsets
 overlap) is kept once. Ink becomes the bright foreground (pixels inverted), images are resized to
-``--size`` (28), and ``--rotations`` adds the 90/180/270-degree rotations of every train class as
-new classes (``<Alphabet>/<character>/rot90`` ...).
+``--size`` (32), ``--rotations`` adds the 90/180/270-degree rotations of every train class as
+new classes (``<Alphabet>/<character>/rot90`` ...), and ``--mirrors`` its left-right mirror image
+(``<Alphabet>/<character>/mirror``; with rotations, the eight symmetries of the square).
 """
 
 from __future__ import annotations
@@ -117,10 +118,18 @@ def _decode_all(
     return images
 
 
-def _write(w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotations: bool) -> None:
+def _write(
+    w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotations: bool, mirrors: bool = False
+) -> None:
     classes = sorted(set(ids))
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[c] for c in ids], dtype=np.int64)
+    if mirrors:
+        # the mirror image of class k becomes class n + k (images are [N, H, W, 1]: axis 2 is x)
+        n = len(classes)
+        images = np.concatenate([images, images[:, :, ::-1]])
+        labels = np.concatenate([labels, labels + n])
+        classes = classes + [f"{c}/mirror" for c in classes]
     if rotations:
         # rotation r of class k becomes class (r+1)*n + k: blocks of whole rotated classes
         n = len(classes)
@@ -137,6 +146,7 @@ def _write(w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotat
 # (tune) on; the rest train. Held-out alphabets are preferably ones with at least HELD_OUT_MIN_CLASSES
 # characters, so that Lake et al.'s 20-way within-alphabet tasks can be drawn from each of them.
 DEFAULT_TEST_ALPHABETS = 2
+DEFAULT_MIRRORS = False  # --mirrors: left-right mirror images of train classes as new classes
 DEFAULT_VAL_ALPHABETS = 1
 HELD_OUT_MIN_CLASSES = 20
 
@@ -180,6 +190,7 @@ def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
                 items[kind].append(item)
     size = cfg.out_size
     rotations = True if cfg.rotations is None else cfg.rotations
+    mirrors = DEFAULT_MIRRORS if cfg.mirrors is None else cfg.mirrors
     n_test = cfg.test_alphabets if cfg.test_alphabets is not None else (0 if items["evaluation"] else DEFAULT_TEST_ALPHABETS)
     n_val = cfg.val_alphabets if cfg.val_alphabets is not None else DEFAULT_VAL_ALPHABETS
     if items["evaluation"] and n_test:
@@ -197,7 +208,7 @@ def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
             mask = where == split
             if mask.any():
                 ids = [bg[i][0] for i in np.flatnonzero(mask)]
-                _write(w, split, images[mask], ids, rotations and split == "train")
+                _write(w, split, images[mask], ids, rotations and split == "train", mirrors and split == "train")
     elif cfg.val_alphabets or cfg.test_alphabets:
         flag = "--val-alphabets" if cfg.val_alphabets else "--test-alphabets"
         raise FsmtlError(f"{flag}: {cfg.src} has no background alphabets to hold out")

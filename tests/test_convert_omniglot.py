@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -83,6 +84,30 @@ def test_val_alphabets_are_held_out_and_rotations_add_train_classes(omniglot_src
     rot = np.asarray(train.images[train.class_rows(4)])
     np.testing.assert_array_equal(rot, np.rot90(base, k=1, axes=(1, 2)))
     assert shards.image_shape == (20, 20, 1) and shards.split("test").n_classes == 2
+
+
+def test_mirrors_add_each_train_class_mirror_image_and_its_rotations_as_classes(omniglot_src, tmp_path):
+    out = tmp_path / "o"
+    args = ["--val-alphabets", "1", "--mirrors", "--size", "20", "--no-progress"]
+    assert cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(out), *args]) == 0
+    shards = open_shards(out)
+    train, val = shards.split("train"), shards.split("val")
+    n = 4  # Alpha and Beta, two characters each
+    assert train.n_classes == 8 * n  # the eight symmetries of the square: mirror x rotations
+    assert train.classes[n] == "Alpha/character01/mirror"
+    assert train.classes[2 * n + n] == "Alpha/character01/mirror/rot90"
+    assert train.categories == [c.split("/")[0] for c in train.classes]  # each stays in its alphabet
+    base = np.asarray(train.images[train.class_rows(0)])
+    np.testing.assert_array_equal(np.asarray(train.images[train.class_rows(n)]), base[:, :, ::-1])
+    np.testing.assert_array_equal(
+        np.asarray(train.images[train.class_rows(3 * n)]), np.rot90(base[:, :, ::-1], k=1, axes=(1, 2))
+    )
+    assert not np.array_equal(base, base[:, :, ::-1])  # the check above can fail: drawings are not symmetric
+    assert val.n_classes == 2 and shards.split("test").n_classes == 2  # held-out splits: characters as drawn
+    assert json.loads((out / "meta.json").read_text())["converter_options"]["mirrors"] is True
+    # the default is off: rotations only
+    assert cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(tmp_path / "d"), "--no-progress"]) == 0
+    assert not any("mirror" in c for c in open_shards(tmp_path / "d").split("train").classes)
 
 
 def test_a_single_zip_can_be_the_source(omniglot_src, tmp_path):

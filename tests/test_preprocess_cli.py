@@ -288,6 +288,7 @@ def test_a_benchmark_specific_option_for_another_benchmark_names_the_flag_and_it
         ("imagefolder", "classes", (4, 2, 2), "--classes: only for synthetic, not imagefolder"),
         ("fc100", "difficulty", 0.5, "--difficulty: only for synthetic, not fc100"),
         ("imagefolder", "rotations", True, "--rotations: only for omniglot, not imagefolder"),
+        ("synthetic", "mirrors", True, "--mirrors: only for omniglot, not synthetic"),
     ]
     for benchmark, field, value, message in cases:
         given_src = None if benchmark == "synthetic" else src
