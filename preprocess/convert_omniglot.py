@@ -14,7 +14,9 @@ new classes (``<Alphabet>/<character>/rot90`` ...), and ``--mirrors`` its left-r
 from __future__ import annotations
 
 import zipfile
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from fsmtl.preprocess.imaging import cancelling_pool, decode_image, parallel_fil
 from fsmtl.preprocess.shard_writer import ShardWriter
 
 _ROTATIONS = (90, 180, 270)
+DEFAULT_MIRRORS = False  # --mirrors: left-right mirror images of train classes as new classes
 
 
 def _kind(name: str) -> str | None:
@@ -118,26 +121,32 @@ def _decode_all(
     return images
 
 
+def _with_copies(
+    images: np.ndarray, labels: np.ndarray, classes: list[str], copies: list[tuple[str, Callable[[np.ndarray], np.ndarray]]]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Every class again under each (suffix, transform) of ``copies``, as new classes.
+
+    ``images`` uint8 [N, H, W, 1] with int64 ``labels`` [N] into ``classes`` (n of them); copy i
+    (0-based) of class k becomes class (i + 1) * n + k, named ``<class>/<suffix>``: blocks of whole
+    transformed classes after the originals.
+    """
+    n = len(classes)
+    images = np.concatenate([images] + [transform(images) for _, transform in copies])
+    labels = np.concatenate([labels + i * n for i in range(len(copies) + 1)])
+    return images, labels, classes + [f"{c}/{suffix}" for suffix, _ in copies for c in classes]
+
+
 def _write(
-    w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotations: bool, mirrors: bool = False
+    w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotations: bool, mirrors: bool
 ) -> None:
     classes = sorted(set(ids))
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[c] for c in ids], dtype=np.int64)
-    if mirrors:
-        # the mirror image of class k becomes class n + k (images are [N, H, W, 1]: axis 2 is x)
-        n = len(classes)
-        images = np.concatenate([images, images[:, :, ::-1]])
-        labels = np.concatenate([labels, labels + n])
-        classes = classes + [f"{c}/mirror" for c in classes]
-    if rotations:
-        # rotation r of class k becomes class (r+1)*n + k: blocks of whole rotated classes
-        n = len(classes)
-        images = np.concatenate(
-            [images] + [np.rot90(images, k=r // 90, axes=(1, 2)) for r in _ROTATIONS]
-        )
-        labels = np.concatenate([labels + i * n for i in range(len(_ROTATIONS) + 1)])
-        classes = classes + [f"{c}/rot{r}" for r in _ROTATIONS for c in classes]
+    if mirrors:  # axis 2 of [N, H, W, 1] is x: left-right
+        images, labels, classes = _with_copies(images, labels, classes, [("mirror", lambda x: x[:, :, ::-1])])
+    if rotations:  # of the mirrored classes too: the eight symmetries of the square
+        turns = [(f"rot{r}", partial(np.rot90, k=r // 90, axes=(1, 2))) for r in _ROTATIONS]
+        images, labels, classes = _with_copies(images, labels, classes, turns)
     # each class's group is its alphabet (rotated characters too): tasks within one alphabet
     w.write_split(split, np.ascontiguousarray(images), labels, classes, [c.split("/")[0] for c in classes])
 
@@ -146,7 +155,6 @@ def _write(
 # (tune) on; the rest train. Held-out alphabets are preferably ones with at least HELD_OUT_MIN_CLASSES
 # characters, so that Lake et al.'s 20-way within-alphabet tasks can be drawn from each of them.
 DEFAULT_TEST_ALPHABETS = 2
-DEFAULT_MIRRORS = False  # --mirrors: left-right mirror images of train classes as new classes
 DEFAULT_VAL_ALPHABETS = 1
 HELD_OUT_MIN_CLASSES = 20
 
@@ -219,6 +227,7 @@ def convert_omniglot(cfg: PreprocessConfig, w: ShardWriter) -> list[Path]:
             "test",
             _decode_all(ev, size, cfg, "omniglot evaluation"),
             [c for c, _, _ in ev],
-            False,
+            rotations=False,
+            mirrors=False,
         )
     return [src for _, src in sources]
