@@ -11,6 +11,7 @@ from fsmtl.eval.config import EvalConfig
 from fsmtl.models.heads import HEAD_NAMES
 from fsmtl.core.cli import CliParser, plain_doc
 from fsmtl.core.fileio import atomic_write_json
+from fsmtl.pipelines.transforms import TEST_TRANSFORMS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--support-views", dest="support_views", type=int,
                    help="test-time augmentation: also fit the feature heads on this many augmented copies of each "
                         "support image (the run's crop padding and affine warps; default: the run's --test-support-views)")
+    p.add_argument("--transforms", choices=list(TEST_TRANSFORMS),
+                   help="test-time symmetries: also score every task with all its images rotated (rot4: the four "
+                        "quarter turns; d4: and mirrored; flip: mirrored) and average the heads' scores; none: the "
+                        "images as they are (default: the run's --test-transforms)")
     p.add_argument("--batch-tasks", dest="batch_tasks", type=int, help=f"tasks embedded and solved per batch (default {d.batch_tasks})")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")

@@ -9,6 +9,7 @@ from fsmtl.models.heads import HEAD_NAMES
 from fsmtl.core.checks import INT64_MAX, SEED_MAX, check_int, check_real
 from fsmtl.core.device import DEVICE_NAMES, check_fits, is_device_name
 from fsmtl.core.errors import FsmtlError
+from fsmtl.pipelines.transforms import TEST_TRANSFORMS
 from fsmtl.preprocess.synthetic import MIN_IMAGE_SIZE as MIN_SIDE  # the smallest side a shard holds
 from fsmtl.train.config import TrainConfig  # its defaults stand for what a run's config does not say
 
@@ -34,6 +35,7 @@ class EvalConfig:
     seed: int = 0  # the episode seed: the same tasks for every head and checkpoint
     within_group: bool | None = None  # each task's classes from one group; None: the run's --val-within-group
     support_views: int | None = None  # augmented support copies the feature heads also fit on; None: the run's
+    transforms: str | None = None  # test-time symmetries (TEST_TRANSFORMS) the scores average over; None: the run's
     batch_tasks: int = 100
     device: str = "auto"
     precision: str | None = None  # None: the run's training precision
@@ -57,6 +59,8 @@ class EvalConfig:
         check_int(self.seed, "--seed", 0, SEED_MAX)
         if self.support_views is not None:
             check_int(self.support_views, "--support-views", 0, 256)
+        if self.transforms is not None and self.transforms not in TEST_TRANSFORMS:
+            raise FsmtlError(f"--transforms: expected one of {', '.join(TEST_TRANSFORMS)}, got {self.transforms!r}")
         if not is_device_name(self.device):
             raise FsmtlError(f"--device: expected {DEVICE_NAMES}, got {self.device!r}")
         self._check_fits()
@@ -82,8 +86,8 @@ class EvalConfig:
 
     def for_run(self, run_config: dict) -> "EvalConfig":
         """Fill the task shape left unset from the run's training config (its ``test_ways``,
-        ``test_queries``, ``val_within_group``, ``test_support_views`` and ``test_C``; the seed's 5, 30,
-        whole-split tasks, no support views and C=3 when the run does not say)."""
+        ``test_queries``, ``val_within_group``, ``test_support_views``, ``test_transforms`` and ``test_C``;
+        the seed's 5, 30, whole-split tasks, no support views, no symmetries and C=3 when the run does not say)."""
         def run_says(key: str) -> Any:
             return run_config.get(key) or getattr(TrainConfig, key)
 
@@ -91,8 +95,10 @@ class EvalConfig:
         queries = self.queries if self.queries is not None else int(run_says("test_queries"))
         grouped = self.within_group if self.within_group is not None else bool(run_says("val_within_group"))
         views = self.support_views if self.support_views is not None else int(run_says("test_support_views"))
+        symmetries = self.transforms if self.transforms is not None else str(run_says("test_transforms"))
         c = self.C if self.C is not None else float(run_says("test_C"))
-        return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views, C=c)
+        return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views,
+                       transforms=symmetries, C=c)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""

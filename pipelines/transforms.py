@@ -46,3 +46,37 @@ def normalize_nhwc(
     if not channels_last:
         y = y.contiguous()
     return y.to(dtype)
+
+
+# Test-time transform sets (``fsmtl eval --transforms``): each a tuple of (quarter turns, mirror)
+# applied alike to every image of a task, support and queries, so that each transformed task is a
+# task again; the heads' scores are averaged over the set. "rot4": the four rotations, in
+# distribution for a backbone trained with rotated classes (Omniglot's converter default);
+# "d4": the eight symmetries of the square (rotations of the image and of its mirror).
+TEST_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flip": ((0, False), (0, True)),
+    "rot4": ((0, False), (1, False), (2, False), (3, False)),
+    "d4": ((0, False), (1, False), (2, False), (3, False), (0, True), (1, True), (2, True), (3, True)),
+}
+
+
+def dihedral(images: Tensor, turns: int, mirror: bool) -> Tensor:
+    """One symmetry of the square applied to a batch of images.
+
+    Args:
+        images: any dtype [B, H, W, C]; H == W when ``turns`` is odd.
+        turns: quarter turns counter-clockwise (any integer, taken mod 4).
+        mirror: flip left-right first.
+
+    Returns:
+        Same dtype and shape [B, H, W, C] (a contiguous copy; the input itself when nothing changes).
+    """
+    if images.ndim != 4:
+        raise ValueError(f"expected [B,H,W,C] images, got {tuple(images.shape)}")
+    turns %= 4
+    if turns % 2 and images.shape[1] != images.shape[2]:
+        raise ValueError(f"a quarter turn needs square images, got {images.shape[1]}x{images.shape[2]}")
+    out = torch.flip(images, (2,)) if mirror else images
+    out = torch.rot90(out, turns, (1, 2)) if turns else out
+    return out.contiguous() if out is not images else images

@@ -10,6 +10,7 @@ from fsmtl.core.checks import INT64_MAX, SEED_MAX, check_int, check_real
 
 from fsmtl.core.device import DEVICE_NAMES, is_device_name
 from fsmtl.core.errors import FsmtlError
+from fsmtl.pipelines.transforms import TEST_TRANSFORMS
 
 OPTIMIZERS = ("sgd", "sgdp", "sgdw", "adam", "adamw", "adamax", "radam", "adabound", "adamp")
 SCHEDULERS = ("plateau", "step", "cosine", "budget", "none")
@@ -45,6 +46,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "test_ways": ("tasks", "classes per validation task"),
     "test_shots": ("tasks", "support images per class of a validation task"),
     "test_support_views": ("tasks", "fsmtl eval's default test-time augmentation: the feature heads also fit on this many augmented copies of each support image (the run's crop padding and affine warps); validation fits on the support images alone, for speed"),
+    "test_transforms": ("tasks", "fsmtl eval's default test-time symmetries: {choices}; each task is also scored with all its images rotated (rot4: the four quarter turns; d4: and mirrored; flip: mirrored only) and the heads' scores averaged; validation scores the images as they are, for speed"),
     "test_C": ("tasks", "C of the logistic regression head (inverse L2 strength, scikit-learn's) that validation fits and fsmtl eval's default; the seed's 3"),
     "test_queries": ("tasks", "query images per class of a validation task (the seed's code: 30; its paper: 50)"),
     "optimizer": ("optimization", "{choices} (sgdp, sgdw, adabound, adamp need torch-optimizer)"),
@@ -94,7 +96,7 @@ def _flag(name: str) -> str:
 
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "precision": PRECISIONS, "pipeline": PIPELINES,
-    "wandb": WANDB_MODES, "augment": AUGMENTS, "val_split": VAL_SPLITS,
+    "wandb": WANDB_MODES, "augment": AUGMENTS, "val_split": VAL_SPLITS, "test_transforms": tuple(TEST_TRANSFORMS),
 }  # fmt: skip
 
 
@@ -126,6 +128,7 @@ class TrainConfig:
     test_queries: int = 30  # the seed's code (the paper's tables use 50)
     test_support_views: int = 0  # fsmtl eval's default augmented support copies (validation: none)
     test_C: float = 3.0  # the logreg head's C in validation and fsmtl eval's default (the seed's 3)
+    test_transforms: str = "none"  # fsmtl eval's default test-time symmetries (TEST_TRANSFORMS; validation: none)
     norm_train_features: bool = False
     trainval: bool = False  # train on train + val classes
     val_split: str = "auto"  # auto: "val", or "test" with --trainval (the seed's); "none": no validation
@@ -188,6 +191,7 @@ class TrainConfig:
         choice("wandb", WANDB_MODES)
         choice("augment", AUGMENTS)
         choice("val_split", VAL_SPLITS)
+        choice("test_transforms", tuple(TEST_TRANSFORMS))
         choice("algorithm", tuple(ALGORITHMS))
         self._check_numbers()
         if self.scheduler == "budget" and self.max_minutes is None and self.max_epochs is None and self.max_steps is None:

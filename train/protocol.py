@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fsmtl.models.heads import HEAD_NAMES, adapt, check_options
+from fsmtl.models.heads import HEAD_NAMES, adapt_scores, check_options
 from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
 from fsmtl.core.checks import is_int
 from fsmtl.core.device import PYTHON_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
 from fsmtl.pipelines.augment import augment_rows, draw_affine, draw_lee_params, warp_batch
 from fsmtl.pipelines.episodes import class_groups, sample_episode_indices
-from fsmtl.pipelines.transforms import normalize_batch
+from fsmtl.pipelines.transforms import TEST_TRANSFORMS, dihedral, normalize_batch
 
 @dataclass(frozen=True)
 class SupportViews:
@@ -113,22 +113,14 @@ def gather_images(split: Any, rows: Tensor, device: torch.device) -> Tensor:
     return x.to(device, non_blocking=True).reshape(*rows.shape, *x.shape[1:])
 
 
-def evaluate_features(
+def feature_scores(
     features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None,
     support_views: Tensor | None = None,
 ) -> dict[str, Tensor]:
-    """Per-task accuracy float [T] in [0, 1] of each feature head.
+    """Each feature head's query scores float [T, ways * queries, ways] (queries way-major: the
+    query of way w comes at rows w * queries ... (w + 1) * queries - 1).
 
-    Args:
-        features: float [T, ways, shots + queries, D]; the first ``shots`` of each way are support.
-        support_views: optional float [V, T, ways, shots, D]: features of augmented copies of the
-            support images, fitted on with them (:class:`SupportViews`).
-        heads: feature-head names (see ``eval.heads.feature_heads``).
-        head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``; a key must be one of ``heads``.
-
-    Raises:
-        FsmtlError: features not float [T, ways, per, D] with ways >= 2 and 1 <= shots < per,
-            an unknown head, or options for a head not in ``heads``.
+    Args: as :func:`evaluate_features`.
     """
     if not isinstance(features, Tensor) or features.ndim != 4 or not features.dtype.is_floating_point:
         found = f"{features.dtype} {list(features.shape)}" if isinstance(features, Tensor) else type(features).__name__
@@ -147,14 +139,38 @@ def evaluate_features(
     n_sup = sup.shape[2]
     support = sup.reshape(t, ways * n_sup, d)
     query = features[:, :, shots:].reshape(t, ways * queries, d)
-    dev = features.device
-    labels = torch.arange(ways, device=dev).repeat_interleave(n_sup).expand(t, -1)
-    target = torch.arange(ways, device=dev).repeat_interleave(queries)
+    labels = torch.arange(ways, device=features.device).repeat_interleave(n_sup).expand(t, -1)
     opts = head_options or {}
-    return {
-        h: (adapt(support, labels, query, head=h, ways=ways, **opts.get(h, {})) == target).double().mean(1)
-        for h in heads
-    }
+    return {h: adapt_scores(support, labels, query, head=h, ways=ways, **opts.get(h, {})) for h in heads}
+
+
+def scores_accuracy(scores: Tensor) -> Tensor:
+    """Per-task accuracy float64 [T] in [0, 1] of scores float [T, ways * queries, ways] whose
+    queries are way-major (as :func:`feature_scores` returns them)."""
+    t, q, ways = scores.shape
+    target = torch.arange(ways, device=scores.device).repeat_interleave(q // ways)
+    return (scores.argmax(-1) == target).double().mean(1)
+
+
+def evaluate_features(
+    features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None,
+    support_views: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Per-task accuracy float [T] in [0, 1] of each feature head.
+
+    Args:
+        features: float [T, ways, shots + queries, D]; the first ``shots`` of each way are support.
+        support_views: optional float [V, T, ways, shots, D]: features of augmented copies of the
+            support images, fitted on with them (:class:`SupportViews`).
+        heads: feature-head names (see ``eval.heads.feature_heads``).
+        head_options: per-head options, e.g. ``{"logreg": {"C": 3.0}}``; a key must be one of ``heads``.
+
+    Raises:
+        FsmtlError: features not float [T, ways, per, D] with ways >= 2 and 1 <= shots < per,
+            an unknown head, or options for a head not in ``heads``.
+    """
+    scores = feature_scores(features, shots, heads, head_options, support_views)
+    return {h: scores_accuracy(s) for h, s in scores.items()}
 
 
 def _finetune_batch(
@@ -192,6 +208,7 @@ def evaluate_backbone(
     finetune: FinetuneConfig | None = None,
     within_group: bool = False,
     support_views: SupportViews | None = None,
+    transforms: str = "none",
 ) -> dict[str, dict[str, Any]]:
     """Score a frozen backbone on ``n_tasks`` fixed episodes with each head.
 
@@ -212,6 +229,11 @@ def evaluate_backbone(
         within_group: every task's classes from one group of the split (:func:`episode_rows`).
         support_views: test-time augmentation of the support set for the feature heads (None or
             ``views`` 0: none).
+        transforms: a name of ``pipelines.transforms.TEST_TRANSFORMS``: every task is also scored
+            with all its images (support, views and queries alike) under each symmetry of the set,
+            and the feature heads' scores are averaged over them (logreg: its logits, so the
+            geometric mean of the probabilities); "none" scores the images as they are. The
+            finetune head ignores it.
 
     Returns:
         ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
@@ -226,6 +248,7 @@ def evaluate_backbone(
                                        batch_tasks, finetune)  # fmt: skip
     heads = _check_heads(heads)
     _check_head_options(heads, head_options)
+    symmetries = _check_transforms(transforms, split)
     rows = episode_rows(split, ways, shots, queries, n_tasks, seed, within_group)
     sv = support_views if support_views is not None and support_views.views > 0 else None
     view_gen = torch.Generator().manual_seed(int(seed) + 104729)  # its own stream: the episodes stay the same
@@ -237,23 +260,30 @@ def evaluate_backbone(
     model.eval()
     try:
         for chunk in rows.split(int(batch_tasks)):
-            t0 = time.perf_counter()
+            te = time.perf_counter()  # embedding time: gathering the images counts too
             uniq, inverse = torch.unique(chunk, return_inverse=True)  # each image embedded once
             images = gather_images(split, uniq, device)
             if feature_heads:
-                feats = embed_images(model, images, mean, std, amp)[inverse.to(device)]
-                views = None
-                if sv is not None:  # the support images of the chunk's tasks, in task/way/shot order
-                    sup = images[inverse[:, :, :shots].reshape(-1).to(device)]
-                    views = embed_support_views(model, sup, mean, std, amp, sv, view_gen)
-                    views = views.reshape(sv.views, *chunk.shape[:2], shots, -1)
-                _sync(device)
-                embed_s += time.perf_counter() - t0
-                for h in feature_heads:  # one head at a time, so that each is timed on its own
-                    t0 = time.perf_counter()
-                    opts = {h: head_options[h]} if head_options and h in head_options else None
-                    per_task[h].append(evaluate_features(feats, shots, [h], opts, views)[h].cpu())
-                    seconds[h] += time.perf_counter() - t0
+                scores: dict[str, Tensor] = {}
+                for turns, mirror in symmetries:  # the task under each symmetry: scores summed
+                    seen = dihedral(images, turns, mirror)
+                    feats = embed_images(model, seen, mean, std, amp)[inverse.to(device)]
+                    views = None
+                    if sv is not None:  # the support images of the chunk's tasks, in task/way/shot order
+                        sup = seen[inverse[:, :, :shots].reshape(-1).to(device)]
+                        views = embed_support_views(model, sup, mean, std, amp, sv, view_gen)
+                        views = views.reshape(sv.views, *chunk.shape[:2], shots, -1)
+                    _sync(device)
+                    embed_s += time.perf_counter() - te
+                    for h in feature_heads:  # one head at a time, so that each is timed on its own
+                        t0 = time.perf_counter()
+                        opts = {h: head_options[h]} if head_options and h in head_options else None
+                        s_h = feature_scores(feats, shots, [h], opts, views)[h].float()
+                        scores[h] = scores[h] + s_h if h in scores else s_h
+                        seconds[h] += time.perf_counter() - t0
+                    te = time.perf_counter()
+                for h in feature_heads:
+                    per_task[h].append(scores_accuracy(scores[h]).cpu())
             if "finetune" in heads:
                 t0 = time.perf_counter()
                 task_images = images[inverse.to(device)]
@@ -296,6 +326,18 @@ def _check_backbone_args(
         raise FsmtlError(f"finetune: expected an eval.heads.finetune.FinetuneConfig, got {type(finetune).__name__}")
     dev = resolve_device(device, PYTHON_ARGS)
     return dev, (None if dtype in (None, torch.float32) else dtype)
+
+
+def _check_transforms(transforms: Any, split: Any) -> tuple[tuple[int, bool], ...]:
+    """The (quarter turns, mirror) pairs of a ``TEST_TRANSFORMS`` name; quarter turns need square images."""
+    if transforms not in TEST_TRANSFORMS:
+        raise FsmtlError(f"transforms: expected one of {', '.join(TEST_TRANSFORMS)}, got {transforms!r}")
+    symmetries = TEST_TRANSFORMS[transforms]
+    h, w = (int(v) for v in split.images.shape[1:3])
+    if h != w and any(turns % 2 for turns, _ in symmetries):
+        raise FsmtlError(f"transforms {transforms}: quarter turns need square images, split "
+                         f"{getattr(split, 'name', '?')} holds {h}x{w}")  # fmt: skip
+    return symmetries
 
 
 def _check_heads(heads: Any, feature_only: bool = False) -> list[str]:
