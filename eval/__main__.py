@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="test-time symmetries: also score every task with all its images rotated (rot4: the four "
                         "quarter turns; d4: and mirrored; flip: mirrored) and average the heads' scores; none: the "
                         "images as they are (default: the run's --test-transforms)")
+    p.add_argument("--symmetry-classes", dest="symmetry_classes", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --transforms: fit each task once on all versions of its support set, every version of a "
+                        "class a class of its own, and score each version's queries against its own classes "
+                        "(default: the run's --test-symmetry-classes)")
     p.add_argument("--batch-tasks", dest="batch_tasks", type=int, help=f"tasks embedded and solved per batch (default {d.batch_tasks})")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], help="default: the run's")

@@ -36,6 +36,7 @@ class EvalConfig:
     within_group: bool | None = None  # each task's classes from one group; None: the run's --val-within-group
     support_views: int | None = None  # augmented support copies the feature heads also fit on; None: the run's
     transforms: str | None = None  # test-time symmetries (TEST_TRANSFORMS) the scores average over; None: the run's
+    symmetry_classes: bool | None = None  # fit once, each symmetry's version of a class a class; None: the run's
     batch_tasks: int = 100
     device: str = "auto"
     precision: str | None = None  # None: the run's training precision
@@ -61,6 +62,8 @@ class EvalConfig:
             check_int(self.support_views, "--support-views", 0, 256)
         if self.transforms is not None and self.transforms not in TEST_TRANSFORMS:
             raise FsmtlError(f"--transforms: expected one of {', '.join(TEST_TRANSFORMS)}, got {self.transforms!r}")
+        if self.symmetry_classes is not None and not isinstance(self.symmetry_classes, bool):
+            raise FsmtlError(f"--symmetry-classes: expected True or False, got {self.symmetry_classes!r}")
         if not is_device_name(self.device):
             raise FsmtlError(f"--device: expected {DEVICE_NAMES}, got {self.device!r}")
         self._check_fits()
@@ -86,8 +89,9 @@ class EvalConfig:
 
     def for_run(self, run_config: dict) -> "EvalConfig":
         """Fill the task shape left unset from the run's training config (its ``test_ways``,
-        ``test_queries``, ``val_within_group``, ``test_support_views``, ``test_transforms`` and ``test_C``;
-        the seed's 5, 30, whole-split tasks, no support views, no symmetries and C=3 when the run does not say)."""
+        ``test_queries``, ``val_within_group``, ``test_support_views``, ``test_transforms``,
+        ``test_symmetry_classes`` and ``test_C``; the seed's 5, 30, whole-split tasks, no support views,
+        no symmetries and C=3 when the run does not say)."""
         def run_says(key: str) -> Any:
             return run_config.get(key) or getattr(TrainConfig, key)
 
@@ -96,9 +100,11 @@ class EvalConfig:
         grouped = self.within_group if self.within_group is not None else bool(run_says("val_within_group"))
         views = self.support_views if self.support_views is not None else int(run_says("test_support_views"))
         symmetries = self.transforms if self.transforms is not None else str(run_says("test_transforms"))
+        as_classes = (self.symmetry_classes if self.symmetry_classes is not None
+                      else bool(run_says("test_symmetry_classes")))  # fmt: skip
         c = self.C if self.C is not None else float(run_says("test_C"))
         return replace(self, ways=ways, queries=queries, within_group=grouped, support_views=views,
-                       transforms=symmetries, C=c)
+                       transforms=symmetries, symmetry_classes=as_classes, C=c)
 
     def head_options(self) -> dict[str, dict[str, float]]:
         """Options of the feature heads in ``heads`` (evaluate_backbone refuses options for others)."""

@@ -125,7 +125,7 @@ def run_eval(cfg: EvalConfig) -> dict[str, Any]:
             n_tasks=cfg.tasks, heads=list(cfg.heads), seed=cfg.seed, device=run.device, dtype=amp,
             batch_tasks=cfg.batch_tasks, head_options=cfg.head_options(), finetune=ft,
             within_group=bool(cfg.within_group), support_views=support_views_for(run.config, run.image_shape, cfg.support_views or 0),
-            transforms=cfg.transforms or "none",
+            transforms=cfg.transforms or "none", symmetry_classes=bool(cfg.symmetry_classes),
         )  # fmt: skip
         results[str(shots)] = res
     notes = optimism_notes(run.config, cfg.split, Path(run.path).name)
@@ -145,7 +145,8 @@ def results_table(doc: dict[str, Any]) -> str:
     c = doc["config"]
     grouped = " within one group" if c.get("within_group") else ""
     extras = "".join([f", {c['support_views']} support views" if c.get("support_views") else "",
-                      f", scores averaged over {c['transforms']}" if c.get("transforms") not in (None, "none") else ""])
+                      f", scores averaged over {c['transforms']}" if c.get("transforms") not in (None, "none") else "",
+                      " (its versions of a class as classes)" if c.get("symmetry_classes") and c.get("transforms") not in (None, "none") else ""])
     lines = [f"{doc['split']} split, {c['ways']}-way{grouped}, {c['queries']} queries{extras}, "
              f"{c['tasks']} tasks, seed {c['seed']}  ({doc['checkpoint']})",
              f"{'shots':>5}  {'head':<16} {'accuracy %':>18}  {'tasks':>6}  {'seconds':>8}"]  # fmt: skip

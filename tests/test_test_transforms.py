@@ -20,6 +20,7 @@ from fsmtl.train.config import TrainConfig
 from fsmtl.train.presets import PRESETS
 from fsmtl.train.protocol import (
     embed_images, episode_rows, evaluate_backbone, feature_scores, gather_images, scores_accuracy,
+    symmetry_class_scores,
 )
 from test_eval_protocol import write_run
 
@@ -117,3 +118,66 @@ def test_the_run_sets_evals_default_and_the_flag_overrides_it(tiny_shards: Path,
     with pytest.raises(SystemExit) as e:  # argparse refuses a name not in the set
         eval_main(["--run", str(run), "--transforms", "rot3"])
     assert e.value.code == 2
+
+
+def test_symmetry_classes_score_each_versions_queries_against_its_own_classes() -> None:
+    # two ways, two versions, one-hot features: version k's class w is e_{2k+w}, its query too
+    eye = torch.eye(4)
+    versions = [torch.stack([torch.stack([eye[2 * k + w]] * 2) for w in range(2)])[None] for k in range(2)]
+    # [1 task, 2 ways, 1 shot + 1 query, 4]; cosine prototypes: 1 for its own class, 0 for any other
+    scores = symmetry_class_scores(versions, 1, "proto")
+    assert scores.shape == (1, 2, 2)
+    torch.testing.assert_close(scores[0], torch.tensor([[2.0, 0.0], [0.0, 2.0]]))  # block k for version k
+
+
+def test_symmetry_classes_match_separate_fits_for_a_per_class_head_and_not_for_logreg() -> None:
+    g = torch.Generator().manual_seed(0)
+    versions = [torch.rand(3, 5, 4, 16, generator=g) for _ in range(4)]  # K=4 of [T=3, 5 ways, 1+3, D=16]
+    views = [torch.rand(2, 3, 5, 1, 16, generator=g) for _ in range(4)]
+    for v in (None, views):
+        separate = sum(feature_scores(f, 1, ["proto"], None, None if v is None else v[i])["proto"].float()
+                       for i, f in enumerate(versions))  # fmt: skip
+        # prototypes are per class: the extra classes change nothing
+        torch.testing.assert_close(symmetry_class_scores(versions, 1, "proto", None, v), separate)
+    one = symmetry_class_scores(versions[:1], 1, "logreg", {"logreg": {"C": 10.0}})
+    torch.testing.assert_close(one, feature_scores(versions[0], 1, ["logreg"], {"logreg": {"C": 10.0}})["logreg"].float())
+    joint = symmetry_class_scores(versions, 1, "logreg")
+    separate = sum(feature_scores(f, 1, ["logreg"])["logreg"].float() for f in versions)
+    assert joint.shape == separate.shape == (3, 15, 5)
+    assert not torch.allclose(joint, separate, atol=1e-3)  # logreg sees the other versions' classes as negatives
+
+
+def test_evaluate_backbone_with_symmetry_classes(tiny_shards: Path, tmp_path: Path) -> None:
+    model, split, shards = _model_and_split(tiny_shards)
+    common = dict(ways=5, shots=1, queries=3, n_tasks=12, heads=["logreg", "proto"], seed=2, batch_tasks=5,
+                  transforms="rot4")  # fmt: skip
+    separate = evaluate_backbone(model, split, shards.mean, shards.std, **common)
+    joint = evaluate_backbone(model, split, shards.mean, shards.std, **common, symmetry_classes=True)
+    assert joint["proto"]["per_task"] == separate["proto"]["per_task"]
+    # by hand for logreg: the same episodes under the four turns, one fit on 20 classes
+    rows = episode_rows(split, 5, 1, 3, 12, 2)
+    images = gather_images(split, rows.reshape(-1), torch.device("cpu"))
+    feats = [embed_images(model, dihedral(images, t, m), shards.mean, shards.std, None).reshape(12, 5, 4, -1)
+             for t, m in TEST_TRANSFORMS["rot4"]]  # fmt: skip
+    np.testing.assert_allclose(joint["logreg"]["per_task"],
+                               (scores_accuracy(symmetry_class_scores(feats, 1, "logreg")) * 100).tolist(), atol=1e-9)  # fmt: skip
+    with pytest.raises(FsmtlError, match="symmetry_classes: expected True or False"):
+        evaluate_backbone(model, split, shards.mean, shards.std, n_tasks=2, symmetry_classes="yes")
+    # fsmtl eval: the run's setting by default, the flag overrides it; the table says so
+    run = write_run(tmp_path / "r", tiny_shards)
+    cfg = json.loads((run / "config.json").read_text())
+    assert EvalConfig().for_run(cfg).symmetry_classes is False
+    assert EvalConfig().for_run({**cfg, "test_symmetry_classes": True}).symmetry_classes is True
+    assert EvalConfig(symmetry_classes=False).for_run({**cfg, "test_symmetry_classes": True}).symmetry_classes is False
+    assert PRESETS["omniglot"]["test_symmetry_classes"] is True
+    from fsmtl.eval.__main__ import main as eval_main
+
+    out = tmp_path / "e.json"
+    argv = ["--run", str(run), "--tasks", "4", "--shots", "1", "--queries", "2", "--transforms", "rot4",
+            "--symmetry-classes", "--json", str(out)]  # fmt: skip
+    assert run_stage_main(eval_main, argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["config"]["symmetry_classes"] is True
+    from fsmtl.eval.evaluate import results_table
+
+    assert "scores averaged over rot4 (its versions of a class as classes)" in results_table(doc)

@@ -47,6 +47,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "test_shots": ("tasks", "support images per class of a validation task"),
     "test_support_views": ("tasks", "fsmtl eval's default test-time augmentation: the feature heads also fit on this many augmented copies of each support image (the run's crop padding and affine warps); validation fits on the support images alone, for speed"),
     "test_transforms": ("tasks", "fsmtl eval's default test-time symmetries: {choices}; each task is also scored with all its images rotated (rot4: the four quarter turns; d4: and mirrored; flip: mirrored only) and the heads' scores averaged; validation scores the images as they are, for speed"),
+    "test_symmetry_classes": ("tasks", "with --test-transforms: fsmtl eval fits each task once on all versions of its support set, every version of a class a class of its own (as rotated classes are in training), and scores each version's queries against its own classes"),
     "test_C": ("tasks", "C of the logistic regression head (inverse L2 strength, scikit-learn's) that validation fits and fsmtl eval's default; the seed's 3"),
     "test_queries": ("tasks", "query images per class of a validation task (the seed's code: 30; its paper: 50)"),
     "optimizer": ("optimization", "{choices} (sgdp, sgdw, adabound, adamp need torch-optimizer)"),
@@ -129,6 +130,7 @@ class TrainConfig:
     test_support_views: int = 0  # fsmtl eval's default augmented support copies (validation: none)
     test_C: float = 3.0  # the logreg head's C in validation and fsmtl eval's default (the seed's 3)
     test_transforms: str = "none"  # fsmtl eval's default test-time symmetries (TEST_TRANSFORMS; validation: none)
+    test_symmetry_classes: bool = False  # with test_transforms: one fit, each symmetry's version of a class a class
     norm_train_features: bool = False
     trainval: bool = False  # train on train + val classes
     val_split: str = "auto"  # auto: "val", or "test" with --trainval (the seed's); "none": no validation

@@ -152,6 +152,32 @@ def scores_accuracy(scores: Tensor) -> Tensor:
     return (scores.argmax(-1) == target).double().mean(1)
 
 
+def symmetry_class_scores(
+    features: Sequence[Tensor], shots: int, head: str, head_options: dict[str, dict[str, Any]] | None = None,
+    support_views: Sequence[Tensor | None] | None = None,
+) -> Tensor:
+    """Scores float [T, ways * queries, ways] of one task batch seen under K symmetries, each
+    symmetry's version of a class a class of its own (as a converter's rotated classes are in training).
+
+    One fit per task on K * ways classes (class w under symmetry k is class k * ways + w), on the
+    support images of all versions; the queries of version k are scored against the classes of
+    version k only, and those scores are summed over k.
+
+    Args:
+        features: K tensors float [T, ways, shots + queries, D], the task batch under each symmetry.
+        support_views: None, or K tensors float [V, T, ways, shots, D] (or K Nones).
+        head, head_options: one feature head and its options (as :func:`feature_scores`).
+    """
+    k = len(features)
+    t, ways, per, _ = features[0].shape
+    views = None
+    if support_views is not None and support_views[0] is not None:
+        views = torch.cat(list(support_views), 2)  # [V, T, K * ways, shots, D]
+    scores = feature_scores(torch.cat(list(features), 1), shots, [head], head_options, views)[head].float()
+    blocks = scores.reshape(t, k, ways * (per - shots), k, ways)
+    return blocks.diagonal(dim1=1, dim2=3).sum(-1)  # [T, ways * queries, ways, K] -> summed over K
+
+
 def evaluate_features(
     features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None,
     support_views: Tensor | None = None,
@@ -209,6 +235,7 @@ def evaluate_backbone(
     within_group: bool = False,
     support_views: SupportViews | None = None,
     transforms: str = "none",
+    symmetry_classes: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Score a frozen backbone on ``n_tasks`` fixed episodes with each head.
 
@@ -234,6 +261,9 @@ def evaluate_backbone(
             and the feature heads' scores are averaged over them (logreg: its logits, so the
             geometric mean of the probabilities); "none" scores the images as they are. The
             finetune head ignores it.
+        symmetry_classes: with ``transforms``, fit each task's heads once, on all versions of its
+            support set with every version of a class a class of its own
+            (:func:`symmetry_class_scores`), instead of once per version.
 
     Returns:
         ``{head: {"acc": float percent, "ci95": float percent, "n_tasks": int,
@@ -249,6 +279,8 @@ def evaluate_backbone(
     heads = _check_heads(heads)
     _check_head_options(heads, head_options)
     symmetries = _check_transforms(transforms, split)
+    if not isinstance(symmetry_classes, bool):
+        raise FsmtlError(f"symmetry_classes: expected True or False, got {symmetry_classes!r}")
     rows = episode_rows(split, ways, shots, queries, n_tasks, seed, within_group)
     sv = support_views if support_views is not None and support_views.views > 0 else None
     view_gen = torch.Generator().manual_seed(int(seed) + 104729)  # its own stream: the episodes stay the same
@@ -264,26 +296,29 @@ def evaluate_backbone(
             uniq, inverse = torch.unique(chunk, return_inverse=True)  # each image embedded once
             images = gather_images(split, uniq, device)
             if feature_heads:
-                scores: dict[str, Tensor] = {}
-                for turns, mirror in symmetries:  # the task under each symmetry: scores summed
+                seen_feats: list[Tensor] = []  # the chunk's tasks under each symmetry
+                seen_views: list[Tensor | None] = []
+                for turns, mirror in symmetries:
                     seen = dihedral(images, turns, mirror)
-                    feats = embed_images(model, seen, mean, std, amp)[inverse.to(device)]
+                    seen_feats.append(embed_images(model, seen, mean, std, amp)[inverse.to(device)])
                     views = None
                     if sv is not None:  # the support images of the chunk's tasks, in task/way/shot order
                         sup = seen[inverse[:, :, :shots].reshape(-1).to(device)]
                         views = embed_support_views(model, sup, mean, std, amp, sv, view_gen)
                         views = views.reshape(sv.views, *chunk.shape[:2], shots, -1)
-                    _sync(device)
-                    embed_s += time.perf_counter() - te
-                    for h in feature_heads:  # one head at a time, so that each is timed on its own
-                        t0 = time.perf_counter()
-                        opts = {h: head_options[h]} if head_options and h in head_options else None
-                        s_h = feature_scores(feats, shots, [h], opts, views)[h].float()
-                        scores[h] = scores[h] + s_h if h in scores else s_h
-                        seconds[h] += time.perf_counter() - t0
-                    te = time.perf_counter()
-                for h in feature_heads:
-                    per_task[h].append(scores_accuracy(scores[h]).cpu())
+                    seen_views.append(views)
+                _sync(device)
+                embed_s += time.perf_counter() - te
+                for h in feature_heads:  # one head at a time, so that each is timed on its own
+                    t0 = time.perf_counter()
+                    opts = {h: head_options[h]} if head_options and h in head_options else None
+                    if symmetry_classes:
+                        scores = symmetry_class_scores(seen_feats, shots, h, opts, seen_views)
+                    else:  # each version of the task fitted on its own, the scores summed
+                        scores = sum(feature_scores(f, shots, [h], opts, v)[h].float()
+                                     for f, v in zip(seen_feats, seen_views))  # fmt: skip
+                    per_task[h].append(scores_accuracy(scores).cpu())
+                    seconds[h] += time.perf_counter() - t0
             if "finetune" in heads:
                 t0 = time.perf_counter()
                 task_images = images[inverse.to(device)]
