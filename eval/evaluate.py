@@ -144,9 +144,10 @@ def results_table(doc: dict[str, Any]) -> str:
     """One line per (shots, head): accuracy +- 95% interval in percent."""
     c = doc["config"]
     grouped = " within one group" if c.get("within_group") else ""
+    turned = c.get("transforms") not in (None, "none")
     extras = "".join([f", {c['support_views']} support views" if c.get("support_views") else "",
-                      f", scores averaged over {c['transforms']}" if c.get("transforms") not in (None, "none") else "",
-                      " (its versions of a class as classes)" if c.get("symmetry_classes") and c.get("transforms") not in (None, "none") else ""])
+                      f", scores averaged over {c['transforms']}" if turned else "",
+                      " (its versions of a class as classes)" if turned and c.get("symmetry_classes") else ""])
     lines = [f"{doc['split']} split, {c['ways']}-way{grouped}, {c['queries']} queries{extras}, "
              f"{c['tasks']} tasks, seed {c['seed']}  ({doc['checkpoint']})",
              f"{'shots':>5}  {'head':<16} {'accuracy %':>18}  {'tasks':>6}  {'seconds':>8}"]  # fmt: skip

@@ -170,6 +170,8 @@ def test_evaluate_backbone_with_symmetry_classes(tiny_shards: Path, tmp_path: Pa
     assert EvalConfig().for_run({**cfg, "test_symmetry_classes": True}).symmetry_classes is True
     assert EvalConfig(symmetry_classes=False).for_run({**cfg, "test_symmetry_classes": True}).symmetry_classes is False
     assert PRESETS["omniglot"]["test_symmetry_classes"] is True
+    with pytest.raises(FsmtlError, match="--symmetry-classes: expected True or False, got 'yes'"):
+        EvalConfig(symmetry_classes="yes")
     from fsmtl.eval.__main__ import main as eval_main
 
     out = tmp_path / "e.json"
