@@ -5,7 +5,8 @@ where MetaOptNet took 85.6). This runs it on the Omniglot within-alphabet protoc
 trains for ``--minutes`` on the same shards (default: the embedded Omniglot zips, converted with the
 converter's defaults into OUT/data), with the same preset (``--preset omniglot``: its tasks, its
 optimizer and its budget-following cosine schedule; only ``--algorithm`` differs, and the learning
-rate where ``--lr METHOD=LR,...`` gives a method its own, chosen on val), no validation
+rate where ``--lr METHOD=LR,...`` gives a method its own, chosen on val), on the train split
+only (``--no-trainval``: the l2l line cannot merge val, so no fsmtl method does), no validation
 (``--val-split none``), saving a snapshot every ``--snapshot-minutes`` of training time
 (``--snapshot-minutes``: saving excluded from the clock) and its final weights at the budget's end.
 After training, every snapshot is scored on the same fixed test tasks (``--ways``-way
@@ -80,7 +81,7 @@ def job_argv(method: str, seed: int, a: argparse.Namespace, data: Path, run: Pat
         return [sys.executable, "-m", "fsmtl.benchmarks.race_l2l", "--data", str(data), "--out", str(run),
                 "--minutes", str(a.minutes), "--snapshot-minutes", str(a.snapshot_minutes), "--seed", str(seed)]  # fmt: skip
     return [sys.executable, "-m", "fsmtl", "train", "--data", str(data), "--preset", a.preset, "--algorithm", method,
-            "--out", str(run), "--val-split", "none", "--max-minutes", str(a.minutes), "--max-epochs", "100000",
+            "--out", str(run), "--no-trainval", "--val-split", "none", "--max-minutes", str(a.minutes), "--max-epochs", "100000",
             "--snapshot-minutes", str(a.snapshot_minutes), "--seed", str(seed), "--device", "cpu",
             "--wandb", "disabled", "--no-progress", "--overwrite",
             *(["--lr", repr(a.lrs[method])] if method in a.lrs else [])]  # fmt: skip

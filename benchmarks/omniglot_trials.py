@@ -25,6 +25,7 @@ def run_trial(data: str, name: str, flags: str, minutes: float, work: Path, task
     out = work / name
     cmd = [sys.executable, "-m", "fsmtl", "train", "--data", data, "--preset", "omniglot", "--out", str(out),
            "--overwrite", "--wandb", "disabled", "--no-progress", "--max-minutes", str(minutes), "--seed", str(seed),
+           "--no-trainval", "--val-split", "val",  # trials tune on val: the preset's final recipe trains on it
            *shlex.split(flags)]  # fmt: skip
     t0 = time.monotonic()
     tr = subprocess.run(cmd, capture_output=True, text=True)

@@ -14,19 +14,17 @@ new classes (``<Alphabet>/<character>/rot90`` ...), and ``--mirrors`` its left-r
 from __future__ import annotations
 
 import zipfile
-from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from fsmtl.core.device import cpu_workers
 from fsmtl.core.errors import FsmtlError
+from fsmtl.preprocess.class_copies import MIRROR, QUARTER_TURNS, with_class_copies
 from fsmtl.preprocess.config import PreprocessConfig
 from fsmtl.preprocess.imaging import cancelling_pool, decode_image, parallel_fill, read_file
 from fsmtl.preprocess.shard_writer import ShardWriter
 
-_ROTATIONS = (90, 180, 270)
 DEFAULT_MIRRORS = False  # --mirrors: left-right mirror images of train classes as new classes
 
 
@@ -121,32 +119,18 @@ def _decode_all(
     return images
 
 
-def _with_copies(
-    images: np.ndarray, labels: np.ndarray, classes: list[str], copies: list[tuple[str, Callable[[np.ndarray], np.ndarray]]]
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Every class again under each (suffix, transform) of ``copies``, as new classes.
-
-    ``images`` uint8 [N, H, W, 1] with int64 ``labels`` [N] into ``classes`` (n of them); copy i
-    (0-based) of class k becomes class (i + 1) * n + k, named ``<class>/<suffix>``: blocks of whole
-    transformed classes after the originals.
-    """
-    n = len(classes)
-    images = np.concatenate([images] + [transform(images) for _, transform in copies])
-    labels = np.concatenate([labels + i * n for i in range(len(copies) + 1)])
-    return images, labels, classes + [f"{c}/{suffix}" for suffix, _ in copies for c in classes]
-
-
 def _write(
     w: ShardWriter, split: str, images: np.ndarray, ids: list[str], rotations: bool, mirrors: bool
 ) -> None:
     classes = sorted(set(ids))
     index = {c: k for k, c in enumerate(classes)}
     labels = np.array([index[c] for c in ids], dtype=np.int64)
-    if mirrors:  # axis 2 of [N, H, W, 1] is x: left-right
-        images, labels, classes = _with_copies(images, labels, classes, [("mirror", lambda x: x[:, :, ::-1])])
-    if rotations:  # of the mirrored classes too: the eight symmetries of the square
-        turns = [(f"rot{r}", partial(np.rot90, k=r // 90, axes=(1, 2))) for r in _ROTATIONS]
-        images, labels, classes = _with_copies(images, labels, classes, turns)
+    # rotations of the mirrored classes too: the eight symmetries of the square
+    stages = ([list(MIRROR)] if mirrors else []) + ([list(QUARTER_TURNS)] if rotations else [])
+    for stage in stages:
+        images, labels, classes = with_class_copies(images, labels, classes, stage)
+    if stages:  # recorded: --trainval gives the val classes it merges the same copies
+        w.extra_meta.setdefault("class_copies", {})[split] = stages
     # each class's group is its alphabet (rotated characters too): tasks within one alphabet
     w.write_split(split, np.ascontiguousarray(images), labels, classes, [c.split("/")[0] for c in classes])
 

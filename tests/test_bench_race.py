@@ -131,7 +131,10 @@ def test_per_method_learning_rates_reach_only_their_method_and_bad_ones_are_refu
     assert a.lrs == {"metaoptnet": 1e-3, "protonet": 5e-3}
     meta = br.job_argv("metaoptnet", 0, a, tmp_path / "d", tmp_path / "r")
     assert meta[meta.index("--lr") + 1] == "0.001"
-    assert "--lr" not in br.job_argv("mtl", 0, a, tmp_path / "d", tmp_path / "r")
+    mtl = br.job_argv("mtl", 0, a, tmp_path / "d", tmp_path / "r")
+    assert "--lr" not in mtl
+    # every fsmtl method trains on the train split alone, as the l2l line must (the preset merges val)
+    assert "--no-trainval" in mtl and mtl[mtl.index("--val-split") + 1] == "none"
     assert br.parse_args([]).lrs == {}
     for bad, match in (("l2l=1e-3", "l2l keeps"), ("nope=1e-3", "METHOD=LR"), ("metaoptnet", "METHOD=LR"),
                        ("mtl=1e-3,mtl=2e-3", "twice"), ("mtl=0", "--lr mtl"), ("mtl=nan", "--lr mtl"),

@@ -222,3 +222,48 @@ def test_a_zip_member_that_inflates_past_any_image_is_refused_unread(omniglot_sr
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
     assert grown_mb < 100, grown_mb  # the 400 MB member was never held (it was, whole, before)
     assert not (tmp_path / "o").exists()
+
+
+def test_trainval_gives_the_val_classes_the_copies_the_converter_recorded_for_train(omniglot_src, tmp_path):
+    from fsmtl.train.config import TrainConfig
+    from fsmtl.train.setup import load_data
+
+    out = tmp_path / "o"
+    args = ["--val-alphabets", "1", "--mirrors", "--size", "20", "--no-progress"]
+    assert cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(out), *args]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["class_copies"] == {"train": [["mirror"], ["rot90", "rot180", "rot270"]]}  # held-out splits: none
+    data = load_data(TrainConfig(data=str(out), trainval=True, val_split="none"))
+    merged, val = data.train, open_shards(out).split("val")
+    n_train, n_val = 8 * 4, 2  # Alpha and Beta's 4 characters in their 8 symmetries; Gamma's 2 as drawn
+    assert merged.n_classes == 8 * (4 + n_val) and data.meta["n_train_classes"] == merged.n_classes
+    assert merged.classes[n_train : n_train + n_val] == val.classes
+    assert merged.classes[n_train + 3 * n_val] == "Gamma/character01/mirror/rot90"
+    assert merged.categories == [c.split("/")[0] for c in merged.classes]  # copies stay in their alphabet
+    assert np.array_equal(np.diff(merged.class_offsets), np.bincount(merged.labels))  # rows grouped by class
+    base = np.asarray(val.images[val.class_rows(0)])
+    for k, want in ((n_val, base[:, :, ::-1]), (3 * n_val, np.rot90(base[:, :, ::-1], k=1, axes=(1, 2))),
+                    (4 * n_val, np.rot90(base, k=2, axes=(1, 2)))):  # fmt: skip
+        got = np.asarray(merged.images[merged.class_rows(n_train + k)])
+        assert merged.classes[n_train + k].startswith("Gamma/character01/")
+        np.testing.assert_array_equal(got, want)
+    # without copies recorded (no rotations or mirrors, or shards from before the record) the val
+    # classes join as drawn
+    plain = tmp_path / "p"
+    args = ["--val-alphabets", "1", "--no-rotations", "--no-progress"]
+    assert cli(["convert", "omniglot", "--src", str(omniglot_src), "--out", str(plain), *args]) == 0
+    assert "class_copies" not in json.loads((plain / "meta.json").read_text())
+    assert load_data(TrainConfig(data=str(plain), trainval=True, val_split="none")).train.n_classes == 4 + n_val
+
+
+def test_a_bad_class_copies_record_is_refused_naming_the_file() -> None:
+    from fsmtl.core.errors import FsmtlError
+    from fsmtl.preprocess.class_copies import recorded_class_copies
+
+    assert recorded_class_copies({}, "train", "m.json") == []
+    assert recorded_class_copies({"class_copies": {"train": [["rot180"]]}}, "val", "m.json") == []
+    assert recorded_class_copies({"class_copies": {"train": [["mirror"], ["rot90"]]}}, "train", "m.json") == [
+        ["mirror"], ["rot90"]]  # fmt: skip
+    for bad in ({"train": [["rot45"]]}, {"train": ["rot90"]}, {"train": [[]]}, ["rot90"], {"train": "rot90"}):
+        with pytest.raises(FsmtlError, match=r"d/meta.json: class_copies: expected .* with copies from mirror, rot90"):
+            recorded_class_copies({"class_copies": bad}, "train", "d/meta.json")

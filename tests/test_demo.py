@@ -56,6 +56,8 @@ def test_the_default_demo_trains_on_embedded_omniglot_and_tests_unseen_alphabets
     assert (ev["split"], ev["config"]["ways"], ev["config"]["within_group"]) == ("test", 20, True)
     assert ev["results"]["1"]["logreg"]["acc"] > 2 * 100 / 20  # trained features beat twice chance
     assert "(chance 5.0%)" in capsys.readouterr().out
+    cfg = json.loads((out / "train" / "config.json").read_text())  # the preset's recipe, validated on Korean
+    assert (cfg["preset"], cfg["trainval"], cfg["val_split"]) == ("omniglot", False, "val")
     assert cli(["demo", "--out", str(out), "--classes", "8,5,5"]) == 2  # synthetic-only flags are refused
 
 

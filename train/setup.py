@@ -17,6 +17,7 @@ import torch
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.models import build_model, feature_dim, model_kwarg_names
+from fsmtl.preprocess.class_copies import recorded_class_copies, split_with_class_copies
 from fsmtl.preprocess.shard_reader import open_shards
 from fsmtl.preprocess.shards import SplitData
 from fsmtl.train.config import TrainConfig
@@ -88,7 +89,10 @@ def load_data(cfg: TrainConfig) -> Data:
         if "val" not in shards.splits:
             raise FsmtlError(f"--trainval: {cfg.data} has no 'val' split to merge")
         from fsmtl.pipelines.loader import concat_splits
-        train = concat_splits([train, shards.split("val", verify=cfg.verify_data)])
+
+        # the val classes get the copies the converter gave train's (Omniglot's rotations as classes)
+        stages = recorded_class_copies(shards.meta, "train", Path(cfg.data) / "meta.json")
+        train = concat_splits([train, split_with_class_copies(shards.split("val", verify=cfg.verify_data), stages)])
     name = cfg.validation_split()
     if name is not None and name not in shards.splits:
         if cfg.val_split == "auto" and name == "val":
