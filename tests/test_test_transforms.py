@@ -183,3 +183,15 @@ def test_evaluate_backbone_with_symmetry_classes(tiny_shards: Path, tmp_path: Pa
     from fsmtl.eval.evaluate import results_table
 
     assert "scores averaged over rot4 (its versions of a class as classes)" in results_table(doc)
+
+
+def test_bad_features_are_refused_in_the_name_of_the_function_called() -> None:
+    from fsmtl.train.protocol import evaluate_features
+
+    flat = torch.zeros(2, 5, 4)  # no D axis: [T, ways, per] only
+    good = torch.randn(2, 5, 3, 8)
+    for call, who in ((lambda: feature_scores(flat, 1, ["proto"]), "feature_scores"),
+                      (lambda: evaluate_features(flat, 1, ["proto"]), "evaluate_features"),
+                      (lambda: symmetry_class_scores([good, good], 3, "proto"), "symmetry_class_scores")):  # fmt: skip
+        with pytest.raises(FsmtlError, match=rf"^{who}: (features must be float|shots must be an integer in 1\.\.2)"):
+            call()

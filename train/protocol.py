@@ -115,19 +115,19 @@ def gather_images(split: Any, rows: Tensor, device: torch.device) -> Tensor:
 
 def feature_scores(
     features: Tensor, shots: int, heads: Sequence[str], head_options: dict[str, dict[str, Any]] | None = None,
-    support_views: Tensor | None = None,
+    support_views: Tensor | None = None, *, who: str = "feature_scores",
 ) -> dict[str, Tensor]:
     """Each feature head's query scores float [T, ways * queries, ways] (queries way-major: the
     query of way w comes at rows w * queries ... (w + 1) * queries - 1).
 
-    Args: as :func:`evaluate_features`.
+    Args: as :func:`evaluate_features`; ``who`` begins the input checks' messages (the public caller).
     """
     if not isinstance(features, Tensor) or features.ndim != 4 or not features.dtype.is_floating_point:
         found = f"{features.dtype} {list(features.shape)}" if isinstance(features, Tensor) else type(features).__name__
-        raise FsmtlError(f"evaluate_features: features must be float [T, ways, shots + queries, D], got {found}")
+        raise FsmtlError(f"{who}: features must be float [T, ways, shots + queries, D], got {found}")
     per = features.shape[2]
     if not is_int(shots) or not 1 <= shots < per:
-        raise FsmtlError(f"evaluate_features: shots must be an integer in 1..{per - 1} (features have {per} "
+        raise FsmtlError(f"{who}: shots must be an integer in 1..{per - 1} (features have {per} "
                          f"images a way: shots + queries), got {shots!r}")  # fmt: skip
     heads = _check_heads(heads, feature_only=True)
     _check_head_options(heads, head_options)
@@ -173,7 +173,8 @@ def symmetry_class_scores(
     views = None
     if support_views is not None and support_views[0] is not None:
         views = torch.cat(list(support_views), 2)  # [V, T, K * ways, shots, D]
-    scores = feature_scores(torch.cat(list(features), 1), shots, [head], head_options, views)[head].float()
+    scores = feature_scores(torch.cat(list(features), 1), shots, [head], head_options, views,
+                            who="symmetry_class_scores")[head].float()
     blocks = scores.reshape(t, k, ways * (per - shots), k, ways)
     return blocks.diagonal(dim1=1, dim2=3).sum(-1)  # [T, ways * queries, ways, K] -> summed over K
 
@@ -195,7 +196,7 @@ def evaluate_features(
         FsmtlError: features not float [T, ways, per, D] with ways >= 2 and 1 <= shots < per,
             an unknown head, or options for a head not in ``heads``.
     """
-    scores = feature_scores(features, shots, heads, head_options, support_views)
+    scores = feature_scores(features, shots, heads, head_options, support_views, who="evaluate_features")
     return {h: scores_accuracy(s) for h, s in scores.items()}
 
 
