@@ -52,8 +52,11 @@ def split_with_class_copies(split: SplitData, stages: Sequence[Sequence[str]]) -
 
     Returns:
         A SplitData with n * prod(1 + len(stage)) classes, rows still grouped by class in label
-        order (each copy block is the previous rows transformed), categories repeated per block.
+        order (each copy block is the previous rows transformed), categories repeated per block;
+        ``split`` itself when there are no stages.
     """
+    if not stages:
+        return split
     images, labels, classes = np.asarray(split.images), np.asarray(split.labels, dtype=np.int64), list(split.classes)
     categories = list(split.categories) if split.categories is not None else None
     for stage in stages:

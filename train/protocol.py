@@ -299,12 +299,14 @@ def evaluate_backbone(
             if feature_heads:
                 seen_feats: list[Tensor] = []  # the chunk's tasks under each symmetry
                 seen_views: list[Tensor | None] = []
+                task_rows = inverse.to(device)
+                support_rows = task_rows[:, :, :shots].reshape(-1)  # in task/way/shot order
                 for turns, mirror in symmetries:
                     seen = dihedral(images, turns, mirror)
-                    seen_feats.append(embed_images(model, seen, mean, std, amp)[inverse.to(device)])
+                    seen_feats.append(embed_images(model, seen, mean, std, amp)[task_rows])
                     views = None
-                    if sv is not None:  # the support images of the chunk's tasks, in task/way/shot order
-                        sup = seen[inverse[:, :, :shots].reshape(-1).to(device)]
+                    if sv is not None:  # the support images of the chunk's tasks
+                        sup = seen[support_rows]
                         views = embed_support_views(model, sup, mean, std, amp, sv, view_gen)
                         views = views.reshape(sv.views, *chunk.shape[:2], shots, -1)
                     seen_views.append(views)

@@ -91,7 +91,7 @@ def load_data(cfg: TrainConfig) -> Data:
         from fsmtl.pipelines.loader import concat_splits
 
         # the val classes get the copies the converter gave train's (Omniglot's rotations as classes)
-        stages = recorded_class_copies(shards.meta, "train", Path(cfg.data) / "meta.json")
+        stages = recorded_class_copies(shards.meta, "train", f"{cfg.data}/meta.json")
         train = concat_splits([train, split_with_class_copies(shards.split("val", verify=cfg.verify_data), stages)])
     name = cfg.validation_split()
     if name is not None and name not in shards.splits:
