@@ -69,14 +69,28 @@ def test_logreg_float32_features_give_the_float64_predictions():
     assert (p64 == p32).double().mean() >= 0.999
 
 
-def test_logreg_handles_repeated_support_points_and_more_points_than_dims():
-    support, labels, query = _tasks(30, 5, 5, 5, 8, 1.0, seed=6)  # 25 points in 8 dims: singular Gram
-    support[:, 1] = support[:, 0]  # and an exact duplicate
+@pytest.mark.parametrize("dim", [8, 64], ids=["more-points-than-dims", "fewer-points-than-dims"])
+def test_logreg_handles_repeated_support_points(dim):
+    # 25 points in 8 dims take the thin (primal) factor; in 64 dims the Gram's, here singular
+    # (the exact duplicate), so eigen-factored
+    support, labels, query = _tasks(30, 5, 5, 5, dim, 1.0, seed=6)
+    support[:, 1] = support[:, 0]  # an exact duplicate
     fit = fit_logreg(support, labels, 5)
     assert bool(fit.converged.all())
     _, coef, intercept = _sklearn(support, labels, query, tol=1e-10)
     np.testing.assert_allclose(fit.coef.numpy(), coef, atol=1e-4)
     np.testing.assert_allclose(fit.intercept.numpy(), intercept, atol=1e-4)
+
+
+def test_logreg_many_classes_with_more_points_than_dims_match_sklearn():
+    # 40 classes x 5 shots = 200 points in 24 dims: the thin (primal) factor, as symmetry classes use
+    support, labels, query = _tasks(6, 40, 5, 2, 24, 0.8, seed=10)
+    fit = fit_logreg(support.float(), labels, 40, C=10.0)
+    assert bool(fit.converged.all()) and fit.coef.dtype == torch.float32
+    preds, coef, intercept = _sklearn(support, labels, query, C=10.0, tol=1e-10)
+    np.testing.assert_allclose(fit.coef.numpy(), coef, atol=2e-4)
+    np.testing.assert_allclose(fit.intercept.numpy(), intercept, atol=2e-4)
+    assert (logreg_logits(fit, query.float()).argmax(-1).numpy() == preds).mean() >= 0.99
 
 
 def test_logreg_scores_of_one_task_equal_its_scores_in_a_batch():

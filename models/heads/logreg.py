@@ -7,9 +7,10 @@ this by ``C * n``, which moves no optimum), intercept unpenalised, one weight ro
 Why it is fast: an N-way K-shot task has only S = N*K support points, so the optimal W lies in
 their span (the gradient of the loss does, and the penalty removes anything else). With a factor
 Z [S,S] of the Gram matrix (Z Z^T = X X^T) the problem becomes an S-dimensional one for every
-task, solved by batched truncated Newton: conjugate gradients on Hessian-vector products, in
-coordinates where the Hessian at the starting point is the identity (one (S+1)-square Cholesky
-factor per task, computed once; see ``_Problem``). At the optimum the weights are
+task (when S > D, Z is the normalised features themselves, [S,D]: the primal D-dimensional
+problem, which is then the smaller one), solved by batched truncated Newton: conjugate gradients
+on Hessian-vector products, in coordinates where the Hessian at the starting point is the
+identity (one (min(S, D)+1)-square Cholesky factor per task, computed once; see ``_Problem``). At the optimum the weights are
 W = C (Y - P)^T X (the representer theorem), so mapping back needs no inverse. The free shift of
 the intercepts (adding a constant to every b_k changes nothing) stays at sum(b) = 0, as in
 sklearn's lbfgs. Features enter only through two matrix products per batch (the support Gram,
@@ -59,6 +60,16 @@ def _gram_factor(k: Tensor) -> Tensor:
         z = z.clone()
         z[bad] = evecs * evals.clamp_min(0).sqrt().unsqueeze(1)
     return z
+
+
+def _thin_factor(x: Tensor, inv_norms: Tensor) -> Tensor:
+    """Z [T,S,D] float64 with Z Z^T = K when S > D: the (normalised) support features themselves.
+
+    K has rank at most D then, so this factor is thinner than a Cholesky factor [T,S,S] and the
+    reduced problem is the primal one (W itself, D+1 numbers a class): its Hessian products cost
+    S*D instead of S^2 a class, and its whitening Cholesky (D+1)^3 instead of (S+1)^3.
+    """
+    return x.to(torch.float64) * inv_norms[:, :, None]
 
 
 class _Problem:
@@ -245,7 +256,7 @@ def fit_logreg(
         k = k * inv64[:, :, None] * inv64[:, None, :]
     if not bool(torch.isfinite(k).all()):
         raise FsmtlError("logreg: support features contain NaN or infinite values")
-    z = _gram_factor(k)
+    z = _thin_factor(x, inv64) if x.shape[2] < x.shape[1] else _gram_factor(k)
     zt = torch.cat([z, torch.ones_like(z[:, :, :1])], dim=2)
     y = one_hot(labels, ways, torch.float64).transpose(1, 2).contiguous()  # class-major [T, ways, S]
     f, p, n_iter, converged = _solve(_Problem(zt, y, float(C)), tol, max_iter)
