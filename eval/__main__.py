@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                         "protocol; a tiered-ImageNet category); default: as the run validated (--val-within-group)")
     p.add_argument("--support-views", dest="support_views", type=int,
                    help="test-time augmentation: also fit the feature heads on this many augmented copies of each "
-                        "support image (the run's crop padding and affine warps; default: the run's --test-support-views)")
+                        "support image (the run's crop padding, affine warps and elastic distortions; default: the run's --test-support-views)")
     p.add_argument("--transforms", choices=list(TEST_TRANSFORMS),
                    help="test-time symmetries: also score every task with all its images rotated (rot4: the four "
                         "quarter turns; d4: and mirrored; flip: mirrored) and average the heads' scores; none: the "

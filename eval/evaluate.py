@@ -97,12 +97,13 @@ def optimism_notes(run_config: dict[str, Any], split: str, checkpoint_file: str)
 
 def support_views_for(run_config: dict[str, Any], image_shape: tuple[int, ...], views: int) -> SupportViews | None:
     """The test-time support augmentation of a run: its Lee19 crop padding (when it trained with
-    lee) and its affine warps, ``views`` copies (None for 0)."""
+    lee), its affine warps and its elastic distortions, ``views`` copies (None for 0)."""
     if views <= 0:
         return None
     pad = default_padding(int(image_shape[0])) if run_config.get("augment", "lee") == "lee" else 0
     return SupportViews(views, pad, float(run_config.get("affine_degrees") or 0.0),
-                        float(run_config.get("affine_scale") or 0.0), float(run_config.get("affine_shear") or 0.0))
+                        float(run_config.get("affine_scale") or 0.0), float(run_config.get("affine_shear") or 0.0),
+                        float(run_config.get("elastic_px") or 0.0))
 
 
 def run_eval(cfg: EvalConfig) -> dict[str, Any]:

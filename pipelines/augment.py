@@ -141,12 +141,41 @@ def draw_affine(n: int, generator: torch.Generator, degrees: float, scale: float
     return torch.cat([inv, torch.zeros(n, 2, 1)], dim=2).float()
 
 
-def warp_batch(x: Tensor, theta: Tensor) -> Tensor:
+# control points of an elastic displacement field: a 4 x 4 grid over the image (every ~10 px at
+# 32 px), so the field bends whole strokes smoothly instead of jittering pixels
+ELASTIC_GRID = 4
+
+
+def draw_elastic(n: int, generator: torch.Generator, px: float) -> Tensor:
+    """Draw ``n`` smooth random displacement fields: float32 [n, 2, ELASTIC_GRID, ELASTIC_GRID],
+    the (x, y) shift in pixels at each control point, normal with standard deviation ``px``.
+
+    :func:`warp_batch` interpolates them bicubically over the image and adds them to the affine
+    warp's sampling grid (an elastic distortion in the manner of Simard et al. 2003, which moves a
+    drawing's strokes as another hand would draw them). One normal draw per number, always.
+    """
+    check_int(n, "draw_elastic n", 0)
+    return torch.randn(n, 2, ELASTIC_GRID, ELASTIC_GRID, generator=generator) * float(px)
+
+
+def elastic_grid_shift(elastic: Tensor, height: int, width: int) -> Tensor:
+    """The sampling-grid shift float32 [B, H, W, 2] (grid_sample's normalised coordinates) of
+    displacement fields float [B, 2, g, g] in pixels (:func:`draw_elastic`), bicubic between the
+    control points (which sit on the image's corners and edges)."""
+    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float32, device=elastic.device)
+    dense = F.interpolate(elastic.float(), size=(height, width), mode="bicubic", align_corners=True)
+    return dense.permute(0, 2, 3, 1) * scale
+
+
+def warp_batch(x: Tensor, theta: Tensor, elastic: Tensor | None = None) -> Tensor:
     """Warp a normalised batch: float [B, C, H, W] (any memory format) by ``theta`` [B, 2, 3]
-    (:func:`draw_affine`), bilinear, edges extended (the border is background in Omniglot-like
-    data and keeps the normalised background value); same dtype and memory format out."""
+    (:func:`draw_affine`), then displace by ``elastic`` float [B, 2, g, g] pixels (:func:`draw_elastic`;
+    None: none), bilinear, edges extended (the border is background in Omniglot-like data and keeps
+    the normalised background value); same dtype and memory format out."""
     th = theta.to(x.device, torch.float32, non_blocking=True)
     grid = F.affine_grid(th, list(x.shape), align_corners=False)
+    if elastic is not None:
+        grid = grid + elastic_grid_shift(elastic.to(x.device, non_blocking=True), x.shape[2], x.shape[3])
     out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         out = out.contiguous(memory_format=torch.channels_last)

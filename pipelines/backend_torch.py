@@ -73,7 +73,8 @@ def cat_plans(plans: list[BatchPlan]) -> BatchPlan:
         params = LeeParams(*cols, ps[0].pad)  # type: ignore[arg-type]
     fields = [torch.cat([getattr(p, f) for p in plans]) for f in ("rows", "task", "label", "global_class")]
     warp = None if plans[0].warp is None else torch.cat([p.warp for p in plans])  # type: ignore[misc]
-    return BatchPlan(*fields, params, warp)
+    elastic = None if plans[0].elastic is None else torch.cat([p.elastic for p in plans])  # type: ignore[misc]
+    return BatchPlan(*fields, params, warp, elastic)
 
 
 def _upload(t: Tensor, device: torch.device) -> Tensor:
@@ -239,7 +240,7 @@ class TorchBackend:
             rows = plan.rows if self.data is not None else torch.arange(plan.rows.numel())
             x = augment_rows(data, rows, plan.params, self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last, check=False)
         if plan.warp is not None:
-            x = warp_batch(x, plan.warp)
+            x = warp_batch(x, plan.warp, plan.elastic)
         return TaskBatch(x, plan.task, plan.label, plan.global_class)
 
     def make_device(self, plan: BatchPlan) -> TaskBatch:
@@ -283,7 +284,7 @@ class TorchBackend:
                 data, rows_d, plan.params.to(dev), self.mean, self.std, self.cfg.out_dtype, self.cfg.channels_last, check=False
             )  # fmt: skip
         if plan.warp is not None:
-            x = warp_batch(x, _upload(plan.warp, dev))
+            x = warp_batch(x, _upload(plan.warp, dev), None if plan.elastic is None else _upload(plan.elastic, dev))
         b = self.cfg.batch_images
         return [TaskBatch(*(t[i * b : (i + 1) * b] for t in (x, task, label, global_class))) for i in range(len(plans))]
 

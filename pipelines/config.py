@@ -22,7 +22,7 @@ _BACKEND_MODULES = {"dali": "nvidia.dali", "ffcv": "ffcv"}
 # the settings that decide the stream of batches (with backend and seed): a saved loader state
 # resumes only a loader that has the same ones
 _STREAM_FIELDS = ("ways", "shots", "queries", "tasks_per_batch", "augment", "padding", "jitter", "flip", "within_group",
-                  "affine_degrees", "affine_scale", "affine_shear")
+                  "affine_degrees", "affine_scale", "affine_shear", "elastic_px")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ class PipelineConfig:
     affine_degrees: float = 0.0
     affine_scale: float = 0.0
     affine_shear: float = 0.0
+    # then smooth elastic displacements (augment.draw_elastic): normal, this many pixels' standard
+    # deviation at each of 4 x 4 control points (0: off)
+    elastic_px: float = 0.0
     out_dtype: torch.dtype = torch.float32
     channels_last: bool = True
     seed: int = 0
@@ -61,8 +64,8 @@ class PipelineConfig:
 
     @property
     def warps(self) -> bool:
-        """Whether batches get random affine warps."""
-        return bool(self.affine_degrees or self.affine_scale or self.affine_shear)
+        """Whether batches get random affine warps (or elastic ones, which ride on an affine warp)."""
+        return bool(self.affine_degrees or self.affine_scale or self.affine_shear or self.elastic_px)
 
     @property
     def per_class(self) -> int:
@@ -94,12 +97,12 @@ def check_config(cfg: PipelineConfig) -> None:
         if not isinstance(getattr(cfg, name), (bool, np.bool_)):
             raise FsmtlError(f"pipeline {name}: expected True or False, got {describe(getattr(cfg, name))}")
     check_out_dtype(cfg.out_dtype, "pipeline out_dtype")
-    for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0)):
+    for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0), ("elastic_px", 8.0)):
         v = getattr(cfg, name)
         if not is_real(v) or not math.isfinite(v) or not 0.0 <= v < hi:
             raise FsmtlError(f"pipeline {name}: expected a number in [0, {hi:g}), got {describe(v)}")
     if cfg.warps and cfg.backend != "torch":
-        raise FsmtlError(f"pipeline affine warps: only the torch back end draws them, not {cfg.backend!r}")
+        raise FsmtlError(f"pipeline affine and elastic warps: only the torch back end draws them, not {cfg.backend!r}")
     gb = cfg.memory_budget_gb
     if gb is not None and (not is_real(gb) or not math.isfinite(gb) or gb < 0):
         raise FsmtlError(f"pipeline memory_budget_gb: expected None or a number >= 0, got {describe(gb)}")

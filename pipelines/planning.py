@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import Tensor
 
-from fsmtl.pipelines.augment import draw_affine, draw_lee_params
+from fsmtl.pipelines.augment import draw_affine, draw_elastic, draw_lee_params
 from fsmtl.pipelines.episodes import ClassGroups, class_groups, sample_episode_indices
 from fsmtl.pipelines.config import PipelineConfig
 from fsmtl.preprocess.shards import SplitData
@@ -43,9 +43,11 @@ def plan_batch(
     params = None
     if cfg.augment == "lee":
         params = draw_lee_params(t * n * k, generator, pad, jitter=cfg.jitter, flip=cfg.flip)
-    warp = None
+    warp = elastic = None
     if cfg.warps:  # after the Lee19 draws: a run without warps draws exactly as before
         warp = draw_affine(t * n * k, generator, cfg.affine_degrees, cfg.affine_scale, cfg.affine_shear)
-    return BatchPlan(rows.reshape(-1), task, label, global_class, params, warp)
+    if cfg.elastic_px:  # after the affine draws: a run without it draws exactly as before
+        elastic = draw_elastic(t * n * k, generator, cfg.elastic_px)
+    return BatchPlan(rows.reshape(-1), task, label, global_class, params, warp, elastic)
 
 

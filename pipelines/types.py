@@ -37,6 +37,7 @@ class BatchPlan(NamedTuple):
     global_class: Tensor  # int64 [B]
     params: LeeParams | None  # None when cfg.augment == "none"
     warp: Tensor | None = None  # float32 [B, 2, 3] affine warps (augment.draw_affine), or None
+    elastic: Tensor | None = None  # float32 [B, 2, g, g] elastic displacements (augment.draw_elastic), or None
 
 
 class Backend(Protocol):

@@ -57,7 +57,7 @@ TABLE: dict[str, dict[str, tuple[str, ...]]] = {
         "--width": (NEG, ZERO, HUGE, NAN, WORD), "--pools": (NEG, "5", NAN, WORD), "--test-support-views": (NEG, HUGE, NAN, WORD),
         "--snapshot-minutes": REAL, "--warmup-frac": (NEG, "1", NAN, INF, WORD),
         "--lr-floor": (NEG, "2", NAN, INF, WORD),
-        **{f: (NEG, "1000", NAN, INF, WORD) for f in ("--affine-degrees", "--affine-scale", "--affine-shear")},
+        **{f: (NEG, "1000", NAN, INF, WORD) for f in ("--affine-degrees", "--affine-scale", "--affine-shear", "--elastic-px")},
         "--device": BAD_DEVICES,
     },
     "eval --run {tmp}/no-run": {

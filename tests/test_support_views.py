@@ -46,6 +46,12 @@ def test_backbone_evaluation_with_views_is_seeded_and_zero_views_is_the_plain_pr
     c = evaluate_backbone(model, split, shards.mean, shards.std, **common, support_views=sv)
     assert a["proto"]["per_task"] == c["proto"]["per_task"]
     assert len(b["proto"]["per_task"]) == 12
+    # elastic views (a run trained with --elastic-px): seeded, and other views than affine ones
+    se = SupportViews(3, pad=4, degrees=10.0, scale=0.1, shear=5.0, elastic_px=1.5)
+    e1 = evaluate_backbone(model, split, shards.mean, shards.std, **common, support_views=se)
+    e2 = evaluate_backbone(model, split, shards.mean, shards.std, **common, support_views=se)
+    assert e1["proto"]["per_task"] == e2["proto"]["per_task"]
+    assert e1["proto"]["per_task"] != a["proto"]["per_task"]
 
 
 def test_eval_takes_the_runs_default_and_the_flag(tiny_shards: Path, tmp_path: Path) -> None:
@@ -54,6 +60,7 @@ def test_eval_takes_the_runs_default_and_the_flag(tiny_shards: Path, tmp_path: P
     assert EvalConfig().for_run({**cfg, "test_support_views": 4}).support_views == 4
     assert EvalConfig(support_views=0).for_run({**cfg, "test_support_views": 4}).support_views == 0
     assert support_views_for({"augment": "lee", "affine_degrees": 12.0}, (28, 28, 1), 2) == SupportViews(2, 4, 12.0, 0.0, 0.0)
+    assert support_views_for({"augment": "lee", "elastic_px": 1.5}, (32, 32, 1), 2).elastic_px == 1.5
     assert support_views_for({"augment": "none"}, (84, 84, 3), 2).pad == 0 and support_views_for({}, (84, 84, 3), 0) is None
     from fsmtl.eval.__main__ import main as eval_main
 

@@ -45,7 +45,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "val_within_group": ("tasks", "every validation task's classes from one group (Omniglot's within-alphabet protocol); fsmtl eval follows it unless told otherwise"),
     "test_ways": ("tasks", "classes per validation task"),
     "test_shots": ("tasks", "support images per class of a validation task"),
-    "test_support_views": ("tasks", "fsmtl eval's default test-time augmentation: the feature heads also fit on this many augmented copies of each support image (the run's crop padding and affine warps); validation fits on the support images alone, for speed"),
+    "test_support_views": ("tasks", "fsmtl eval's default test-time augmentation: the feature heads also fit on this many augmented copies of each support image (the run's crop padding, affine warps and elastic distortions); validation fits on the support images alone, for speed"),
     "test_transforms": ("tasks", "fsmtl eval's default test-time symmetries: {choices}; each task is also scored with all its images rotated (rot4: the four quarter turns; d4: and mirrored; flip: mirrored only) and the heads' scores averaged; validation scores the images as they are, for speed"),
     "test_symmetry_classes": ("tasks", "with --test-transforms: fsmtl eval fits each task once on all versions of its support set, every version of a class a class of its own (as rotated classes are in training), and scores each version's queries against its own classes"),
     "test_C": ("tasks", "C of the logistic regression head (inverse L2 strength, scikit-learn's) that validation fits and fsmtl eval's default; the seed's 3"),
@@ -76,6 +76,7 @@ FIELD_HELP: dict[str, tuple[str, str]] = {
     "affine_degrees": ("data", "random rotations of up to +- this many degrees after lee (torch pipeline; 0 = off)"),
     "affine_scale": ("data", "random magnification in [1 - s, 1 + s] after lee (torch pipeline; 0 = off)"),
     "affine_shear": ("data", "random horizontal shear of up to +- this many degrees after lee (torch pipeline; 0 = off)"),
+    "elastic_px": ("data", "smooth random elastic distortions after the affine warps: the displacement of each of 4 x 4 control points is normal with this many pixels' standard deviation (torch pipeline; 0 = off)"),
     "flip": ("data", "horizontal flips inside lee (the omniglot preset turns them off: a mirrored character is another character)"),
     "pipeline": ("data", "batch back end: {choices} (reference = the seed's per-image PIL way, for comparison)"),
     "verify_data": ("data", "compare the shards with meta.json's sha256 when they are opened (cached by size and mtime: only the first run after a change hashes)"),
@@ -157,6 +158,7 @@ class TrainConfig:
     affine_degrees: float = 0.0  # random affine warps after lee (0: off)
     affine_scale: float = 0.0
     affine_shear: float = 0.0
+    elastic_px: float = 0.0  # elastic distortions after the affine warps (0: off)
     precision: str = "auto"  # auto: bf16 where supported (CUDA with bf16, CPU), else fp32
     channels_last: bool = True
     compile: bool = False
@@ -234,7 +236,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0, lo_open=True)
         check_real(self.warmup_frac, "--warmup-frac", 0.0, 1.0, hi_open=True)
-        for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0)):
+        for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0), ("elastic_px", 8.0)):
             check_real(getattr(self, name), _flag(name), 0.0, hi, hi_open=True)
         check_real(self.lr_floor, "--lr-floor", 0.0, 1.0)
         check_real(self.test_C, "--test-C", 0.0, lo_open=True)

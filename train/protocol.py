@@ -21,15 +21,16 @@ from fsmtl.models.heads.finetune import FinetuneConfig, finetune_predict
 from fsmtl.core.checks import is_int
 from fsmtl.core.device import PYTHON_ARGS, resolve_device
 from fsmtl.core.errors import FsmtlError
-from fsmtl.pipelines.augment import augment_rows, draw_affine, draw_lee_params, warp_batch
+from fsmtl.pipelines.augment import augment_rows, draw_affine, draw_elastic, draw_lee_params, warp_batch
 from fsmtl.pipelines.episodes import class_groups, sample_episode_indices
 from fsmtl.pipelines.transforms import TEST_TRANSFORMS, dihedral, normalize_batch
 
 @dataclass(frozen=True)
 class SupportViews:
     """Test-time augmentation of the support set: each support image is also embedded in ``views``
-    augmented copies (a random crop with ``pad`` pixels of zero padding, and a random affine warp
-    within ``degrees``/``scale``/``shear`` as in training), and the feature heads are fitted on
+    augmented copies (a random crop with ``pad`` pixels of zero padding, a random affine warp
+    within ``degrees``/``scale``/``shear`` and an elastic one of ``elastic_px`` as in training),
+    and the feature heads are fitted on
     the originals and the copies together; queries are embedded as they are. The copies are drawn
     from their own generator seeded by the episode seed, so every head and checkpoint sees the
     same ones."""
@@ -39,6 +40,7 @@ class SupportViews:
     degrees: float = 0.0
     scale: float = 0.0
     shear: float = 0.0
+    elastic_px: float = 0.0
 
 
 EMBED_CHUNK = 512  # images per forward pass: bounds activation memory whatever batch_tasks is
@@ -96,11 +98,13 @@ def embed_support_views(
     rows = torch.arange(n, device=support.device).repeat(sv.views)
     params = draw_lee_params(n * sv.views, generator, sv.pad, jitter=False, flip=False).to(support.device)
     warp = draw_affine(n * sv.views, generator, sv.degrees, sv.scale, sv.shear)
+    elastic = draw_elastic(n * sv.views, generator, sv.elastic_px) if sv.elastic_px else None
     out = []
     for lo in range(0, n * sv.views, EMBED_CHUNK):
         sl = slice(lo, lo + EMBED_CHUNK)
         part = type(params)(params.top[sl], params.left[sl], params.flip[sl], None, None, params.pad)
-        x = warp_batch(augment_rows(support, rows[sl], part, mean, std, check=False), warp[sl])
+        x = warp_batch(augment_rows(support, rows[sl], part, mean, std, check=False), warp[sl],
+                       None if elastic is None else elastic[sl])
         with torch.autocast(x.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             out.append(model(x).float())
     return torch.cat(out).reshape(sv.views, n, -1)

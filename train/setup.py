@@ -152,7 +152,7 @@ def build_loader(cfg: TrainConfig, data: Data, device: torch.device, amp_dtype: 
         backend=cfg.pipeline, ways=cfg.train_ways, shots=cfg.train_shots, queries=cfg.train_queries,
         tasks_per_batch=cfg.meta_batch_size, within_group=cfg.train_within_group, augment=cfg.augment, jitter=cfg.jitter, flip=cfg.flip,
         affine_degrees=cfg.affine_degrees, affine_scale=cfg.affine_scale, affine_shear=cfg.affine_shear,
-        out_dtype=amp_dtype or torch.float32, channels_last=cfg.channels_last,
+        elastic_px=cfg.elastic_px, out_dtype=amp_dtype or torch.float32, channels_last=cfg.channels_last,
         seed=cfg.seed + 1_000_003 * rank, workers=cfg.workers, device=device, progress=cfg.progress,
     )  # fmt: skip
     return (factory or build_task_loader)(data.train, data.mean, data.std, pcfg)
