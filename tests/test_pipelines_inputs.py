@@ -219,6 +219,7 @@ def _bad_states(good: dict) -> dict[str, tuple[object, str]]:
         "another_seed": ({**good, "seed": 1}, "saved by a loader with seed=1; this loader has seed=0"),
         "another_stream": ({**good, "backend": "reference"}, "stream='reference'.*reference has its own"),
         "another_config": ({**good, "config": {**good["config"], "shots": 1, "jitter": False}}, "shots=1, jitter=False; this loader has shots=2, jitter=True"),
+        "another_elastic": ({**good, "config": {**good["config"], "elastic_px": 1.5}}, "elastic_px=1.5; this loader has elastic_px=0.0"),
     }  # fmt: skip
 
 
