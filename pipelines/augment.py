@@ -141,6 +141,12 @@ def draw_affine(n: int, generator: torch.Generator, degrees: float, scale: float
     return torch.cat([inv, torch.zeros(n, 2, 1)], dim=2).float()
 
 
+# the warp settings and their exclusive upper bounds (all >= 0; 0 = off), checked by both the
+# pipeline's and the training run's configs
+WARP_LIMITS: tuple[tuple[str, float], ...] = (
+    ("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0), ("elastic_px", 8.0),
+)
+
 # control points of an elastic displacement field: a 4 x 4 grid over the image (every ~10 px at
 # 32 px), so the field bends whole strokes smoothly instead of jittering pixels
 ELASTIC_GRID = 4
@@ -162,9 +168,9 @@ def elastic_grid_shift(elastic: Tensor, height: int, width: int) -> Tensor:
     """The sampling-grid shift float32 [B, H, W, 2] (grid_sample's normalised coordinates) of
     displacement fields float [B, 2, g, g] in pixels (:func:`draw_elastic`), bicubic between the
     control points (which sit on the image's corners and edges)."""
-    scale = torch.tensor([2.0 / width, 2.0 / height], dtype=torch.float32, device=elastic.device)
     dense = F.interpolate(elastic.float(), size=(height, width), mode="bicubic", align_corners=True)
-    return dense.permute(0, 2, 3, 1) * scale
+    # Python scalars, not a tensor of scales: no host-to-device copy per batch on CUDA
+    return torch.stack([dense[:, 0] * (2.0 / width), dense[:, 1] * (2.0 / height)], dim=-1)
 
 
 def warp_batch(x: Tensor, theta: Tensor, elastic: Tensor | None = None) -> Tensor:

@@ -12,7 +12,7 @@ import torch
 
 from fsmtl.core.errors import FsmtlError
 from fsmtl.core.optional import import_optional
-from fsmtl.pipelines.augment import default_padding
+from fsmtl.pipelines.augment import WARP_LIMITS, default_padding
 from fsmtl.core.checks import check_int, describe, is_real
 from fsmtl.pipelines.checks import check_mean_std, check_out_dtype
 from fsmtl.preprocess.shards import SplitData
@@ -97,7 +97,7 @@ def check_config(cfg: PipelineConfig) -> None:
         if not isinstance(getattr(cfg, name), (bool, np.bool_)):
             raise FsmtlError(f"pipeline {name}: expected True or False, got {describe(getattr(cfg, name))}")
     check_out_dtype(cfg.out_dtype, "pipeline out_dtype")
-    for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0), ("elastic_px", 8.0)):
+    for name, hi in WARP_LIMITS:
         v = getattr(cfg, name)
         if not is_real(v) or not math.isfinite(v) or not 0.0 <= v < hi:
             raise FsmtlError(f"pipeline {name}: expected a number in [0, {hi:g}), got {describe(v)}")

@@ -10,6 +10,7 @@ from fsmtl.core.checks import INT64_MAX, SEED_MAX, check_int, check_real
 
 from fsmtl.core.device import DEVICE_NAMES, is_device_name
 from fsmtl.core.errors import FsmtlError
+from fsmtl.pipelines.augment import WARP_LIMITS
 from fsmtl.pipelines.transforms import TEST_TRANSFORMS
 
 OPTIMIZERS = ("sgd", "sgdp", "sgdw", "adam", "adamw", "adamax", "radam", "adabound", "adamp")
@@ -236,7 +237,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 check_real(getattr(self, name), _flag(name), 0.0, lo_open=True)
         check_real(self.warmup_frac, "--warmup-frac", 0.0, 1.0, hi_open=True)
-        for name, hi in (("affine_degrees", 180.0), ("affine_scale", 1.0), ("affine_shear", 90.0), ("elastic_px", 8.0)):
+        for name, hi in WARP_LIMITS:
             check_real(getattr(self, name), _flag(name), 0.0, hi, hi_open=True)
         check_real(self.lr_floor, "--lr-floor", 0.0, 1.0)
         check_real(self.test_C, "--test-C", 0.0, lo_open=True)
